@@ -1,0 +1,44 @@
+# One entry point for set-up, the demo, the tests and the benchmarks.
+# The virtual environment is .venv; torch is installed first (CPU wheel by default) so that no
+# dependency can pull a multi-GB CUDA build. On a GPU box: make install TORCH_SPEC='torch==2.13.0'
+# with your CUDA index, e.g. PIP_INDEX_URL=https://download.pytorch.org/whl/cu128.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+TINY := .cache/tiny-sd
+SWEEP ?= multirun
+
+.PHONY: install demo test test-slow lint bench plot world tiny clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+# Small random-weight SD-format components, saved with save_pretrained and loaded back
+# through the same from_pretrained path a real model takes.
+$(TINY)/model_index.json: | $(STAMP)
+	$(BIN)/python -m sweeper.tiny $(TINY)
+
+tiny: $(TINY)/model_index.json
+
+demo: $(STAMP) $(TINY)/model_index.json
+	$(BIN)/python -m sweeper model.pretrained=$(TINY) hydra.run.dir=outputs/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+plot: $(STAMP)
+	$(BIN)/python -m analysis $(SWEEP)
+
+clean:
+	rm -rf .cache outputs multirun
