@@ -34,8 +34,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# Slow scientific checks (minutes); CI runs them after `make test`. pytest exits 5 when none are collected.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m slow -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; else exit $$rc; fi
 
 plot: $(STAMP)
 	$(BIN)/python -m analysis $(SWEEP)
