@@ -1,0 +1,244 @@
+"""Learned embeddings on disk: write the diffusers and A1111/ComfyUI files, read every known format safely.
+
+Written by a run (see ARCHITECTURE.md):
+    learned_embeds.safetensors        {placeholder: [k, dim]}   diffusers; SDXL: first encoder (clip_l)
+    learned_embeds_2.safetensors      {placeholder: [k, dim]}   SDXL only: second encoder (clip_g)
+    learned_embeds_a1111.safetensors  {"emb_params": [k, dim]}  (SDXL: {"clip_l": ..., "clip_g": ...})
+    per_image_embeds.safetensors      {token: [1, dim]}         per-image tokens (SDXL: + per_image_embeds_2)
+
+Read: diffusers .safetensors/.bin ({token: tensor}), A1111/ComfyUI .pt (string_to_param["*"], name) and
+.safetensors (emb_params; clip_l/clip_g), a raw tensor, or a run folder. Pickle-based files go only
+through torch.load(weights_only=True): a file that would run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sweeper import atomic
+
+DIFFUSERS_FILE = "learned_embeds.safetensors"
+DIFFUSERS_FILE_2 = "learned_embeds_2.safetensors"
+A1111_FILE = "learned_embeds_a1111.safetensors"
+PER_IMAGE_FILE = "per_image_embeds.safetensors"
+PER_IMAGE_FILE_2 = "per_image_embeds_2.safetensors"
+DEFAULT_TOKEN = "<concept>"
+SDXL_KEYS = ("clip_l", "clip_g")
+
+
+class EmbeddingFormatError(ValueError):
+    """An embedding file that is missing, unreadable, or in no layout we know."""
+
+
+class UnsafeEmbeddingError(EmbeddingFormatError):
+    """A pickle-based embedding file that would execute code when loaded."""
+
+
+@dataclass
+class LoadedEmbedding:
+    placeholder: str | None
+    vectors: list[torch.Tensor]  # one [k, dim] tensor per text encoder (SD 1/2: one; SDXL: clip_l, clip_g)
+
+    @property
+    def num_vectors(self) -> int:
+        return self.vectors[0].shape[0]
+
+
+# ---------------------------------------------------------------------------------------------- write
+
+
+def _as_matrix(t: torch.Tensor, what: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what}: expected a tensor, got {type(t).__name__}")
+    t = t.detach()
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2:
+        raise ValueError(f"{what}: expected shape [k, dim], got {tuple(t.shape)}")
+    # clone: a row slice of an embedding matrix would otherwise drag its whole storage along
+    return t.to("cpu").clone().contiguous()
+
+
+def save_learned_embeds(
+    run_dir: Path,
+    placeholder: str,
+    vectors: list[torch.Tensor],
+    per_image: dict[str, list[torch.Tensor]] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """Write the run's embedding files atomically; return {kind: path}.
+
+    kinds: "diffusers", "diffusers_2" (SDXL), "a1111", "per_image" and "per_image_2" (SDXL) when given.
+    """
+    run_dir = Path(run_dir)
+    if not placeholder:
+        raise ValueError("placeholder must be a non-empty string")
+    if not 1 <= len(vectors) <= 2:
+        raise ValueError(f"vectors: expected one tensor per text encoder (1 or 2), got {len(vectors)}")
+    mats = [_as_matrix(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
+    if len({m.shape[0] for m in mats}) != 1:
+        raise ValueError(f"vectors: every encoder needs the same number of vectors, got {[m.shape[0] for m in mats]}")
+    meta = {"placeholder": placeholder, "num_vectors": str(mats[0].shape[0]), "num_encoders": str(len(mats))}
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+
+    paths = {"diffusers": atomic.save_safetensors({placeholder: mats[0]}, run_dir / DIFFUSERS_FILE, meta)}
+    if len(mats) == 2:
+        paths["diffusers_2"] = atomic.save_safetensors({placeholder: mats[1]}, run_dir / DIFFUSERS_FILE_2, meta)
+        a1111 = dict(zip(SDXL_KEYS, mats))
+    else:
+        a1111 = {"emb_params": mats[0]}
+    paths["a1111"] = atomic.save_safetensors(a1111, run_dir / A1111_FILE, meta)
+
+    if per_image:
+        per_encoder: list[dict[str, torch.Tensor]] = [{} for _ in mats]
+        for token, vecs in per_image.items():
+            if len(vecs) != len(mats):
+                raise ValueError(f"per_image[{token!r}]: expected {len(mats)} tensor(s), one per encoder")
+            for i, v in enumerate(vecs):
+                per_encoder[i][token] = _as_matrix(v, f"per_image[{token!r}][{i}]")
+        paths["per_image"] = atomic.save_safetensors(per_encoder[0], run_dir / PER_IMAGE_FILE, meta)
+        if len(mats) == 2:
+            paths["per_image_2"] = atomic.save_safetensors(per_encoder[1], run_dir / PER_IMAGE_FILE_2, meta)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- read
+
+
+def _torch_load_safe(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg:
+            found = re.search(r"GLOBAL (\S+)", msg)
+            what = f" (it imports {found.group(1)})" if found else ""
+            raise UnsafeEmbeddingError(
+                f"{path}: refused: this pickle file contains code{what}, which loading would execute. "
+                "Only tensors are accepted; convert it to .safetensors from a source you trust."
+            ) from None
+        raise EmbeddingFormatError(f"{path}: not a readable torch/pickle file ({msg.splitlines()[0]})") from e
+    except Exception as e:  # zip/pickle garbage raises KeyError, RuntimeError, EOFError, ...
+        raise EmbeddingFormatError(
+            f"{path}: not a readable .safetensors or torch file ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:
+        raise EmbeddingFormatError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, dict):
+        return f"keys {sorted(map(str, obj.keys()))}"
+    return f"a {type(obj).__name__}"
+
+
+def _from_state(path: Path, obj: object, meta_name: str | None) -> LoadedEmbedding:
+    """Recognise the layout of an already-loaded file."""
+    if isinstance(obj, torch.Tensor):
+        return LoadedEmbedding(meta_name, [_as_matrix(obj, str(path))])
+    if not isinstance(obj, dict):
+        raise EmbeddingFormatError(f"{path}: no embedding layout holds {_describe(obj)}")
+    if "string_to_param" in obj:  # A1111 / ComfyUI .pt
+        params = obj["string_to_param"]
+        if not isinstance(params, dict) or not params:
+            raise EmbeddingFormatError(f"{path}: A1111 file with an empty or odd string_to_param ({_describe(params)})")
+        tensor = params["*"] if "*" in params else next(iter(params.values()))
+        name = obj.get("name")
+        return LoadedEmbedding(name if isinstance(name, str) else meta_name, [_as_matrix(tensor, str(path))])
+    if "emb_params" in obj:
+        return LoadedEmbedding(meta_name, [_as_matrix(obj["emb_params"], str(path))])
+    if all(k in obj for k in SDXL_KEYS):
+        return LoadedEmbedding(meta_name, [_as_matrix(obj[k], f"{path}[{k}]") for k in SDXL_KEYS])
+    if len(obj) == 1:  # diffusers: {token: [k, dim]}
+        (token, tensor), = obj.items()
+        if isinstance(tensor, torch.Tensor):
+            return LoadedEmbedding(str(token), [_as_matrix(tensor, str(path))])
+    raise EmbeddingFormatError(
+        f"{path}: unknown embedding layout ({_describe(obj)}); expected {{token: tensor}} (diffusers), "
+        "string_to_param (A1111 .pt), emb_params or clip_l/clip_g (A1111/ComfyUI .safetensors), or a tensor"
+    )
+
+
+def _load_run_folder(folder: Path) -> LoadedEmbedding:
+    first = folder / DIFFUSERS_FILE
+    if not first.is_file():
+        raise EmbeddingFormatError(f"{folder}: a folder, but it has no {DIFFUSERS_FILE} (is it a finished run folder?)")
+    emb = load_embedding_file(first)
+    second = folder / DIFFUSERS_FILE_2
+    if second.is_file():
+        emb.vectors += load_embedding_file(second).vectors
+    return emb
+
+
+def load_embedding_file(path: str | Path) -> LoadedEmbedding:
+    """Read an embedding from any known layout (see module docstring); never executes code from the file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _load_run_folder(path)
+    if not path.is_file():
+        raise EmbeddingFormatError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # safetensors starts with an 8-byte little-endian header length, then "{"; sniff rather than trust the suffix
+    is_safetensors = path.suffix == ".safetensors" or (len(head) == 8 and _looks_like_safetensors(path, head))
+    if is_safetensors:
+        tensors, meta = _load_safetensors(path)
+        return _from_state(path, tensors, meta.get("placeholder") or meta.get("name"))
+    return _from_state(path, _torch_load_safe(path), None)
+
+
+def _looks_like_safetensors(path: Path, head: bytes) -> bool:
+    n = int.from_bytes(head, "little")
+    if not 2 <= n <= path.stat().st_size - 8:
+        return False
+    with open(path, "rb") as f:
+        f.seek(8)
+        return f.read(1) == b"{"
+
+
+# ---------------------------------------------------------------------------------------- pipelines
+
+
+def _encoders(pipe) -> list[tuple[object, torch.nn.Module]]:
+    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))]
+    pairs.append((getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)))
+    return [(tok, enc) for tok, enc in pairs if tok is not None and enc is not None]
+
+
+def load_into_pipeline(pipe, embedding: LoadedEmbedding | str | Path, token: str | None = None) -> str:
+    """Register the embedding's token(s) on every text encoder of `pipe`; return the placeholder for prompts.
+
+    Write the returned string once in a prompt: diffusers expands a multi-vector token "<t>" into
+    "<t> <t>_1 ..." itself when the pipeline encodes the prompt.
+    """
+    source = embedding if isinstance(embedding, (str, Path)) else "embedding"
+    if not isinstance(embedding, LoadedEmbedding):
+        embedding = load_embedding_file(embedding)
+    token = token or embedding.placeholder or DEFAULT_TOKEN
+    pairs = _encoders(pipe)
+    dims = [enc.get_input_embeddings().weight.shape[-1] for _, enc in pairs]
+    got = [v.shape[-1] for v in embedding.vectors]
+    if len(got) == 2 and len(dims) == 1 and got[1] in dims and got[0] not in dims:
+        embedding = LoadedEmbedding(embedding.placeholder, embedding.vectors[1:])  # SDXL file, refiner-like pipe
+        got = got[1:]
+    if got != dims:
+        raise EmbeddingFormatError(
+            f"{source}: holds {len(got)} vector set(s) of width {got}, but the pipeline's text encoder(s) "
+            f"take {dims}; the embedding was trained for a different model family"
+        )
+    for (tokenizer, encoder), vectors in zip(pairs, embedding.vectors):
+        pipe.load_textual_inversion({token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder)
+    return token
