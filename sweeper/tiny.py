@@ -4,7 +4,7 @@ Tests and the pre-world demo load these folders through exactly the `from_pretra
 `stable-diffusion-v1-5/stable-diffusion-v1-5` takes. Nothing here is mocked: the UNet, VAE, CLIP text
 encoder and tokenizer are the real diffusers/transformers classes, only small.
 
-    python -m sweeper.tiny OUT_DIR [--sdxl] [--judge JUDGE_DIR]
+    python -m sweeper.tiny OUT_DIR [--sdxl] [--judge JUDGE_DIR] [--images IMAGES_DIR]
 """
 
 from __future__ import annotations
@@ -175,15 +175,44 @@ def build_tiny_clip(out: str | Path, *, image_size: int = 32, seed: int = 0) -> 
     return out
 
 
+def build_demo_images(out: str | Path, *, n: int = 5, size: int = 64, seed: int = 0) -> Path:
+    """Write `n` procedural photos of one made-up concept (a two-tone disc with a bar) as PNGs.
+
+    Each view moves, scales and recolours the background slightly, as photos of one object would.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        bg = tuple(int(c) for c in rng.integers(40, 200, 3))
+        im = Image.new("RGB", (size, size), bg)
+        draw = ImageDraw.Draw(im)
+        r = size * rng.uniform(0.25, 0.35)
+        cx, cy = size / 2 + rng.uniform(-0.1, 0.1) * size, size / 2 + rng.uniform(-0.1, 0.1) * size
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(220, 60, 40))
+        draw.pieslice([cx - r, cy - r, cx + r, cy + r], 180, 360, fill=(250, 200, 30))
+        draw.rectangle([cx - r / 5, cy - 1.4 * r, cx + r / 5, cy - 0.8 * r], fill=(30, 30, 30))
+        noise = rng.normal(0, 6, (size, size, 3))
+        arr = np.clip(np.asarray(im, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(out / f"view_{i:02d}.png")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
     parser.add_argument("--sdxl", action="store_true")
     parser.add_argument("--judge", help="also save a small CLIP judge here")
+    parser.add_argument("--images", help="also write a few procedural demo concept images here")
     args = parser.parse_args()
     print(f"saved {build_tiny_sd(args.out, sdxl=args.sdxl)}")
     if args.judge:
         print(f"saved {build_tiny_clip(args.judge)}")
+    if args.images:
+        print(f"saved {build_demo_images(args.images)}")
 
 
 if __name__ == "__main__":
