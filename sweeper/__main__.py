@@ -1,0 +1,20 @@
+"""`python -m sweeper <overrides>`: one trial in Hydra's run folder; `-m` runs a sweep of trials.
+
+Returns run_trial's (image_similarity, text_similarity): Hydra's sweepers read the return value.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from sweeper.trial import run_trial
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> tuple[float, float]:
+    return run_trial(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""One trial: check -> invert -> (pivotal) -> evaluate -> record; returns the two objectives.
+
+    run_trial(cfg, run_dir)  ->  (image_similarity, text_similarity)
+
+Bad input raises ConfigError before any model is loaded or any run file is written. Past that
+point the run folder records everything (ARCHITECTURE.md); a failure writes status.json "failed"
+with the error and traceback, then re-raises. Rerunning a folder resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from sweeper import record
+from sweeper.checks import ConfigError, check_config
+
+log = logging.getLogger(__name__)
+
+
+def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir)
+    try:
+        return Path(str(cfg.run_dir))
+    except Exception as err:  # ${hydra:runtime.output_dir} outside a Hydra job
+        raise ConfigError("run_dir: not inside a Hydra job; pass run_trial(cfg, run_dir=...) or set run_dir=") from err
+
+
+def _trial_number() -> int | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return int(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
+    except Exception:  # noqa: BLE001 - not inside a Hydra job
+        return None
+
+
+def run_trial(
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    *,
+    on_log: Callable[[int, dict], None] | None = None,
+    report: Callable[[int, float], None] | None = None,
+) -> tuple[float, float]:
+    """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder)."""
+    run_dir = _run_dir(cfg, run_dir)
+    check_config(cfg)  # nothing is loaded or written before this passes
+    record.start_run(run_dir, cfg, trial_number=_trial_number())
+    try:
+        from sweeper.inversion import invert
+
+        result = invert(cfg, run_dir, on_log=on_log, report=report)
+
+        if cfg.inversion.pivotal.enabled:
+            from sweeper.pivotal import pivotal_tune
+
+            pivotal_tune(cfg, result.trainer, run_dir, on_log=on_log)
+
+        scores = (math.nan, math.nan)  # evaluation.evaluate_run plugs in here
+        log.info("trial done: %s", run_dir)
+    except BaseException as err:
+        record.finish_run(run_dir, err)
+        raise
+    record.finish_run(run_dir)
+    return scores
