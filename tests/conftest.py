@@ -55,3 +55,14 @@ def write_concept_images(folder: Path, n: int = 4, size: int = 40, seed: int = 0
 @pytest.fixture
 def concept_images(tmp_path) -> Path:
     return write_concept_images(tmp_path / "concept")
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(*overrides: str):
+    """The project's config with `overrides`, composed from conf/ as `python -m sweeper` does (outside a Hydra job)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
