@@ -1,0 +1,342 @@
+"""CLIP reconstruction and editability of a learned embedding (Gal et al. 2022, section 5).
+
+    metrics = evaluate_run(cfg, run_dir, training_images)   # writes run_dir/metrics.json + samples/*.png
+
+- image_similarity: mean cosine over every (sample of "a photo of S*", training image) pair of CLIP
+  image embeddings.
+- text_similarity, per edit prompt p (a template with "{}" where S* goes): the judge's text is p with the
+  concept removed (whitespace normalised). Two named variants, averaged over prompts:
+  "mean_embedding" = cos(text, normalised mean of the samples' image embeddings) (the paper's text, the
+  default objective); "per_image" = mean over samples of cos(text, sample) (the official code).
+- Bootstrap 95% CIs resample the samples (seeded); references "image_only" and "prompt_only" are cached
+  on disk under evaluation.cache_dir, keyed by a hash of model, concept images, prompts, protocol and judge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sweeper import atomic
+from sweeper.sampling import SAMPLERS, Sampler, grid, slug
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("mean_embedding", "per_image")
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "prompts"
+
+
+# Optional keys (the presets in conf/evaluation/ set them all); the rest are required.
+DEFAULTS = {
+    "negative_prompt": "", "text_variant": "mean_embedding", "bootstrap": 1000, "precision": "auto",
+    "reconstruction_prompt": "a photo of {}", "prompt_set": None, "references": True,
+    "cache_dir": ".cache/references", "grid_samples": 16, "grid_tile": 256, "progress": True,
+}
+
+
+class EvaluationConfigError(ValueError):
+    """A bad `evaluation.*` setting; the message names the key and what to do."""
+
+
+def concept_removed(template: str) -> str:
+    """The judge's text for a prompt template: the concept slot dropped, whitespace normalised."""
+    return " ".join(template.replace("{}", " ").split())
+
+
+def fill(template: str, placeholder: str) -> str:
+    return template.replace("{}", placeholder)
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def resolve_prompts(prompts) -> list[str]:
+    """`evaluation.prompts` as a list of templates; a string names a preset in conf/evaluation/prompts/."""
+    if isinstance(prompts, str):
+        preset = PROMPTS_DIR / f"{prompts}.yaml"
+        if not preset.is_file():
+            names = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
+            raise EvaluationConfigError(
+                f"evaluation.prompts={prompts!r}: not a list and not a preset name; presets: {', '.join(names)}"
+            )
+        import yaml
+
+        prompts = yaml.safe_load(preset.read_text())["prompts"]
+    return [str(p) for p in (prompts or [])]
+
+
+def check_config(ev) -> dict:
+    """Validate `evaluation.*` before any model work; return the settings as a plain dict."""
+    from omegaconf import OmegaConf
+
+    ev = {**DEFAULTS, **(OmegaConf.to_container(ev, resolve=True) if not isinstance(ev, dict) else ev)}
+    ev["prompts"] = resolve_prompts(ev.get("prompts"))
+    if not ev["prompts"]:
+        raise EvaluationConfigError("evaluation.prompts is empty: give edit prompts such as 'a photo of {} on the moon'")
+    for key in ("prompts", "reconstruction_prompt"):
+        for p in ev["prompts"] if key == "prompts" else [ev.get(key) or ""]:
+            if p.count("{}") != 1:
+                raise EvaluationConfigError(f"evaluation.{key}: {p!r} must contain '{{}}' exactly once (where S* goes)")
+    for key in ("num_samples", "batch_size", "steps", "bootstrap"):
+        if not isinstance(ev.get(key), int) or ev[key] < 1:
+            raise EvaluationConfigError(f"evaluation.{key}={ev.get(key)!r}: must be a positive integer")
+    if ev.get("sampler") not in SAMPLERS:
+        raise EvaluationConfigError(f"evaluation.sampler={ev.get('sampler')!r}: choose one of {', '.join(SAMPLERS)}")
+    if ev.get("text_variant") not in VARIANTS:
+        raise EvaluationConfigError(f"evaluation.text_variant={ev.get('text_variant')!r}: choose one of {VARIANTS}")
+    for key in ("guidance", "eta"):
+        if isinstance(ev.get(key), bool) or not isinstance(ev.get(key), (int, float)):
+            raise EvaluationConfigError(f"evaluation.{key}={ev.get(key)!r}: must be a number")
+    if not ev.get("judge"):
+        raise EvaluationConfigError("evaluation.judge is empty: give a CLIP hub id or folder")
+    return ev
+
+
+# -------------------------------------------------------------------------------------------- judge
+
+
+class Judge:
+    """A transformers CLIPModel scoring images and texts; every embedding comes back L2-normalised."""
+
+    def __init__(self, name: str, device: str | torch.device = "cpu"):
+        from transformers import CLIPModel, CLIPTokenizer
+
+        try:
+            from transformers import CLIPImageProcessorPil as Processor  # transformers 5: no torchvision
+        except ImportError:
+            from transformers import CLIPImageProcessor as Processor
+        try:
+            self.model = CLIPModel.from_pretrained(name).eval().to(device)
+            self.tokenizer = CLIPTokenizer.from_pretrained(name)
+            self.processor = Processor.from_pretrained(name)
+        except Exception as err:
+            raise EvaluationConfigError(
+                f"evaluation.judge={name}: cannot load a CLIP model ({type(err).__name__}: {err}). "
+                "Give a transformers CLIPModel hub id or a local folder (download it where there is network)."
+            ) from err
+        self.name, self.device = str(name), torch.device(device)
+
+    @staticmethod
+    def _features(out) -> torch.Tensor:
+        if not torch.is_tensor(out):  # transformers 5 returns a model output holding the projection
+            out = out.pooler_output
+        return torch.nn.functional.normalize(out.float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def images(self, images: list, batch: int = 64) -> np.ndarray:
+        feats = []
+        for i in range(0, len(images), batch):
+            pix = self.processor(images=images[i : i + batch], return_tensors="pt")["pixel_values"]
+            feats.append(self._features(self.model.get_image_features(pixel_values=pix.to(self.device))))
+        return torch.cat(feats).double().numpy()
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> np.ndarray:
+        tok = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return self._features(self.model.get_text_features(**tok)).double().numpy()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def image_similarity(samples: np.ndarray, training: np.ndarray) -> float:
+    """Mean cosine over all (sample, training image) pairs of normalised embeddings."""
+    return float((samples @ training.T).mean())
+
+
+def image_only_similarity(training: np.ndarray) -> float | None:
+    """Mean cosine over the training set's off-diagonal pairs (None with a single image)."""
+    n = len(training)
+    if n < 2:
+        return None
+    sims = training @ training.T
+    return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+
+
+def text_similarity(samples: np.ndarray, text: np.ndarray) -> dict[str, float]:
+    """Both variants for one prompt: samples [N, d] and text [d], all normalised."""
+    return {
+        "mean_embedding": float(_normalise(samples.mean(0)) @ text),
+        "per_image": float((samples @ text).mean()),
+    }
+
+
+def score(
+    recon: np.ndarray, training: np.ndarray, prompt_samples: list[np.ndarray], texts: np.ndarray,
+    variant: str = "mean_embedding", n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+) -> dict:
+    """Point estimates and percentile-bootstrap CIs (each prompt's samples resampled independently)."""
+    per_prompt = [text_similarity(s, t) for s, t in zip(prompt_samples, texts)]
+    out = {"image_similarity": image_similarity(recon, training)}
+    for v in VARIANTS:
+        out[f"text_similarity_{v}"] = float(np.mean([p[v] for p in per_prompt]))
+    out["text_similarity"] = out[f"text_similarity_{variant}"]
+
+    rng = np.random.default_rng(seed)
+
+    def weights(n: int) -> np.ndarray:  # [n_boot, n] resampling weights, each row sums to 1
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
+
+    boot = {"image_similarity": weights(len(recon)) @ (recon @ training.T).mean(1)}
+    boot.update({f"text_similarity_{v}": np.zeros(n_boot) for v in VARIANTS})
+    for s, t in zip(prompt_samples, texts):
+        w = weights(len(s))
+        boot["text_similarity_mean_embedding"] += _normalise(w @ s) @ t / len(texts)
+        boot["text_similarity_per_image"] += w @ (s @ t) / len(texts)
+    boot["text_similarity"] = boot[f"text_similarity_{variant}"]
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    for key, values in boot.items():
+        out[f"{key}_ci"] = [float(x) for x in np.percentile(values, q)]
+    out["per_prompt"] = per_prompt
+    return out
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+def _sample_and_embed(sampler: Sampler, judge: Judge, prompt: str, key: str, n: int, grid_path=None, ev=None):
+    images = sampler.sample(prompt, n, noise_key=key, desc=prompt[:40])
+    if grid_path is not None:
+        buf = io.BytesIO()
+        grid(images, ev["grid_samples"], ev["grid_tile"]).save(buf, format="PNG")
+        atomic.write_bytes(grid_path, buf.getvalue())
+    return judge.images(images)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def reference_key(model: str, training_images: list[Path], ev: dict, protocol: dict) -> str:
+    model_path = Path(model).expanduser()
+    model_id = str(model_path.resolve()) if model_path.exists() else model
+    if (model_path / "model_index.json").is_file():
+        model_id += f"@{(model_path / 'model_index.json').stat().st_mtime_ns}"
+    blob = json.dumps({
+        "model": model_id, "images": [_file_digest(p) for p in training_images], "prompts": ev["prompts"],
+        "reconstruction_prompt": ev["reconstruction_prompt"], "protocol": protocol, "judge": ev["judge"],
+        "variant": ev["text_variant"],
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def references(sampler, judge, training, texts, ev: dict, protocol: dict, key: str) -> dict:
+    """'image_only' (training set vs itself and vs the prompts' texts) and 'prompt_only' (concept removed)."""
+    cache = Path(ev["cache_dir"]).expanduser() / f"{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["references"]
+    n = ev["num_samples"]
+    image_only = score(training, training, [training] * len(texts), texts, ev["text_variant"], 1)
+    image_only["image_similarity"] = image_only_similarity(training)
+    recon = _sample_and_embed(sampler, judge, concept_removed(ev["reconstruction_prompt"]),
+                              ev["reconstruction_prompt"], n)
+    prompt_samples = [_sample_and_embed(sampler, judge, concept_removed(p), p, n) for p in ev["prompts"]]
+    prompt_only = score(recon, training, prompt_samples, texts, ev["text_variant"], 1)
+    keep = ("image_similarity", "text_similarity", *(f"text_similarity_{v}" for v in VARIANTS))
+    refs = {name: {k: r[k] for k in keep} for name, r in (("image_only", image_only), ("prompt_only", prompt_only))}
+    atomic.write_json(cache, {"key": key, "judge": ev["judge"], "protocol": protocol, "references": refs})
+    return refs
+
+
+def evaluate_pipeline(
+    pipe, placeholder: str, ev, training_images: list[Path], out_dir: Path, *, model: str, extra: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Sample, judge and score an embedding already loaded into `pipe` as `placeholder`; write metrics.json."""
+    from sweeper.data import load_image
+
+    t0 = time.time()
+    ev = check_config(ev)
+    out_dir = Path(out_dir)
+    judge = Judge(ev["judge"], device)
+    sampler = Sampler(
+        pipe, sampler=ev["sampler"], steps=ev["steps"], guidance=ev["guidance"], eta=ev["eta"],
+        negative_prompt=ev["negative_prompt"], batch_size=ev["batch_size"], seed=ev["seed"],
+        progress=ev.get("progress", True),
+    )
+    protocol = {k: ev[k] for k in ("sampler", "steps", "guidance", "eta", "negative_prompt", "num_samples",
+                                   "batch_size", "reconstruction_prompt", "prompt_set", "precision")}
+    protocol["resolution"] = sampler.resolution
+    from PIL import Image
+
+    def to_pil(path: Path) -> Image.Image:  # the training images as the trainer saw them (crop, resize)
+        pixels = ((load_image(Path(path), sampler.resolution) + 1) * 127.5).round().clamp(0, 255)
+        return Image.fromarray(pixels.byte().permute(1, 2, 0).numpy())
+
+    training = judge.images([to_pil(p) for p in training_images])
+    texts = judge.texts([concept_removed(p) for p in ev["prompts"]])
+    n, samples = ev["num_samples"], out_dir / "samples"
+    recon = _sample_and_embed(sampler, judge, fill(ev["reconstruction_prompt"], placeholder),
+                              ev["reconstruction_prompt"], n, samples / "reconstruction.png", ev)
+    names = _unique_slugs(ev["prompts"])
+    prompt_samples = [
+        _sample_and_embed(sampler, judge, fill(p, placeholder), p, n, samples / f"{names[p]}.png", ev)
+        for p in ev["prompts"]
+    ]
+    metrics = score(recon, training, prompt_samples, texts, ev["text_variant"], ev["bootstrap"], ev["seed"])
+    metrics["per_prompt"] = {
+        p: {**vals, "text": concept_removed(p), "grid": f"samples/{names[p]}.png"}
+        for p, vals in zip(ev["prompts"], metrics["per_prompt"])
+    }
+    metrics["text_variant"] = ev["text_variant"]
+    refs = None
+    if ev["references"]:
+        key = reference_key(model, training_images, ev, protocol)
+        refs = references(sampler, judge, training, texts, ev, protocol, key)
+    metrics.update(
+        references=refs, judge=ev["judge"], protocol=protocol, num_samples=n, placeholder=placeholder,
+        seeds={"noise": ev["seed"], "noise_rule": "sha256(f'{seed}|{template}|{index}')[:8]",
+               "bootstrap": ev["seed"], "bootstrap_resamples": ev["bootstrap"]},
+        model=model, training_images=[str(p) for p in training_images], wall_time_s=round(time.time() - t0, 3),
+        **(extra or {}),
+    )
+    atomic.write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _unique_slugs(templates: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for t in templates:
+        name, k = slug(t), 2
+        while name in names.values() or name == "reconstruction":
+            name, k = f"{slug(t)}-{k}", k + 1
+        names[t] = name
+    return names
+
+
+def evaluate_embedding(
+    cfg, embedding: str | Path, training_images: list[Path], out_dir: Path, token: str | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Load the model and an embedding file (or run folder) safely, then evaluate_pipeline."""
+    from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
+    from sweeper.models import load_pipeline, resolve_device
+
+    ev = check_config(cfg.evaluation)
+    loaded = load_embedding_file(embedding)  # refuses pickles carrying code, before any model work
+    if not training_images:
+        raise EvaluationConfigError("data.images: no training images to compare the samples with")
+    device = resolve_device(cfg.get("device"))
+    if ev["precision"] == "auto":
+        ev["precision"] = "fp16" if device.type == "cuda" else "fp32"
+    pipe = load_pipeline(str(cfg.model.pretrained), ev["precision"], str(device))
+    placeholder = load_into_pipeline(pipe, loaded, token)
+    info = {"embedding": str(embedding), "num_vectors": loaded.num_vectors, **(extra or {})}
+    return evaluate_pipeline(pipe, placeholder, ev, training_images, out_dir, model=str(cfg.model.pretrained),
+                             extra=info, device=device)
+
+
+def evaluate_run(cfg, run_dir: Path, training_images: list[Path]) -> dict:
+    """The trial's evaluation: the run folder's shared S* only (per-image tokens are not evaluated)."""
+    return evaluate_embedding(cfg, Path(run_dir), training_images, Path(run_dir))
