@@ -1,0 +1,323 @@
+"""Optuna search as a Hydra sweeper, on Optuna's ask-and-tell API.
+
+Override grammar -> Optuna distribution (as in the released hydra-optuna-sweeper):
+  a,b,c | choice(a,b,c)          CategoricalDistribution
+  range(start, stop[, step])     IntDistribution over start, start+step, ... < stop (Hydra's range
+                                 excludes stop, as in the basic sweeper; floats give a stepped Float)
+  interval(lo, hi)               FloatDistribution (IntDistribution when both ends are ints)
+  tag(log, interval(lo, hi))     the same on a log scale
+  anything else                  a fixed value passed to every trial
+
+Loop: ask a batch of n_jobs trials -> suggest -> launch one job per trial in the run folder
+`trial_<original number>` -> tell each its values, or FAIL with the error as a user attr, or PRUNED.
+`n_trials` is the number of finished trials the study should hold, so rerunning the same command runs
+only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from sweeper import search
+
+log = logging.getLogger(__name__)
+# Heartbeats are Optuna's own mechanism; they are just driven from this ask-and-tell loop.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def distribution_from_override(override: Override) -> Any:
+    """An Optuna distribution for a sweep override, or the plain value of a fixed one."""
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    key = override.get_key_element()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        choices = list(override.sweep_iterator(transformer=Transformer.encode))
+        for c in choices:
+            if not isinstance(c, (str, int, float, bool, type(None))):
+                raise ValueError(f"{key}: a choice takes str, int, float, bool or null values, got {c!r}")
+        return CategoricalDistribution(choices)
+    if override.is_range_sweep():
+        assert isinstance(value, RangeSweep)
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ValueError(f"{key}={override.get_value_element_as_str()}: the range is empty")
+        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+            return IntDistribution(int(values[0]), int(values[-1]), step=int(value.step))
+        return FloatDistribution(float(values[0]), float(values[-1]), step=float(value.step))
+    if override.is_interval_sweep():
+        assert isinstance(value, IntervalSweep)
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise NotImplementedError(f"{override.input_line}: this sweep is not supported by the Optuna sweeper")
+
+
+def search_space_from_overrides(arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    distributions: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
+        value = distribution_from_override(override)
+        name = override.get_key_element()
+        if isinstance(value, BaseDistribution):
+            distributions[name] = value
+            fixed.pop(name, None)
+        else:
+            fixed[name] = value
+            distributions.pop(name, None)
+    return distributions, fixed
+
+
+def grid_values(name: str, d: BaseDistribution) -> list:
+    if isinstance(d, CategoricalDistribution):
+        return list(d.choices)
+    if isinstance(d, (IntDistribution, FloatDistribution)) and d.step is not None and not d.log:
+        n = int(round((d.high - d.low) / d.step)) + 1
+        return [d.low + i * d.step for i in range(n)]
+    raise ValueError(f"{name}: the grid sampler needs a finite axis (choice, range or a stepped interval), got {d}")
+
+
+class OptunaSweeperImpl:
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        objective: int,
+        params: DictConfig | None,
+        custom_search_space: str | None,
+        pruner: Any,
+        enqueue: Any,
+        heartbeat_interval: int | None,
+        grace_period: int | None,
+        max_retry: int | None,
+    ) -> None:
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate}")
+        if n_trials < 0 or n_jobs < 1:
+            raise ValueError(f"hydra.sweeper: n_trials >= 0 and n_jobs >= 1 needed, got {n_trials}, {n_jobs}")
+        self.sampler, self.pruner = sampler, pruner
+        dirs = list(direction) if isinstance(direction, Sequence) and not isinstance(direction, str) else [direction]
+        self.directions = [str(getattr(d, "name", d)) for d in dirs]
+        self.storage_url, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
+        self.max_failure_rate, self.objective = float(max_failure_rate), int(objective)
+        self.params = dict(params or {})
+        self.extender = get_method(custom_search_space) if custom_search_space else None
+        self.enqueue = [dict(e) for e in (enqueue or [])]
+        self.heartbeat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def _create_study(self, distributions: dict[str, BaseDistribution]) -> optuna.Study:
+        sampler = self.sampler
+        if getattr(sampler, "func", None) is optuna.samplers.GridSampler:  # a partial: build the grid
+            sampler = sampler({k: grid_values(k, d) for k, d in distributions.items()})
+        storage = search.make_storage(self.storage_url, self.sweep_dir, **self.heartbeat)
+        self.study_name = self.study_name or self.sweep_dir.name
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
+                                    pruner=self.pruner, directions=self.directions, load_if_exists=True)
+        if list(d.name.lower() for d in study.directions) != [d.lower() for d in self.directions]:
+            raise ValueError(f"study {self.study_name!r} in {self.storage_url or 'optuna.db'} has directions "
+                             f"{[d.name for d in study.directions]}, the config asks for {self.directions}")
+        for params in self.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+        return study
+
+    def sweep(self, arguments: list[str]) -> None:
+        distributions, fixed = search_space_from_overrides(
+            [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        )
+        study = self._create_study(distributions)
+        if isinstance(study.sampler, optuna.samplers.GridSampler):
+            self.n_trials = min(self.n_trials, math.prod(len(grid_values(k, d)) for k, d in distributions.items()))
+        log.info("Study %s (%s, %s) in %s: %d trials, directions %s", study.study_name,
+                 type(study.sampler).__name__, type(study.pruner).__name__,
+                 search._redact(self.storage_url or search.default_storage_url(self.sweep_dir)),
+                 self.n_trials, self.directions)
+        search.fail_dead_local_trials(study, self.retry)
+        job_idx = 0
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            todo = self.n_trials - len(self._counted(study))
+            if todo <= 0:
+                break
+            trials = [t for t in (self._ask(study) for _ in range(min(todo, self.n_jobs))) if t is not None]
+            if not trials:
+                break
+            overrides = [self._overrides(t, distributions, fixed) for t in trials]
+            with _Heartbeats(study, trials):
+                returns = self.launcher.launch(overrides, initial_job_idx=job_idx)
+            job_idx += len(returns)
+            failures = sum(self._tell(study, t, r) for t, r in zip(trials, returns))
+            self._progress(study)
+            if failures / len(returns) > self.max_failure_rate:
+                raise RuntimeError(f"{failures} of {len(returns)} trials failed in a batch "
+                                   f"(hydra.sweeper.max_failure_rate={self.max_failure_rate}); see their status.json")
+        self._write_results(study)
+
+    def _counted(self, study: optuna.Study) -> list:
+        return [t for t in study.get_trials(deepcopy=False) if not search.is_abandoned(t)]
+
+    def _ask(self, study: optuna.Study) -> optuna.Trial | None:
+        """Ask one trial; give it back (WAITING) when other workers already asked the last ones needed."""
+        trial = study.ask()
+        rank = sum(1 for t in self._counted(study) if t.number < trial.number)
+        if rank < self.n_trials:
+            trial.set_user_attr(search.WORKER_ATTR, search.worker_id())
+            return trial
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        return None
+
+    def _overrides(self, trial: optuna.Trial, distributions: dict, fixed: dict) -> list[str]:
+        for name, dist in distributions.items():
+            trial._suggest(name, dist)
+        for name, value in fixed.items():
+            trial.set_user_attr(name, value)
+        if self.extender is not None:
+            self.extender(self.config, trial)
+        frozen = study_trial(trial)
+        enqueued = frozen.system_attrs.get("fixed_params", {})
+        params = {**{k: v for k, v in enqueued.items() if k not in trial.params}, **trial.params, **fixed}
+        return [f"{k}={_encode(v)}" for k, v in params.items()] + [
+            f"hydra.sweep.subdir={search.trial_folder_name(frozen)}",
+            f"++hydra.job.env_set.{search.TRIAL_ENV}={trial.number}",
+        ]
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> bool:
+        """Tell Optuna how the job ended; True when it failed."""
+        try:
+            value = ret.return_value  # re-raises the job's exception
+            values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            if len(self.directions) == 1 and len(values) > 1:
+                values = [values[self.objective]]
+            if len(values) != len(self.directions):
+                raise ValueError(f"the task returned {len(values)} values for {len(self.directions)} directions")
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"non-finite objective {values}: {_run_error(ret) or 'see status.json'}")
+        except optuna.TrialPruned as e:
+            _tell(study, trial, state=TrialState.PRUNED)
+            log.info("trial %d pruned: %s", trial.number, e)
+            return False
+        except Exception as e:  # noqa: BLE001 - a failing trial never stops the sweep
+            trial.set_user_attr(search.ERROR_ATTR, f"{type(e).__name__}: {e}"[:2000])
+            _tell(study, trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            return True
+        _tell(study, trial, values=values)
+        return False
+
+    def _progress(self, study: optuna.Study) -> None:
+        trials = self._counted(study)
+        n = {s: sum(t.state == s for t in trials) for s in FINISHED}
+        done = sum(n.values())
+        log.info("[%s] %d/%d trials done (%d complete, %d failed, %d pruned), %d to go",
+                 study.study_name, done, self.n_trials, n[TrialState.COMPLETE], n[TrialState.FAIL],
+                 n[TrialState.PRUNED], max(self.n_trials - done, 0))
+
+    def _write_results(self, study: optuna.Study) -> None:
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "n_complete": len(complete)}
+        if complete and len(self.directions) == 1:
+            best = study.best_trial
+            results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+        elif complete:
+            results["solutions"] = [{"trial": t.number, "params": t.params, "values": t.values}
+                                    for t in study.best_trials]
+            log.info("Pareto front: %d trials", len(results["solutions"]))
+        from sweeper.atomic import write_text
+
+        write_text(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
+    try:
+        study.tell(trial, **kwargs)
+    except RuntimeError as e:  # the grid sampler calls study.stop() once the grid is done; the state is stored
+        if "Study.stop" not in str(e):
+            raise
+
+
+def study_trial(trial: optuna.Trial) -> Any:
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, str) or value is None:
+        return "null" if value is None else value
+    return str(value)
+
+
+def _run_error(ret: Any) -> str | None:
+    """The error a run folder's status.json recorded, if the task wrote one."""
+    import json
+
+    try:
+        status = json.loads((Path(ret.working_dir or ret.hydra_cfg.hydra.runtime.output_dir) / "status.json").read_text())
+        return status.get("error")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _Heartbeats:
+    """Record Optuna heartbeats for the running trials while their jobs run (RDB storages only)."""
+
+    def __init__(self, study: optuna.Study, trials: list) -> None:
+        storage = study._storage
+        self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self.storage, self.ids = storage, [t._trial_id for t in trials]
+        self.stop = threading.Event()
+
+    def _beat(self) -> None:
+        while True:
+            for i in self.ids:
+                try:
+                    self.storage.record_heartbeat(i)
+                except Exception as e:  # noqa: BLE001
+                    log.warning("heartbeat for trial id %d failed: %s", i, e)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> _Heartbeats:
+        if self.interval:
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.interval:
+            self.thread.join()
+
+
+__all__ = ["OptunaSweeperImpl", "distribution_from_override", "search_space_from_overrides", "grid_values"]

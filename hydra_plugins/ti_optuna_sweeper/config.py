@@ -1,0 +1,112 @@
+"""Structured configs: `hydra/sweeper=optuna`, its samplers and pruners, and `hydra/launcher=joblib_gpus`."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+from omegaconf import MISSING
+
+
+@dataclass
+class TPESamplerConfig:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: int | None = None
+    n_startup_trials: int = 10
+    multivariate: bool = False
+    constant_liar: bool = False  # set true when several workers share one study
+
+
+@dataclass
+class NSGAIISamplerConfig:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: int | None = None
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+
+@dataclass
+class RandomSamplerConfig:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: int | None = None
+
+
+@dataclass
+class GridSamplerConfig:
+    # The grid is built from the search space (choice / range / stepped interval) by the sweeper.
+    _target_: str = "optuna.samplers.GridSampler"
+    _partial_: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class NopPrunerConfig:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConfig:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class HyperbandPrunerConfig:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.ti_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    defaults: list = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "nop"}])
+
+    sampler: Any = MISSING
+    # "minimize" | "maximize" or a list of them (one per returned objective)
+    direction: Any = "minimize"
+    # null = sqlite:///<sweep dir>/optuna.db; an SQLAlchemy URL (postgresql://...); or a journal file path
+    storage: str | None = None
+    # null = the sweep folder's name (so rerunning the same command continues the same study)
+    study_name: str | None = None
+    # total number of finished trials the study should hold (a rerun only runs what is missing)
+    n_trials: int = 20
+    # trials asked at once and handed to the launcher as one batch
+    n_jobs: int = 1
+    # stop the sweep when a batch has more failed trials than this fraction (1.0 = never stop)
+    max_failure_rate: float = 1.0
+    # single-objective search of a multi-value task: which returned value is the objective
+    objective: int = 0
+    # search space as override strings: {inversion.lr: "tag(log, interval(1e-4, 2e-2))"}
+    params: dict | None = None
+    # "module.function(cfg, trial)" that suggests more parameters
+    custom_search_space: str | None = None
+    pruner: Any = MISSING
+    # fixed configurations put in the study before searching (study.enqueue_trial): [{key: value}]
+    enqueue: list = field(default_factory=list)
+    # crash recovery on RDB storages: Optuna's heartbeat, and retries of trials whose worker died
+    heartbeat_interval: int | None = 60
+    grace_period: int | None = 180
+    max_retry: int | None = 3
+
+
+@dataclass
+class JoblibGpusLauncherConf(JobLibLauncherConf):
+    _target_: str = "hydra_plugins.ti_optuna_sweeper.gpu_launcher.JoblibGpusLauncher"
+    # GPUs to spread the jobs over (null = all visible); n_jobs follows it; each job gets device=cuda:<k>
+    gpus: int | None = None
+
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="ti_optuna_sweeper")
+for name, node in [("tpe", TPESamplerConfig), ("nsgaii", NSGAIISamplerConfig),
+                   ("random", RandomSamplerConfig), ("grid", GridSamplerConfig)]:
+    cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="ti_optuna_sweeper")
+for name, node in [("nop", NopPrunerConfig), ("median", MedianPrunerConfig), ("hyperband", HyperbandPrunerConfig)]:
+    cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="ti_optuna_sweeper")
+cs.store(group="hydra/launcher", name="joblib_gpus", node=JoblibGpusLauncherConf, provider="ti_optuna_sweeper")

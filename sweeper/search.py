@@ -1,0 +1,173 @@
+"""Optuna helpers shared by the sweeper plugin (hydra_plugins/ti_optuna_sweeper) and the trial it runs.
+
+Storage: `None` = SQLite inside the sweep folder (`sqlite:///<sweep_dir>/optuna.db`); any SQLAlchemy
+URL (`postgresql://user@host/db`) = an RDB storage with Optuna's heartbeat, whose stale trials are
+failed and re-queued by Optuna's own RetryHeartbeatStaleTrialCallback; anything else is a path to a
+journal file (JournalStorage + JournalFileBackend).
+
+Crash recovery is Optuna's: heartbeat + retry callback for workers on any host. One addition for the
+common single-box case: at start-up a RUNNING trial whose worker process (same host) is gone is failed
+at once and re-queued through the same callback, instead of waiting out the grace period.
+
+A retried trial keeps the run folder of the trial it retries (`trial_<original number>`), so the
+trainer resumes from that folder's checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRIAL_ENV = "TI_OPTUNA_TRIAL"  # set for each job by the sweeper plugin: the Optuna trial number
+WORKER_ATTR = "worker"  # user attr "<host>:<pid>" of the sweeper process that asked the trial
+ERROR_ATTR = "error"  # user attr set on trials the sweeper told FAIL (their error); absent on stale ones
+
+
+def default_storage_url(sweep_dir: str | Path) -> str:
+    return f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
+
+
+def make_storage(
+    url: str | None,
+    sweep_dir: str | Path | None = None,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = 3,
+) -> Any:
+    """An Optuna storage for `url` (None = SQLite in `sweep_dir`; no '://' = a journal file path)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if not url:
+        if sweep_dir is None:
+            raise ValueError("hydra.sweeper.storage is null and there is no sweep folder to put optuna.db in")
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        url = default_storage_url(sweep_dir)
+    url = str(url)
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        kwargs = dict(
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=int(grace_period) if grace_period else None,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
+    try:
+        return RDBStorage(url, **kwargs)
+    except Exception as e:
+        raise RuntimeError(f"hydra.sweeper.storage={_redact(url)}: cannot open the Optuna storage ({e})") from e
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it goes into a message."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def root_trial_number(trial: Any) -> int:
+    """The number of the first trial of a retry chain (the trial itself if it is no retry)."""
+    first = trial.system_attrs.get("failed_trial")
+    return int(first) if first is not None else int(trial.number)
+
+
+def trial_folder_name(trial: Any) -> str:
+    return f"trial_{root_trial_number(trial):04d}"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_local_trials(study: Any, retry: Callable | None) -> list[int]:
+    """Fail RUNNING trials whose sweeper process on this host is gone, and re-queue them via `retry`."""
+    from optuna.trial import TrialState
+
+    host, me = socket.gethostname(), os.getpid()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w_host, _, w_pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if w_host != host or not w_pid.isdigit():
+            continue
+        pid = int(w_pid)
+        if pid != me and _pid_alive(pid):
+            continue
+        if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            failed.append(t.number)
+            log.warning("trial %d was running in a process that died (pid %d): failed and re-queued", t.number, pid)
+            if retry is not None:
+                retry(study, study._storage.get_trial(t._trial_id))
+    return failed
+
+
+def is_abandoned(trial: Any) -> bool:
+    """FAIL without an error told by a sweeper: a worker died; its retry (if any) carries on."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.FAIL and ERROR_ATTR not in trial.user_attrs
+
+
+def current_trial_number() -> int | None:
+    """Inside a job of an Optuna sweep: its trial number; else None."""
+    value = os.environ.get(TRIAL_ENV)
+    return int(value) if value not in (None, "") else None
+
+
+def report_hook() -> Callable[[int, float], None] | None:
+    """Inside a job of an Optuna sweep: report(step, value) for pruning; None anywhere else.
+
+    Reports the intermediate value to the trial and raises optuna.TrialPruned when the study's pruner
+    says the trial is hopeless. Optuna prunes single-objective studies only: in a multi-objective study
+    the values are kept as user attrs ("intermediate/<step>") and nothing is pruned.
+    """
+    number = current_trial_number()
+    if number is None:
+        return None
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    hc = HydraConfig.get()
+    sweeper, sweep_dir = hc.sweeper, str(hc.sweep.dir)
+    storage = make_storage(sweeper.get("storage"), sweep_dir)
+    study_name = sweeper.get("study_name") or Path(sweep_dir).name
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+    study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+    trial = optuna.Trial(study, trial_id)
+    multi = len(study.directions) > 1
+
+    def report(step: int, value: float) -> None:
+        if multi:
+            trial.set_user_attr(f"intermediate/{int(step)}", float(value))
+            return
+        trial.report(float(value), int(step))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (intermediate value {value:.4g})")
+
+    return report
