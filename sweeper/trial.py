@@ -10,7 +10,6 @@ with the error and traceback, then re-raises. Rerunning a folder resumes from it
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from omegaconf import DictConfig
 
 from sweeper import record
 from sweeper.checks import ConfigError, check_config
+from sweeper.evaluation import check_config as check_evaluation
+from sweeper.evaluation import evaluate_run
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def run_trial(
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder)."""
     run_dir = _run_dir(cfg, run_dir)
     check_config(cfg)  # nothing is loaded or written before this passes
+    check_evaluation(cfg.evaluation)
     record.start_run(run_dir, cfg, trial_number=_trial_number())
     try:
         from sweeper.inversion import invert
@@ -63,7 +65,8 @@ def run_trial(
 
             pivotal_tune(cfg, result.trainer, run_dir, on_log=on_log)
 
-        scores = (math.nan, math.nan)  # evaluation.evaluate_run plugs in here
+        metrics = evaluate_run(cfg, run_dir, result.training_images)  # writes metrics.json, samples/
+        scores = (metrics["image_similarity"], metrics["text_similarity"])
         log.info("trial done: %s", run_dir)
     except BaseException as err:
         record.finish_run(run_dir, err)

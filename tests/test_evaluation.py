@@ -204,3 +204,36 @@ def test_evaluate_run_writes_metrics_grids_and_cached_references(tiny_sd, tiny_j
     cfg.evaluation.guidance = 3.0
     evaluate_run(cfg, run2, images)
     assert len(list((tmp_path / "refs").glob("*.json"))) == 2
+
+
+def test_trial_runs_invert_then_evaluate_and_returns_both_objectives(tiny_sd, tiny_judge, concept_images, tmp_path):
+    from conftest import compose_config
+
+    from sweeper.trial import run_trial
+
+    cfg = compose_config(
+        f"model.pretrained={tiny_sd}", f"data.images={concept_images}", "inversion.init_word=cat",
+        "inversion.steps=2", "inversion.batch_size=1", "inversion.grad_accum=1", "inversion.checkpoint_every=0",
+        "evaluation/prompts=paper_examples", f"evaluation.judge={tiny_judge}", "evaluation.num_samples=2",
+        "evaluation.steps=2", "evaluation.bootstrap=50", f"evaluation.cache_dir={tmp_path / 'refs'}",
+        "evaluation.progress=false", "tracking=none", "device=cpu",
+    )
+    run = tmp_path / "run"
+    scores = run_trial(cfg, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert scores == (metrics["image_similarity"], metrics["text_similarity"])
+    assert all(np.isfinite(scores)) and metrics["placeholder"] == "<concept>"
+    assert (run / "samples" / "reconstruction.png").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+
+
+def test_trial_refuses_bad_evaluation_config_before_any_work(tiny_sd, concept_images, tmp_path):
+    from conftest import compose_config
+
+    from sweeper.trial import run_trial
+
+    cfg = compose_config(f"model.pretrained={tiny_sd}", f"data.images={concept_images}", "inversion.init_word=cat",
+                         "evaluation.prompts=[a photo on the moon]", "tracking=none")
+    with pytest.raises(EvaluationConfigError, match="evaluation.prompts"):
+        run_trial(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
