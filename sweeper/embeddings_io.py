@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ PER_IMAGE_FILE = "per_image_embeds.safetensors"
 PER_IMAGE_FILE_2 = "per_image_embeds_2.safetensors"
 DEFAULT_TOKEN = "<concept>"
 SDXL_KEYS = ("clip_l", "clip_g")
+# globals a tensor pickle legitimately names; anything else is code we refuse
+SAFE_MODULES = ("torch", "collections", "_codecs")
 
 
 class EmbeddingFormatError(ValueError):
@@ -112,21 +115,66 @@ def save_learned_embeds(
 
 def _torch_load_safe(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg:
-            found = re.search(r"GLOBAL (\S+)", msg)
-            what = f" (it imports {found.group(1)})" if found else ""
+        if "Weights only load failed" not in msg:
+            raise EmbeddingFormatError(f"{path}: not a readable torch/pickle file ({msg.splitlines()[0]})") from e
+        # The safe unpickler stopped; tell "imports code" apart from "a pickle feature it lacks" by reading
+        # the opcodes statically (nothing is executed either way).
+        refused = re.findall(r"Unsupported global: GLOBAL (\S+)", msg)
+        code = sorted(set(refused) | {g for g in _pickle_globals(path) if g.split(".")[0] not in SAFE_MODULES})
+        if code:
             raise UnsafeEmbeddingError(
-                f"{path}: refused: this pickle file contains code{what}, which loading would execute. "
-                "Only tensors are accepted; convert it to .safetensors from a source you trust."
+                f"{path}: refused: this pickle file contains code (it imports {', '.join(code[:5])}), which "
+                "loading would execute. Only tensors are accepted; convert it to .safetensors from a source you trust."
             ) from None
-        raise EmbeddingFormatError(f"{path}: not a readable torch/pickle file ({msg.splitlines()[0]})") from e
+        reason = re.findall(r"WeightsUnpickler error: \s*(.+)", msg)
+        raise EmbeddingFormatError(
+            f"{path}: torch's safe loader cannot read it ({reason[0] if reason else 'unsupported pickle'}); "
+            "re-save it with torch.save or as .safetensors"
+        ) from None
     except Exception as e:  # zip/pickle garbage raises KeyError, RuntimeError, EOFError, ...
         raise EmbeddingFormatError(
             f"{path}: not a readable .safetensors or torch file ({type(e).__name__}: {e})"
         ) from e
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The module.name globals a pickle (or torch zip archive) would import, read without executing it."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("data.pkl")]
+            data = z.read(names[0]) if names else b""
+    else:
+        data = path.read_bytes()
+    found, strings, memo, last = [], [], {}, None
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if "UNICODE" in op.name or "STRING" in op.name:
+                last = arg
+                strings.append(arg)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif op.name.endswith("PUT"):
+                memo[arg] = last
+            elif op.name.endswith("GET"):
+                last = memo.get(arg)
+                strings.append(last)
+            elif op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            else:
+                last = None
+    except Exception:  # truncated or odd stream: keep what was read
+        pass
+    return found
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
