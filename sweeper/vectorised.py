@@ -1,0 +1,229 @@
+"""Vectorised trials: N compatible inversions in one process, one batched UNet forward/backward per step.
+
+    results = invert_vectorised(cfgs, run_dirs)          # N trials of the same model and concept
+    scores  = run_trials(cfgs, run_dirs)                  # the same, plus evaluation and the run folders
+
+Compatible = same model, precision, device, concept folder and data.property, and no pivotal tuning
+(`compatibility_key`). Everything else is per trial: LR, reg weight, vector count, progressive
+schedule, per-image tokens, seed, batch size, grad accumulation, steps, image subset.
+
+How: every trial is a `sweeper.inversion.Trainer` on the SAME components. Each adds its own
+placeholder tokens to the shared tokenizer (renamed "<concept>#i" inside the process when trials
+share a name; the files carry the configured name) and splices its own fp32 vectors into the shared
+embedding output. A step draws each trial's examples, latents, noise and timesteps from that trial's
+own generator in exactly the order `Trainer.unet_loss` does, concatenates the trials' batches along
+the batch dimension for one text-encoder and one UNet call, and splits the prediction back into one
+loss per trial. Batch elements never interact in these models (GroupNorm and attention are
+per-sample), and the trials' parameters are disjoint, so each trial's gradient, optimizer step and
+final embedding equal those of running it alone, up to floating-point summation order (tested).
+Checkpoints are the single trainer's, so a vectorised run resumes alone or in a group alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper import data, tokens
+from sweeper.inversion import (
+    CHECKPOINTS,
+    InversionResult,
+    ResumeError,
+    Trainer,
+    fingerprint,
+    latest_checkpoint,
+    read_history,
+    save_checkpoint,
+    write_history,
+)
+from sweeper.models import Components, load_components
+
+log = logging.getLogger(__name__)
+
+
+class IncompatibleTrials(ValueError):
+    """Trials that cannot share one batched UNet call."""
+
+
+def compatibility_key(cfg: DictConfig) -> tuple:
+    """Trials with equal keys can run vectorised together."""
+    piv = cfg.inversion.get("pivotal")
+    return (
+        str(cfg.model.pretrained), str(cfg.inversion.precision), str(cfg.get("device", "auto")),
+        str(Path(str(cfg.data.images)).expanduser().resolve()), str(cfg.data.property),
+        bool(piv is not None and piv.get("enabled")),
+    )
+
+
+def group_compatible(cfgs: list[DictConfig], max_group: int | None = None) -> list[list[int]]:
+    """Indices of `cfgs` grouped by compatibility_key (pivotal trials alone), in first-seen order."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, cfg in enumerate(cfgs):
+        key = compatibility_key(cfg)
+        groups[key if not key[-1] else (i,)].append(i)
+    out = []
+    for members in groups.values():
+        size = max_group or len(members)
+        out.extend(members[j:j + size] for j in range(0, len(members), size))
+    return out
+
+
+def _in_process_cfg(cfg: DictConfig, placeholder: str) -> DictConfig:
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.inversion.placeholder = placeholder
+    return cfg
+
+
+class VectorisedTrainer:
+    """N trainers sharing components; `step(active, ms)` is one optimizer step of each active trial."""
+
+    def __init__(self, cfgs: list[DictConfig], comps: Components, images: list[list[Path]]):
+        if not cfgs:
+            raise IncompatibleTrials("no trials given")
+        keys = {compatibility_key(c) for c in cfgs}
+        if len(keys) > 1:
+            raise IncompatibleTrials(f"trials differ in model/precision/device/data.images/data.property: {sorted(keys)}")
+        if next(iter(keys))[-1]:
+            raise IncompatibleTrials("inversion.pivotal.enabled trials fine-tune the UNet: run them alone")
+        names = [str(c.inversion.placeholder) for c in cfgs]
+        clash = len(set(names)) < len(names)
+        self.placeholders = names
+        self.trainers = [
+            Trainer(_in_process_cfg(c, f"{n}#{i}") if clash else c, comps, imgs)
+            for i, (c, n, imgs) in enumerate(zip(cfgs, names, images))
+        ]
+        # A trainer sized its token lookup when it was built; later trainers grew the vocabulary.
+        for t in self.trainers:
+            for s in t.splices:
+                grow = s.embedding.num_embeddings - s.lookup.numel()
+                if grow > 0:
+                    s.lookup = torch.cat([s.lookup, s.lookup.new_full((grow,), -1)])
+        self.comps = comps
+
+    def _draw(self, t: Trainer, m: int) -> dict:
+        """One micro-batch of trial `t`: the draws of Trainer.unet_loss, from t's generator, in its order."""
+        inv, gen, dev = t.cfg.inversion, t.generator, self.comps.device
+        examples = t.sampler.sample(int(inv.batch_size), gen)
+        latents = t.cache.sample([2 * ex.image_index + int(ex.flip) for ex in examples], gen)
+        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        steps = t.noise_scheduler.config.num_train_timesteps
+        ts = torch.randint(0, steps, (len(examples),), generator=gen).to(dev)
+        noisy = t.noise_scheduler.add_noise(latents, noise, ts)
+        kind = t.noise_scheduler.config.prediction_type
+        target = {"epsilon": noise, "sample": latents}.get(kind)
+        if target is None:
+            target = t.noise_scheduler.get_velocity(latents, noise, ts)
+        return {"noisy": noisy, "t": ts, "target": target, "prompts": t.prompts(examples, m)}
+
+    def step(self, active: list[int], ms: list[int]) -> dict[int, dict]:
+        """One optimizer step of each trial in `active` (m = its active vector count); returns its logs."""
+        comps, unet = self.comps, self.comps.unet
+        accums = {i: int(self.trainers[i].cfg.inversion.grad_accum) for i in active}
+        used = {i: [] for i in active}
+        totals = dict.fromkeys(active, 0.0)
+        for a in range(max(accums.values())):
+            now = [i for i in active if a < accums[i]]
+            draws = [self._draw(self.trainers[i], m) for i, m in zip(active, ms) if i in now]
+            with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
+                hidden, added, ids = self.trainers[0].encode_prompts([p for d in draws for p in d["prompts"]])
+                noisy = torch.cat([d["noisy"] for d in draws]).to(unet.dtype)
+                pred = unet(noisy, torch.cat([d["t"] for d in draws]), hidden.to(unet.dtype),
+                            added_cond_kwargs=added).sample
+            objective, start = 0.0, 0
+            for i, d in zip(now, draws):
+                t, inv, sl = self.trainers[i], self.trainers[i].cfg.inversion, slice(start, start + len(d["t"]))
+                start = sl.stop
+                m = ms[active.index(i)]
+                loss = F.mse_loss(pred[sl].float(), d["target"].float())
+                obj = loss + float(inv.reg_weight) * t.reg_loss(m) if inv.reg_weight else loss
+                objective = objective + t.scaler.scale(obj / accums[i])
+                used[i].append(ids[sl].unique().cpu())
+                totals[i] += loss.item() / accums[i]
+            objective.backward()
+        return {i: self._apply(self.trainers[i], torch.cat(used[i]), totals[i]) for i in active}
+
+    @staticmethod
+    def _apply(t: Trainer, used: torch.Tensor, total: float) -> dict:
+        """The end of Trainer.step: drop unused vectors' grads, record grad norms, step, zero."""
+        present = set(used.tolist())
+        for s in t.splices:
+            for p, token_id in zip(s.params, s.rows.ids):
+                if token_id not in present:
+                    p.grad = None
+        grad_norms = []
+        for i in range(t.k):
+            grads = [s.params[i].grad for s in t.splices]
+            grad_norms.append(0.0 if grads[0] is None else float(sum(g.float().norm() ** 2 for g in grads) ** 0.5))
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.optimizer.zero_grad(set_to_none=True)
+        return {"loss": total, "grad_norms": grad_norms}
+
+
+def invert_vectorised(cfgs: list[DictConfig], run_dirs: list[Path], *,
+                      components: Components | None = None) -> list[InversionResult]:
+    """`inversion.invert` for N compatible trials at once: history, checkpoints, embedding files per run."""
+    from sweeper.embeddings_io import save_learned_embeds
+
+    if len(cfgs) != len(run_dirs):
+        raise ValueError(f"{len(cfgs)} configs but {len(run_dirs)} run folders")
+    run_dirs = [Path(r) for r in run_dirs]
+    images = [data.select_images(data.list_images(c.data.images), c.data.n_images, int(c.data.subset_seed))
+              for c in cfgs]
+    first = cfgs[0]
+    comps = components or load_components(first.model.pretrained, first.inversion.precision,
+                                          first.get("device", "auto"))
+    vt = VectorisedTrainer(cfgs, comps, images)
+    n = len(cfgs)
+    steps = [int(c.inversion.steps) for c in cfgs]
+    fps = [fingerprint(c) for c in cfgs]
+    starts, windows, rows, resumed = [0] * n, [[] for _ in cfgs], [], [None] * n
+    for i, (run_dir, t) in enumerate(zip(run_dirs, vt.trainers)):
+        ckpt = latest_checkpoint(run_dir, steps[i])
+        if ckpt is not None:
+            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+            if state["fingerprint"] != fps[i]:
+                raise ResumeError(f"{ckpt}: checkpoint was made with a different config; "
+                                  f"use a new run folder or delete {run_dir / CHECKPOINTS}")
+            t.load_state_dict(state)
+            starts[i], windows[i], resumed[i] = int(state["step"]), list(state["loss_window"]), int(state["step"])
+        rows.append(read_history(run_dir, starts[i]))
+    log.info("vectorised: %d trials, steps %s", n, steps)
+
+    for step in range(min(starts), max(steps)):
+        active = [i for i in range(n) if starts[i] <= step < steps[i]]
+        ms = [tokens.active_count(step, vt.trainers[i].k, cfgs[i].inversion.progressive_every) for i in active]
+        outs = vt.step(active, ms)
+        done = step + 1
+        for i in active:
+            inv, t = cfgs[i].inversion, vt.trainers[i]
+            windows[i].append(outs[i]["loss"])
+            if done % int(inv.log_every) == 0 or done == steps[i]:
+                rows[i].append({"step": done, "loss": float(np.mean(windows[i])), "lr": t.lr, **t.distances()})
+                write_history(run_dirs[i], rows[i])
+                windows[i] = []
+            every = int(inv.checkpoint_every or 0)
+            if every and (done % every == 0 or done == steps[i]):
+                save_checkpoint(run_dirs[i], t, done, fps[i], windows[i])
+
+    results = []
+    for i, (cfg, t) in enumerate(zip(cfgs, vt.trainers)):
+        name = vt.placeholders[i]
+        vectors = [s.vectors()[: t.k].cpu() for s in t.splices]
+        per_image = None
+        if t.image_tokens:
+            per_image = {tok: [s.vectors()[t.k + j: t.k + j + 1].cpu() for s in t.splices]
+                         for j, tok in enumerate(tokens.image_tokens(name, len(images[i])))}
+        meta = {"model": str(cfg.model.pretrained), "init_word": str(cfg.inversion.init_word),
+                "steps": str(steps[i]), "tokens": " ".join(tokens.placeholder_tokens(name, t.k)),
+                "vectorised": str(n)}
+        paths = save_learned_embeds(run_dirs[i], name, vectors, per_image, meta)
+        results.append(InversionResult(t, name, vectors, per_image, paths, images[i], t.lr, resumed[i]))
+    return results

@@ -1,0 +1,73 @@
+"""Vectorised trials: each trial's result equals running it alone (same seeds), on real tiny components."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from sweeper.inversion import invert
+from sweeper.models import load_components
+from sweeper.vectorised import IncompatibleTrials, group_compatible, invert_vectorised
+from tests.conftest import write_concept_images
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+# Three trials that differ in everything a vectorised group may vary.
+TRIALS = [
+    ["inversion.lr=5e-3", "inversion.seed=0", "inversion.num_vectors=1", "inversion.batch_size=2"],
+    ["inversion.lr=2e-2", "inversion.seed=1", "inversion.num_vectors=2", "inversion.reg_weight=0.1",
+     "data.n_images=3", "inversion.batch_size=3"],
+    ["inversion.lr=1e-3", "inversion.seed=2", "inversion.num_vectors=3", "inversion.progressive_every=2",
+     "inversion.per_image_tokens=true", "inversion.grad_accum=2", "inversion.steps=3", "data.n_images=2",
+     "inversion.scale_lr=false"],
+]
+
+
+def make_cfg(model: Path, images: Path, extra: list[str]):
+    common = [f"model.pretrained={model}", f"data.images={images}", "inversion.init_word=toy",
+              "inversion.steps=4", "inversion.log_every=1", "inversion.checkpoint_every=0", "tracking=none"]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose("config", overrides=common + extra)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return write_concept_images(tmp_path_factory.mktemp("concept"), n=4)
+
+
+def test_vectorised_equals_sequential(tiny_sd, images, tmp_path):
+    cfgs = [make_cfg(tiny_sd, images, extra) for extra in TRIALS]
+    alone = [invert(cfg, tmp_path / f"alone{i}", components=load_components(str(tiny_sd))) for i, cfg in enumerate(cfgs)]
+    together = invert_vectorised(cfgs, [tmp_path / f"vec{i}" for i in range(len(cfgs))])
+    for i, (a, v) in enumerate(zip(alone, together)):
+        assert v.placeholder == a.placeholder == "<concept>"
+        assert v.vectors[0].shape == a.vectors[0].shape == (i + 1, 32)
+        moved = (a.vectors[0] - a.trainer.splices[0].init[: i + 1].cpu()).abs().max()
+        assert moved > 1e-4, "the trial did not train, so equality would prove nothing"
+        torch.testing.assert_close(v.vectors[0], a.vectors[0], atol=1e-5, rtol=0)
+        # the files a run folder holds match too, under the configured placeholder name
+        fa = load_file(tmp_path / f"alone{i}" / "learned_embeds.safetensors")
+        fv = load_file(tmp_path / f"vec{i}" / "learned_embeds.safetensors")
+        assert fa.keys() == fv.keys() == {"<concept>"}
+        torch.testing.assert_close(fv["<concept>"], fa["<concept>"], atol=1e-5, rtol=0)
+        ha = (tmp_path / f"alone{i}" / "history.csv").read_text().splitlines()
+        hv = (tmp_path / f"vec{i}" / "history.csv").read_text().splitlines()
+        assert len(ha) == len(hv) and ha[0] == hv[0]
+    assert alone[2].per_image is not None and together[2].per_image.keys() == alone[2].per_image.keys()
+
+
+def test_grouping_and_refusals(tiny_sd, images, tmp_path):
+    cfgs = [make_cfg(tiny_sd, images, e) for e in (
+        [], ["inversion.lr=1e-2"], ["data.property=style"], ["inversion.pivotal.enabled=true"],
+        ["inversion.pivotal.enabled=true"], ["inversion.seed=3"],
+    )]
+    assert group_compatible(cfgs) == [[0, 1, 5], [2], [3], [4]]
+    assert group_compatible(cfgs, max_group=2) == [[0, 1], [5], [2], [3], [4]]
+    with pytest.raises(IncompatibleTrials, match="data.property"):
+        invert_vectorised([cfgs[0], cfgs[2]], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(IncompatibleTrials, match="pivotal"):
+        invert_vectorised([cfgs[3]], [tmp_path / "c"])
