@@ -56,14 +56,14 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def check_images(paths: list[Path]) -> None:
     """Decode every image fully; raise one DataError naming every file that fails."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     bad = []
     for path in paths:
         try:
             with Image.open(path) as im:
                 im.load()
-                _to_float_rgb(im)
+                _to_float_rgb(ImageOps.exif_transpose(im))  # the same steps load_image takes
         except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ...
             bad.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})")
     if bad:

@@ -287,6 +287,12 @@ def load_into_pipeline(pipe, embedding: LoadedEmbedding | str | Path, token: str
             f"{source}: holds {len(got)} vector set(s) of width {got}, but the pipeline's text encoder(s) "
             f"take {dims}; the embedding was trained for a different model family"
         )
+    # diffusers refuses a taken token per encoder; check all first so SDXL is never left half-loaded
+    for tokenizer, _ in pairs:
+        taken = [t for t in (token, f"{token}_1") if t in tokenizer.get_vocab()]
+        if taken:
+            raise ValueError(f"{source}: token {taken[0]!r} is already in the pipeline's vocabulary; "
+                             "pass another token (e.g. token='<my-concept>')")
     for (tokenizer, encoder), vectors in zip(pairs, embedding.vectors):
         pipe.load_textual_inversion({token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder)
     return token

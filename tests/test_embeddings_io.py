@@ -250,3 +250,23 @@ def test_unreadable_and_unknown_files(tmp_path):
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(EmbeddingFormatError, match="has no learned_embeds.safetensors"):
         load_embedding_file(tmp_path / "empty_run")
+
+
+def test_half_precision_pipeline_and_taken_token(tmp_path, tiny_sd, sdxl_pipe):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, torch_dtype=torch.float16)
+    vectors = torch.randn(2, SD_DIM)
+    save_learned_embeds(tmp_path, "<half>", [vectors])
+    assert load_into_pipeline(pipe, tmp_path) == "<half>"
+    got = rows(pipe.tokenizer, pipe.text_encoder, multi("<half>", 2))
+    assert got.dtype == torch.float16 and torch.equal(got, vectors.half())
+    with pytest.raises(ValueError, match="'<half>' is already in the pipeline's vocabulary"):
+        load_into_pipeline(pipe, tmp_path)
+
+    sdxl_pipe.tokenizer_2.add_tokens("<dup>")  # taken on the second encoder only
+    n1 = len(sdxl_pipe.tokenizer)
+    emb = LoadedEmbedding("<dup>", [torch.randn(1, SDXL_DIMS[0]), torch.randn(1, SDXL_DIMS[1])])
+    with pytest.raises(ValueError, match="already in the pipeline's vocabulary"):
+        load_into_pipeline(sdxl_pipe, emb)
+    assert len(sdxl_pipe.tokenizer) == n1  # the first encoder was not touched
