@@ -1,0 +1,138 @@
+"""Re-evaluate without training: a finished run folder, or any embedding file against a model.
+
+    python -m sweeper.evaluate SOURCE [--out DIR | --in-place] [--token TOKEN] [OVERRIDE ...]
+
+SOURCE    a run folder (its config.yaml gives model, data and evaluation settings), or an embedding file:
+          diffusers .safetensors/.bin ({token: [k, dim]}), A1111/ComfyUI .pt/.safetensors. Every file
+          goes through embeddings_io.load_embedding_file: pickles are read with weights_only=True and a
+          file carrying code is refused (exit status 2).
+OVERRIDE  Hydra overrides, the same as for `python -m sweeper`, applied on top of the run's config (or of
+          conf/config.yaml for a file): evaluation=fast, evaluation/prompts=paper_examples,
+          evaluation.judge=/path/to/clip, evaluation.num_samples=16, model.pretrained=..., data.images=...
+--out     where metrics.json, samples/ and config.yaml go (default outputs/reeval/<source>-<time>);
+          the run's own metrics.json is only overwritten with --in-place.
+--token   the placeholder to register (default: the file's own name, else "<concept>").
+
+Examples:
+    python -m sweeper.evaluate multirun/2025-01-01/12-00-00/3 evaluation=fast
+    python -m sweeper.evaluate cat.pt model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        data.images=data/cat evaluation/prompts=dreambench_live
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper import atomic
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger(__name__)
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose("config", overrides=overrides)
+
+
+def _override_nodes(override: str) -> list[str]:
+    """The config nodes an override sets: 'a.b=1' -> [a.b]; 'g=x' -> [g]; 'g/s=x' -> the keys g/s/x.yaml sets."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    if "/" not in key:
+        return [key]
+    option = override.split("=", 1)[1] if "=" in override else ""
+    path = CONF_DIR / key / f"{option}.yaml"
+    if not path.is_file():
+        return [key.replace("/", ".")]
+    text = path.read_text()
+    header = next((ln.split("@package", 1)[1].strip() for ln in text.splitlines() if "@package" in ln), None)
+    package = header or key.replace("/", ".")
+    return [f"{package}.{k}" for k in (yaml.safe_load(text) or {})]
+
+
+def load_config(source: Path, overrides: list[str]) -> DictConfig:
+    """The run's own config.yaml with the overrides applied, or conf/config.yaml + overrides for a file."""
+    composed = compose(overrides)
+    if not source.is_dir():
+        return composed
+    run_config = source / "config.yaml"
+    if not run_config.is_file():
+        raise FileNotFoundError(f"{source}: a folder without config.yaml; give a run folder or an embedding file")
+    cfg = OmegaConf.load(run_config)
+    OmegaConf.set_struct(cfg, False)
+    if "evaluation" not in cfg:
+        cfg.evaluation = composed.evaluation
+    for override in overrides:
+        for node in _override_nodes(override):
+            OmegaConf.update(cfg, node, OmegaConf.select(composed, node), merge=False)
+    return cfg
+
+
+def training_images(cfg: DictConfig) -> list:
+    from sweeper.data import check_images, list_images, select_images
+
+    if OmegaConf.is_missing(cfg.data, "images"):
+        raise ValueError("data.images is required to evaluate a file: pass data.images=FOLDER (the concept images)")
+    paths = select_images(list_images(cfg.data.images), cfg.data.get("n_images"), cfg.data.get("subset_seed", 0))
+    check_images(paths)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sweeper.evaluation import evaluate_embedding
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeper.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", type=Path, help="run folder or embedding file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option)")
+    parser.add_argument("--out", type=Path, help="output folder (default outputs/reeval/<source>-<time>)")
+    parser.add_argument("--in-place", action="store_true", help="write into the run folder (overwrites metrics.json)")
+    parser.add_argument("--token", help="placeholder token to register for the embedding")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    source = args.source.expanduser()
+    try:
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: no such run folder or embedding file")
+        if args.in_place and not source.is_dir():
+            raise ValueError("--in-place needs a run folder as SOURCE")
+        cfg = load_config(source, args.overrides)
+        from sweeper.embeddings_io import load_embedding_file
+
+        load_embedding_file(source)  # refuse unsafe or unknown files before loading any model
+        images = training_images(cfg)
+        out = source if args.in_place else args.out or Path("outputs/reeval") / (
+            f"{source.stem or source.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        if not args.in_place and (out / "metrics.json").exists():
+            raise FileExistsError(f"--out {out}: already holds a metrics.json; choose another folder")
+        extra = {"source": str(source), "overrides": list(args.overrides)}
+        metrics = evaluate_embedding(cfg, source, images, Path(out), token=args.token, extra=extra)
+        if not args.in_place:
+            atomic.write_text(Path(out) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=False))
+    except Exception as err:  # every failure ends as one readable line and a non-zero status
+        known = type(err).__module__.startswith("sweeper") or isinstance(err, (OSError, ValueError))
+        if not known:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{out}/metrics.json: image_similarity={metrics['image_similarity']:.4f} "
+        f"text_similarity={metrics['text_similarity']:.4f} ({metrics['text_variant']}, judge {metrics['judge']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
