@@ -1,0 +1,39 @@
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N]`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from analysis.load import StoreError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=(
+        "Turn sweep folders (run folders with config.yaml, metrics.json, ...) into runs.csv, the tradeoff "
+        "and diagnostic plots (PNG + SVG) and a self-contained report.html."))
+    p.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="sweep folder(s); several are merged")
+    p.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/analysis, or "
+                   "./analysis-merged for several sweeps)")
+    p.add_argument("--wandb", action="store_true", help="also log the table and plots to the sweep's W&B "
+                   "summary run, with the tracking settings of the sweep's runs")
+    p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
+    args = p.parse_args(argv)
+
+    from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
+
+    try:
+        res = analyse(args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    df = res["runs"]
+    counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
+    print(f"{len(df)} runs ({counts}) -> {res['out']}")
+    for name in ("runs.csv", "tradeoff.png", "report.html"):
+        print(f"  {res['files'][name]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

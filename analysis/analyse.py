@@ -1,0 +1,106 @@
+"""Sweep folders -> runs.csv, the plots (PNG + SVG) and report.html, in one call; optionally the same
+table and plots logged to the sweep's W&B summary run through sweeper.tracking."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import plots
+from analysis.load import history, load_runs
+from analysis.report import write_report
+from sweeper.atomic import write_text
+
+
+def default_out(sweep_dirs: list[str | Path]) -> Path:
+    """<sweep>/analysis for one sweep; ./analysis-merged for several."""
+    return Path(sweep_dirs[0]) / "analysis" if len(sweep_dirs) == 1 else Path("analysis-merged")
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "run"
+
+
+def analyse(sweep_dirs: list[str | Path], out: str | Path | None = None, *, wandb: bool = False,
+            max_grids: int | None = None) -> dict[str, Any]:
+    """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
+    "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means}."""
+    sweep_dirs = list(sweep_dirs)
+    df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
+    out = Path(out) if out is not None else default_out(sweep_dirs)
+    files: dict[str, Path] = {}
+    files["runs.csv"] = write_text(out / "runs.csv", df.to_csv(index=False))
+
+    titles: dict[str, Path | None] = {}
+    fig, tradeoff = plots.tradeoff_plot(df)
+    png, svg = plots.save(fig, out, "tradeoff")
+    files.update({"tradeoff.png": png, "tradeoff.svg": svg})
+    titles["Image vs text similarity (the tradeoff plane)"] = png
+
+    fig, distance = plots.distance_plot(df)
+    png, svg = plots.save(fig, out, "objectives_vs_distance")
+    files.update({"objectives_vs_distance.png": png, "objectives_vs_distance.svg": svg})
+    titles["Objectives vs distance from the init embedding"] = png
+
+    notes = []
+    fig, sizes = plots.dataset_size_plot(df)
+    if fig is not None:
+        png, svg = plots.save(fig, out, "objectives_vs_dataset_size")
+        files.update({"objectives_vs_dataset_size.png": png, "objectives_vs_dataset_size.svg": svg})
+        titles["Objectives vs training-set size"] = png
+    else:
+        notes.append("No dataset-size plot: fewer than two distinct data.n_images among completed runs.")
+
+    histories = {r: h for r, d in zip(df["run"], df["run_dir"]) if (h := history(d)) is not None and len(h)}
+    fig = plots.curves_overlay(df, histories)
+    if fig is not None:
+        png, svg = plots.save(fig, out, "curves")
+        files.update({"curves.png": png, "curves.svg": svg})
+        titles["Loss and distance curves (all runs)"] = png
+    curve_pngs = {}
+    for run, h in histories.items():
+        fig = plots.curves_plot(h, title=run)
+        curve_pngs[run] = plots.save(fig, out / "curves", _slug(run), svg=False, dpi=120)[0]
+
+    files["report.html"] = write_report(df, titles, out, curve_pngs, notes, max_grids=max_grids)
+    result = {"runs": df, "files": files, "tradeoff": tradeoff, "distance": distance, "dataset_size": sizes,
+              "out": out}
+    if wandb:
+        result["tracking"] = log_to_tracking(df, {Path(p).stem: p for t, p in titles.items()}, out)
+    return result
+
+
+def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path) -> str:
+    """Log the runs table, the plots and a few summary numbers to the sweep's W&B summary run, using
+    the tracking settings of the sweep's own runs (sweeper.tracking.Tracker; offline by default).
+    The summary run is named after the output folder and lands in the sweep's group."""
+    try:
+        from sweeper.tracking import Tracker
+    except ImportError as e:
+        raise RuntimeError(f"--wandb needs sweeper/tracking.py (the tracking module): {e}") from e
+    from omegaconf import OmegaConf
+
+    cfg_file = Path(df["run_dir"].iloc[0]) / "config.yaml"
+    cfg = OmegaConf.load(cfg_file)
+    tracker = Tracker.from_config(cfg, out)
+    done = df[df["status"] == "completed"]
+    table = df.drop(columns=[c for c in df.columns if c.startswith(("per_prompt.", "protocol.", "seeds."))])
+    tracker.log({"runs": _wandb_table(table)})
+    tracker.log_images({k: Path(v) for k, v in images.items()})
+    best = {}
+    if len(done):
+        best = {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")}
+    tracker.summary({"runs_total": len(df), "runs_completed": len(done),
+                     "runs_failed": int((df["status"] == "failed").sum()), **best})
+    tracker.finish("completed")
+    return str(out)
+
+
+def _wandb_table(df: pd.DataFrame):
+    import wandb
+
+    clean = df.astype(object).where(df.notna(), None)
+    return wandb.Table(dataframe=clean.astype(str).where(clean.notna(), ""))

@@ -1,0 +1,179 @@
+"""report.html: one self-contained file (every image base64-embedded, no network, no external script):
+the plots, a sortable table with one row per run, failed runs with their errors, each run's curves
+and sample grids."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from sweeper.atomic import write_text
+
+THUMB_PX = 384  # sample grids are downscaled: a 64-sample 512 px grid is ~20 MB as a PNG
+
+TABLE_COLUMNS = [
+    ("run", "run"), ("concept", "concept"), ("family", "family"), ("status", "status"),
+    ("image_similarity", "image sim."), ("text_similarity", "text sim."),
+    ("final_dist_l2", "L2 from init"), ("final_loss", "final loss"), ("last_step", "steps"),
+    ("wall_time_s", "wall time (s)"), ("inversion.lr", "lr"), ("inversion.num_vectors", "vectors"),
+    ("data.n_images", "images"), ("sweep", "sweep"), ("error", "error"),
+]
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+.plots img{max-width:100%;border:1px solid #eee;margin:6px 0}
+table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}
+th{background:#f3f3f3;cursor:pointer;user-select:none;position:sticky;top:0}
+th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
+tr.failed td{background:#fff0f0}tr.running td{background:#f4f8ff}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.grids img{height:192px;margin:2px;border:1px solid #eee}.err{color:#a00;white-space:pre-wrap}
+pre{font-size:11px;background:#f8f8f8;padding:6px;overflow-x:auto}
+"""
+
+# Click a header to sort by it; numbers (data-v) sort numerically, empty cells last.
+JS = """
+document.querySelectorAll('table.sortable th').forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var table = th.closest('table'), body = table.tBodies[0];
+    var asc = !th.classList.contains('asc');
+    table.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc');});
+    th.classList.add(asc ? 'asc' : 'desc');
+    var rows = Array.prototype.slice.call(body.rows);
+    function key(r){var c = r.cells[col]; var v = c.getAttribute('data-v'); return v === null ? c.textContent : v;}
+    rows.sort(function(a, b){
+      var x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
+      if (x === '' || y === '') return (x === '') - (y === '');
+      var r = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return asc ? r : -r;
+    });
+    rows.forEach(function(r){body.appendChild(r);});
+  });
+});
+"""
+
+
+def data_uri(path: Path, max_px: int | None = None) -> str:
+    """An image file as a data: URI; downscaled (JPEG) to `max_px` wide when given and larger."""
+    path = Path(path)
+    if path.suffix == ".svg":
+        return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode()
+    if max_px:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.width > max_px:
+                im = im.convert("RGB")
+                im.thumbnail((max_px, max_px * im.height // im.width + 1))
+                buf = io.BytesIO()
+                im.save(buf, format="JPEG", quality=85)
+                return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
+
+
+def _cell(row: pd.Series, col: str) -> str:
+    v = row.get(col)
+    if _blank(v):
+        return "<td></td>"
+    if col in ("image_similarity", "text_similarity"):
+        lo, hi = row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high")
+        ci = "" if _blank(lo) or _blank(hi) else f" [{float(lo):.3f}, {float(hi):.3f}]"
+        return f'<td class="num" data-v="{float(v):.6g}">{float(v):.3f}{ci}</td>'
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f'<td class="num" data-v="{float(v):.6g}">{float(v):.4g}</td>'
+    return f"<td>{html.escape(str(v))}</td>"
+
+
+def runs_table(df: pd.DataFrame) -> str:
+    cols = [(c, name) for c, name in TABLE_COLUMNS if c in df.columns]
+    head = "".join(f"<th>{html.escape(name)}</th>" for _, name in cols)
+    body = []
+    for _, row in df.iterrows():
+        cells = "".join(_cell(row, c) for c, _ in cols)
+        body.append(f'<tr class="run {html.escape(str(row["status"]))}" id="{_anchor(row["run"])}">{cells}</tr>')
+    return (f'<table class="sortable" id="runs"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def _anchor(run: str) -> str:
+    return "run-" + "".join(ch if ch.isalnum() else "-" for ch in str(run))
+
+
+def _failed(df: pd.DataFrame) -> str:
+    failed = df[df["status"] == "failed"]
+    if not len(failed):
+        return "<p>No failed runs.</p>"
+    items = []
+    for _, row in failed.iterrows():
+        tb = ""
+        try:
+            tb = json.loads((Path(row["run_dir"]) / "status.json").read_text()).get("traceback") or ""
+        except (OSError, ValueError):
+            pass
+        tb_html = f"<details><summary>traceback</summary><pre>{html.escape(tb)}</pre></details>" if tb else ""
+        items.append(f'<li><a href="#{_anchor(row["run"])}">{html.escape(row["run"])}</a>: '
+                     f'<span class="err">{html.escape(str(row["error"] or "(no error recorded)"))}</span>{tb_html}</li>')
+    return f"<ul>{''.join(items)}</ul>"
+
+
+def _run_sections(df: pd.DataFrame, curve_pngs: dict[str, Path], out_dir: Path, max_grids: int | None) -> str:
+    parts = []
+    for _, row in df.iterrows():
+        run_dir = Path(row["run_dir"])
+        grids = sorted((run_dir / "samples").glob("*.png"), key=lambda p: (p.stem != "reconstruction", p.name))
+        shown = grids if max_grids is None else grids[:max_grids]
+        imgs = "".join(
+            f'<a href="{html.escape(os.path.relpath(p, out_dir))}"><img alt="{html.escape(p.stem)}" '
+            f'title="{html.escape(p.stem)}" src="{data_uri(p, THUMB_PX)}"></a>' for p in shown)
+        more = f"<p>{len(grids) - len(shown)} more grids in {html.escape(str(run_dir / 'samples'))}</p>" \
+            if len(shown) < len(grids) else ""
+        curve = curve_pngs.get(row["run"])
+        curve_html = f'<img alt="curves" src="{data_uri(curve)}" style="width:520px">' if curve else ""
+        status = html.escape(str(row["status"]))
+        parts.append(f'<details class="runsec"><summary><b>{html.escape(row["run"])}</b> — {html.escape(row["family"])} '
+                     f'— {status}</summary>{curve_html}<div class="grids">{imgs or "<p>no samples yet</p>"}</div>'
+                     f'{more}</details>')
+    return "".join(parts)
+
+
+def write_report(df: pd.DataFrame, plots: dict[str, Path], out_dir: str | Path,
+                 curve_pngs: dict[str, Path] | None = None, notes: list[str] | None = None,
+                 max_grids: int | None = None) -> Path:
+    """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG."""
+    out_dir = Path(out_dir)
+    counts = df["status"].value_counts().to_dict()
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    concepts = ", ".join(sorted(map(str, df["concept"].unique())))
+    sweeps = "".join(f"<li><code>{html.escape(s)}</code></li>" for s in sorted(df["sweep"].unique()))
+    figs = "".join(f'<h3>{html.escape(t)}</h3><img alt="{html.escape(t)}" src="{data_uri(p)}">'
+                   for t, p in plots.items() if p is not None)
+    note_html = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes or [])
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Textual-inversion sweep report</title>
+<style>{CSS}</style></head><body>
+<h1>Textual-inversion sweep report</h1>
+<p>{len(df)} runs ({summary}); concepts: {html.escape(concepts)};
+generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} from the run folders.</p>
+<ul>{sweeps}</ul>{note_html}
+<h2>Plots</h2><div class="plots">{figs}</div>
+<h2>Runs</h2><p>Click a column header to sort. Similarities are raw CLIP cosines with 95% CIs.</p>
+{runs_table(df)}
+<h2>Failed runs</h2>{_failed(df)}
+<h2>Per run: curves and sample grids</h2>{_run_sections(df, curve_pngs or {}, out_dir, max_grids)}
+<script>{JS}</script>
+</body></html>
+"""
+    return write_text(out_dir / "report.html", doc)

@@ -1,0 +1,337 @@
+"""analysis/: the Pareto front, runs.csv against a synthetic results store with known values, the plots.
+
+The store is written here exactly per ARCHITECTURE.md (config.yaml, status.json, history.csv,
+metrics.json, samples/*.png, Hydra's .hydra/config.yaml beside it), with completed, failed and
+running runs, two sweeps ("machines") and two concepts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from analysis import StoreError, family, find_runs, load_runs, pareto_front, pareto_mask
+from analysis.load import FAMILY_DEFAULTS, _project_defaults
+from analysis.plots import text_box
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (sweep, run, concept, overrides, image_sim, text_sim, final L2 distance, status)
+SPECS = [
+    ("sweepA", "0", "cat_toy", {}, 0.80, 0.22, 0.50, "completed"),
+    ("sweepA", "1", "cat_toy", {"inversion.lr": 2e-2}, 0.84, 0.18, 0.90, "completed"),
+    ("sweepA", "2", "cat_toy", {"inversion.lr": 1e-4}, 0.70, 0.27, 0.10, "completed"),
+    ("sweepA", "3", "cat_toy", {"inversion.num_vectors": 3}, 0.83, 0.19, 0.70, "completed"),
+    ("sweepA", "4", "cat_toy", {"inversion.per_image_tokens": True}, 0.75, 0.23, 0.30, "completed"),
+    ("sweepA", "5", "cat_toy", {"inversion.reg_weight": 0.01}, 0.72, 0.26, 0.20, "completed"),
+    ("sweepA", "6", "cat_toy", {"inversion.pivotal.enabled": True}, None, None, 0.40, "failed"),
+    ("sweepA", "7", "cat_toy", {"inversion.lr": 1e-3}, None, None, 0.05, "running"),
+    ("sweepB", "0", "teapot", {"data.n_images": 1}, 0.90, 0.15, 0.80, "completed"),
+    ("sweepB", "1", "teapot", {"data.n_images": 3}, 0.85, 0.20, 0.60, "completed"),
+    ("sweepB", "2", "teapot", {"data.n_images": 5}, 0.80, 0.24, 0.40, "completed"),
+    ("sweepB", "3", "teapot", {"data.n_images": 5, "inversion.seed": 1}, 0.78, 0.24, 0.35, "completed"),
+]
+REFS = {"cat_toy": ((0.92, 0.17), (0.55, 0.30)), "teapot": ((0.95, 0.16), (0.50, 0.31))}
+ERROR = "RuntimeError: loss became NaN at step 120 (lower inversion.lr)"
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for k, v in flat.items():
+        d = out
+        *head, last = k.split(".")
+        for h in head:
+            d = d.setdefault(h, {})
+        d[last] = v
+    return out
+
+
+def base_config(concept: str) -> dict:
+    d = _project_defaults()
+    flat = {
+        "model.pretrained": ".cache/tiny-sd", "data.images": f"/data/concepts/{concept}",
+        "data.n_images": d["data.n_images"], "data.property": "object", "inversion.lr": d["inversion.lr"],
+        "inversion.scale_lr": True, "inversion.batch_size": 4, "inversion.grad_accum": 1,
+        "inversion.num_vectors": d["inversion.num_vectors"],
+        "inversion.per_image_tokens": d["inversion.per_image_tokens"],
+        "inversion.reg_weight": d["inversion.reg_weight"],
+        "inversion.progressive_every": d["inversion.progressive_every"],
+        "inversion.pivotal.enabled": d["inversion.pivotal.enabled"], "inversion.steps": 100,
+        "inversion.seed": 0, "evaluation.num_samples": 8, "tracking.mode": "offline",
+    }
+    return flat
+
+
+def _grid_png(path: Path, seed: int, size: int = 96) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def write_run(run_dir: Path, concept: str, overrides: dict, x, y, dist: float, status: str, seed: int) -> dict:
+    """One run folder per the contract; returns the flat config written."""
+    cfg = base_config(concept) | overrides
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(_nest(cfg)))
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(_nest(cfg)))
+    k = int(cfg["inversion.num_vectors"])
+    steps = np.arange(0, 101, 10)
+    hist = {"step": steps, "loss": 0.2 + 0.1 * np.cos(steps + seed), "lr": cfg["inversion.lr"]}
+    for i in range(k):
+        hist[f"dist_l2_{i}"] = dist * steps / 100 * (1 + 0.01 * i)
+        hist[f"dist_cos_{i}"] = 0.1 * steps / 100
+    hist["dist_l2_mean"] = np.mean([hist[f"dist_l2_{i}"] for i in range(k)], axis=0)
+    hist["dist_cos_mean"] = 0.1 * steps / 100
+    n_rows = 6 if status == "running" else len(steps)
+    pd.DataFrame(hist).iloc[:n_rows].to_csv(run_dir / "history.csv", index=False)
+    finished = None if status == "running" else "2024-05-01T10:05:00"
+    st = {"status": status, "error": ERROR if status == "failed" else None,
+          "traceback": "Traceback (most recent call last):\n  ...\n" + ERROR if status == "failed" else None,
+          "started_at": "2024-05-01T10:00:00", "finished_at": finished,
+          "wall_time_s": None if status == "running" else 300.0 + seed, "trial_number": seed}
+    (run_dir / "status.json").write_text(json.dumps(st))
+    if status == "completed":
+        (img_ref, prm_ref) = REFS[concept]
+        m = {"image_similarity": x, "text_similarity": y, "text_similarity_mean_embedding": y,
+             "text_similarity_per_image": y - 0.01, "text_variant": "mean_embedding",
+             "image_similarity_ci": [x - 0.01, x + 0.02], "text_similarity_ci": [y - 0.005, y + 0.004],
+             "per_prompt": {"a photo of {} on the moon": {"mean_embedding": y, "per_image": y - 0.01}},
+             "references": {"image_only": {"image_similarity": img_ref[0], "text_similarity": img_ref[1]},
+                            "prompt_only": {"image_similarity": prm_ref[0], "text_similarity": prm_ref[1]}},
+             "judge": "openai/clip-vit-base-patch32", "protocol": {"steps": 50, "guidance": 5.0},
+             "seeds": {"sampling": 0}, "num_samples": 8}
+        (run_dir / "metrics.json").write_text(json.dumps(m))
+        _grid_png(run_dir / "samples" / "reconstruction.png", seed, size=900)  # big: gets downscaled
+        _grid_png(run_dir / "samples" / "a-photo-of-on-the-moon.png", seed + 100)
+    return cfg
+
+
+def write_store(root: Path) -> dict[str, Path]:
+    """Two sweep folders under root; returns {sweep name: folder}."""
+    sweeps = {}
+    for i, (sweep, run, concept, over, x, y, dist, status) in enumerate(SPECS):
+        sweeps[sweep] = root / sweep
+        write_run(root / sweep / run, concept, over, x, y, dist, status, seed=i)
+    (root / "sweepA" / "multirun.yaml").write_text("hydra: {}\n")
+    return sweeps
+
+
+@pytest.fixture
+def store(tmp_path) -> dict[str, Path]:
+    return write_store(tmp_path / "store")
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """The synthetic store analysed once (both sweeps merged): (store, analyse() result, out folder)."""
+    from analysis.analyse import analyse
+
+    root = tmp_path_factory.mktemp("analysed")
+    sweeps = write_store(root / "store")
+    out = root / "out"
+    return sweeps, analyse([sweeps["sweepA"], sweeps["sweepB"]], out), out
+
+
+# --- Pareto front ---------------------------------------------------------------------------------
+
+def brute_force_front(x, y) -> np.ndarray:
+    pts = list(zip(x, y))
+    out = []
+    for i, (a, b) in enumerate(pts):
+        if not (np.isfinite(a) and np.isfinite(b)):
+            out.append(False)
+            continue
+        dominated = any(c >= a and d >= b and (c > a or d > b) for j, (c, d) in enumerate(pts)
+                        if j != i and np.isfinite(c) and np.isfinite(d))
+        out.append(not dominated)
+    return np.array(out)
+
+
+def test_pareto_front_hand_made():
+    #          0    1    2    3    4    5    6    7     8
+    x = [1.0, 2.0, 3.0, 2.0, 3.0, 1.0, 0.5, 3.0, np.nan]
+    y = [3.0, 2.0, 1.0, 2.0, 0.5, 2.0, 3.0, 1.0, 9.0]
+    # 0: best y; 1 and 3 duplicates (both kept); 2 and 7 duplicates at best x; 4 same x as 2, lower y
+    # (dominated); 5 same y as 1, lower x (dominated); 6 same y as 0, lower x (dominated); 8 NaN.
+    mask = pareto_mask(x, y)
+    assert mask.tolist() == [True, True, True, True, False, False, False, True, False]
+    assert pareto_front(x, y).tolist() == [0, 1, 3, 2, 7]  # ordered by x for drawing
+    assert pareto_mask([], []).tolist() == []
+    assert pareto_mask([1.0], [1.0]).tolist() == [True]
+    with pytest.raises(ValueError, match="same length"):
+        pareto_mask([1, 2], [1])
+
+
+def test_pareto_front_matches_brute_force_with_many_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 25))
+        x = rng.integers(0, 5, n).astype(float)
+        y = rng.integers(0, 5, n).astype(float)
+        if n > 3:
+            x[0] = np.nan
+        assert pareto_mask(x, y).tolist() == brute_force_front(x, y).tolist()
+
+
+# --- families and discovery -----------------------------------------------------------------------
+
+def test_family_names():
+    d = FAMILY_DEFAULTS
+    base = {k: v for k, v in d.items()}
+    assert family(base, d) == "ours"
+    assert family(base | {"inversion.lr": 2e-2}, d) == "lr=2e-2"
+    assert family(base | {"inversion.lr": 1e-4}, d) == "lr=1e-4"
+    assert family(base | {"inversion.num_vectors": 3}, d) == "3 vectors"
+    assert family(base | {"inversion.per_image_tokens": True}, d) == "per-image tokens"
+    assert family(base | {"inversion.reg_weight": 0.01}, d) == "reg=0.01"
+    assert family(base | {"inversion.pivotal.enabled": True}, d) == "pivotal"
+    assert family(base | {"data.n_images": 5}, d) == "n=5 images"
+    assert family(base | {"inversion.num_vectors": 3, "inversion.progressive_every": 2000}, d) == \
+        "3 vectors, progressive"
+    assert family(base | {"inversion.lr": 2e-2, "data.n_images": 5}, d) == "lr=2e-2, n=5 images"
+
+
+def test_find_runs_skips_hydra_copies_and_nested_folders(store, tmp_path):
+    runs = find_runs(store["sweepA"])
+    assert [r.name for r in runs] == [str(i) for i in range(8)]
+    # a run folder given directly is one run
+    assert find_runs(store["sweepA"] / "3") == [store["sweepA"] / "3"]
+    with pytest.raises(StoreError, match="does not exist"):
+        find_runs(tmp_path / "nope")
+
+
+# --- runs.csv matches the store -------------------------------------------------------------------
+
+def test_runs_csv_matches_store(analysed):
+    store, _, out = analysed
+    csv = pd.read_csv(out / "runs.csv")
+    assert len(csv) == len(SPECS)
+    by_run = {r["run"]: r for _, r in csv.iterrows()}
+    for i, (sweep, run, concept, over, x, y, dist, status) in enumerate(SPECS):
+        r = by_run[f"{store[sweep]}/{run}"]
+        assert r["sweep"] == str(store[sweep])
+        assert r["concept"] == concept and r["status"] == status
+        assert r["family"] == family(base_config(concept) | over)
+        assert r["inversion.lr"] == pytest.approx((base_config(concept) | over)["inversion.lr"])
+        assert r["inversion.num_vectors"] == (base_config(concept) | over)["inversion.num_vectors"]
+        if status == "completed":
+            assert r["image_similarity"] == pytest.approx(x) and r["text_similarity"] == pytest.approx(y)
+            assert r["image_similarity_ci_low"] == pytest.approx(x - 0.01)
+            assert r["text_similarity_ci_high"] == pytest.approx(y + 0.004)
+            assert r["text_similarity_per_image"] == pytest.approx(y - 0.01)
+            assert r["ref.image_only.image_similarity"] == pytest.approx(REFS[concept][0][0])
+            assert r["final_dist_l2"] == pytest.approx(dist * 1.0 * np.mean([1 + 0.01 * j for j in range(
+                (base_config(concept) | over)["inversion.num_vectors"])]))
+            assert r["wall_time_s"] == pytest.approx(300.0 + i)
+            assert r["last_step"] == 100
+        else:
+            assert pd.isna(r["image_similarity"]) and pd.isna(r["text_similarity"])
+        if status == "failed":
+            assert r["error"] == ERROR
+        if status == "running":
+            assert r["last_step"] == 50 and pd.isna(r["wall_time_s"])
+    for name in ("tradeoff.png", "tradeoff.svg", "objectives_vs_distance.png", "objectives_vs_distance.svg",
+                 "objectives_vs_dataset_size.png", "curves.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.rglob(".*.tmp")), "temporary files left behind"
+    html = (out / "report.html").read_text()
+    assert html.count('<tr class="run ') == len(SPECS)
+    assert ERROR in html and "src=\"http" not in html
+
+
+def test_unreadable_file_is_reported_not_fatal(store):
+    (store["sweepA"] / "0" / "metrics.json").write_text("{not json")
+    df = load_runs([store["sweepA"]])
+    row = df[df["run"].str.endswith("/0")].iloc[0]
+    assert "metrics.json" in row["load_error"] and pd.isna(row["image_similarity"])
+
+
+# --- the plots ------------------------------------------------------------------------------------
+
+def test_tradeoff_plot_one_point_per_completed_run(analysed):
+    _, res, out = analysed
+    data = res["tradeoff"]["concepts"]
+    assert sorted(data) == ["cat_toy", "teapot"]
+    for concept, d in data.items():
+        expect = [s for s in SPECS if s[2] == concept and s[7] == "completed"]
+        assert len(d["runs"]) == len(expect)
+        assert sorted(d["x"]) == pytest.approx(sorted(s[4] for s in expect))
+        front_runs = {r for r, m in zip(d["runs"], brute_force_front(d["x"], d["y"])) if m}
+        assert set(d["front"]) == front_runs and front_runs
+        assert d["references"] == {"image_only": REFS[concept][0], "prompt_only": REFS[concept][1]}
+        # labels stay apart: no two label boxes overlap
+        fig = d["labels"][0].figure
+        boxes = [text_box(t, fig.canvas.get_renderer()) for t in d["labels"]]
+        for a, b in itertools.combinations(boxes, 2):
+            assert not a.overlaps(b), (a, b)
+    # the artists: the drawn error-bar markers hold exactly the completed runs' points
+    fig = data["cat_toy"]["labels"][0].figure
+    ax = fig.axes[0]
+    drawn = sorted((float(px), float(py)) for c in ax.containers for px, py in zip(*c.lines[0].get_data()))
+    assert drawn == sorted((s[4], s[5]) for s in SPECS if s[2] == "cat_toy" and s[7] == "completed")
+    # legible at column width: 3.3 in per facet
+    assert fig.get_size_inches()[0] == pytest.approx(2 * 3.3)
+    with Image.open(out / "tradeoff.png") as im:
+        assert im.width >= 2 * 3.3 * 200 * 0.8
+    assert "<svg" in (out / "tradeoff.svg").read_text()[:500]
+
+
+def test_distance_and_dataset_size_plots(analysed):
+    _, res, out = analysed
+    rho = res["distance"]
+    # cat_toy: text similarity falls monotonically with the distance from init (rho = -1)
+    cat = [s for s in SPECS if s[2] == "cat_toy" and s[7] == "completed"]
+    from scipy.stats import spearmanr
+
+    dists = [s[6] * np.mean([1 + 0.01 * j for j in range((base_config("cat_toy") | s[3])["inversion.num_vectors"])])
+             for s in cat]
+    assert rho["text_similarity"]["cat_toy"]["rho"] == pytest.approx(spearmanr(dists, [s[5] for s in cat])[0])
+    assert rho["text_similarity"]["cat_toy"]["rho"] == pytest.approx(-1.0)
+    assert rho["image_similarity"]["teapot"]["n"] == 4
+    svg = (out / "objectives_vs_distance.svg").read_text()
+    assert "ρ = -1.00" in svg or "ρ = −1.00" in svg
+    means = res["dataset_size"]["text_similarity"]["teapot"]
+    assert means == pytest.approx({1.0: 0.15, 3.0: 0.20, 5.0: 0.24})
+
+
+def test_partial_sweep_and_bad_input(tmp_path, capsys):
+    from analysis.__main__ import main
+
+    root = tmp_path / "partial"
+    write_run(root / "0", "cat_toy", {}, None, None, 0.1, "running", seed=0)
+    assert main([str(root)]) == 0
+    out = root / "analysis"
+    assert "running" in pd.read_csv(out / "runs.csv")["status"].tolist()
+    assert (out / "report.html").exists() and (out / "tradeoff.png").exists()
+    # a second analysis of the same sweep does not mistake its own output folder for a run
+    assert main([str(root)]) == 0 and len(pd.read_csv(out / "runs.csv")) == 1
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no run folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_subprocess_does_not_import_torch(store, tmp_path):
+    code = ("import sys; from analysis.__main__ import main; rc = main(sys.argv[1:]);"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(store["sweepB"]), "--out", str(tmp_path / "o")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "analysis", str(store["sweepB"]), "--out", str(tmp_path / "o2")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "4 runs" in r.stdout and (tmp_path / "o2" / "report.html").exists()
