@@ -319,3 +319,15 @@ def test_concept_images_fixture_roundtrip(concept_images: Path):
     check_images(paths)
     batch = torch.stack([load_image(p, 32) for p in paths])
     assert batch.shape == (3, 3, 32, 32)
+
+
+def test_int_and_float_modes_scaled():
+    # Older Pillow opens 16-bit PNGs as mode "I"; float images come as "F" in [0, 1]
+    from sweeper.data import _to_float_rgb
+
+    i16 = Image.fromarray(np.full((4, 4), 40000, np.int32), "I")
+    assert np.allclose(_to_float_rgb(i16), 40000 / 65535)
+    i8 = Image.fromarray(np.full((4, 4), 200, np.int32), "I")
+    assert np.allclose(_to_float_rgb(i8), 200 / 255)
+    f = Image.fromarray(np.full((4, 4), 0.25, np.float32), "F")
+    assert np.allclose(_to_float_rgb(f), 0.25) and _to_float_rgb(f).shape == (4, 4, 3)
