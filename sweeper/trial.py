@@ -19,6 +19,8 @@ from sweeper import record
 from sweeper.checks import ConfigError, check_config
 from sweeper.evaluation import check_config as check_evaluation
 from sweeper.evaluation import evaluate_run
+from sweeper.search import report_hook
+from sweeper.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,10 @@ def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:
 
 
 def _trial_number() -> int | None:
+    from sweeper.search import current_trial_number
+
+    if current_trial_number() is not None:  # an Optuna sweep: the study's trial number
+        return current_trial_number()
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -55,6 +61,9 @@ def run_trial(
     check_config(cfg)  # nothing is loaded or written before this passes
     check_evaluation(cfg.evaluation)
     record.start_run(run_dir, cfg, trial_number=_trial_number())
+    tracker = Tracker.from_config(cfg, run_dir)  # W&B view; never fails the trial
+    on_log = _both(on_log, tracker.on_log)
+    report = report if report is not None else report_hook()  # Optuna pruning inside a search
     try:
         from sweeper.inversion import invert
 
@@ -68,8 +77,25 @@ def run_trial(
         metrics = evaluate_run(cfg, run_dir, result.training_images)  # writes metrics.json, samples/
         scores = (metrics["image_similarity"], metrics["text_similarity"])
         log.info("trial done: %s", run_dir)
+        tracker.log({"image_similarity": scores[0], "text_similarity": scores[1]})
+        tracker.summary(metrics)
+        tracker.log_images({p.stem: p for p in sorted((run_dir / "samples").glob("*.png"))})
+        tracker.log_artifact(f"embeddings-{run_dir.name}", sorted(run_dir.glob("*embeds*.safetensors")))
     except BaseException as err:
         record.finish_run(run_dir, err)
+        tracker.finish("failed")
         raise
     record.finish_run(run_dir)
+    tracker.finish("completed")
     return scores
+
+
+def _both(a: Callable | None, b: Callable) -> Callable:
+    if a is None:
+        return b
+
+    def call(step: int, values: dict) -> None:
+        a(step, values)
+        b(step, values)
+
+    return call
