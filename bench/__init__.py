@@ -1,0 +1,1 @@
+"""Speed benchmarks: the project against the diffusers-example reference loop (`make bench`)."""

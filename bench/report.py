@@ -1,0 +1,167 @@
+"""The benchmark's table, targets, BENCHMARKS.md and benchmarks/latest.json (both written atomically)."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+
+import torch
+
+from bench import harness
+from bench.run import PAPER_TRIAL
+from sweeper import atomic
+
+
+def _f(x, fmt=".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def rows(results: dict) -> list[tuple[str, str, str]]:
+    """(what, figure, value) for every figure the run measured."""
+    out = []
+    tr = results.get("trainer")
+    if tr:
+        for side in ("reference", "trainer"):
+            r = tr[side]
+            label = f"{side} (batch {r['batch']}, {r['precision']})"
+            out += [(label, "image-passes/s", _f(r["image_passes_per_s"])), (label, "s/step", _f(r["step_s"])),
+                    (label, "achieved TFLOP/s", _f(r["achieved_tflops"])),
+                    (label, "peak memory GiB (excess over start)", f"{r['peak_gib']:.2f} ({r['delta_gib']:.2f})")]
+            if "utilisation" in r:
+                out.append((label, "utilisation of peak", f"{100 * r['utilisation']:.1f}%"))
+        out.append(("trainer / reference", "speedup (image-passes/s ratio)", f"{tr['speedup']:.2f}x"))
+        big = tr.get("trainer_big_batch")
+        if big:
+            label = f"trainer (batch {big['batch']})"
+            out += [(label, "image-passes/s", _f(big["image_passes_per_s"])),
+                    (label, "achieved TFLOP/s", _f(big["achieved_tflops"])),
+                    (label, "utilisation of peak", "-" if big["utilisation"] is None else f"{100 * big['utilisation']:.1f}%"),
+                    (label, "peak memory GiB", f"{big['peak_gib']:.2f}")]
+    for name, r in (results.get("techniques") or {}).items():
+        if name != "reference":
+            out.append((f"technique: {name}", "speedup over reference", f"{r['speedup']:.2f}x"))
+    sa = results.get("sampling")
+    if sa:
+        out += [("evaluation=paper", f"s ({sa['prompts']} prompts x {sa['paper_samples']} samples)", _f(sa["paper_s"])),
+                ("evaluation=fast", f"s ({sa['prompts']} prompts x {sa['fast_samples']} samples)", _f(sa["fast_s"])),
+                ("paper / fast", "time ratio", f"{sa['time_ratio']:.2f}x")]
+        for key in ("image_similarity", "text_similarity"):
+            m = sa[key]
+            out.append(("fast - paper", key, f"{m['diff']:+.4f} ({m['fast']:.4f} vs {m['paper']:.4f})"))
+    ve = results.get("vectorised")
+    if ve:
+        label = f"{ve['trials']} trials (batch {ve['batch_per_trial']} each)"
+        out += [(label, "trials/hour sequential (5000-step training)", _f(ve["trials_per_hour_sequential"])),
+                (label, "trials/hour vectorised (5000-step training)", _f(ve["trials_per_hour_vectorised"])),
+                (label, "vectorised / sequential", f"{ve['speedup']:.2f}x"),
+                (label, "vectorised peak memory GiB (excess)", f"{ve['peak_gib']:.2f} ({ve['delta_gib']:.2f})")]
+    return out
+
+
+def paper_trial_estimate(results: dict) -> float | None:
+    """Seconds for the issue's paper-protocol trial: 5000 steps at batch 4 + 64 samples x (1 + 8) prompts."""
+    tr, sa = results.get("trainer"), results.get("sampling")
+    if not tr or not sa or tr["trainer"]["batch"] != PAPER_TRIAL["batch_size"]:
+        return None
+    return PAPER_TRIAL["steps"] * tr["trainer"]["step_s"] + (1 + PAPER_TRIAL["prompts"]) * sa["paper_s_per_prompt_at_64"]
+
+
+def targets(args, results: dict) -> list[dict]:
+    cuda = args.device.type == "cuda"
+    out = []
+    tr = results.get("trainer")
+    if tr:
+        goal = 3.0 if cuda else 2.0
+        out.append({"target": f"trainer >= {goal:g}x reference ({'GPU' if cuda else 'CPU'})",
+                    "value": f"{tr['speedup']:.2f}x", "met": tr["speedup"] >= goal})
+    big = (tr or {}).get("trainer_big_batch")
+    if cuda and big and big["utilisation"] is not None:
+        out.append({"target": ">= 45% of 800 TFLOP/s, training step at batch >= 16 (H100)",
+                    "value": f"{100 * big['utilisation']:.1f}% at batch {big['batch']}", "met": big["utilisation"] >= 0.45})
+    else:
+        out.append({"target": ">= 45% of 800 TFLOP/s, training step at batch >= 16 (H100)",
+                    "value": "not measurable on this device", "met": None})
+    est = paper_trial_estimate(results)
+    out.append({"target": "paper-protocol trial <= 4 min on one H100",
+                "value": "-" if est is None else f"{est:.0f} s estimated at these shapes",
+                "met": (est <= 240) if cuda and est is not None and args.profile == "sd15" else None})
+    out.append({"target": "SDXL 1024 px trial fits in 24 GB", "value": "not measured by this run", "met": None})
+    return out
+
+
+def markdown(args, results: dict, device: str, date: str, tgts: list[dict]) -> str:
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows(results))
+    verdict = {True: "met", False: "MISSED", None: "n/a"}
+    tgt = "\n".join(f"| {t['target']} | {t['value']} | {verdict[t['met']]} |" for t in tgts)
+    return f"""# Benchmarks
+
+Generated by `make bench` (`python -m bench`); the same figures are in `benchmarks/latest.json`.
+
+- device: {device}
+- date: {date}
+- torch {torch.__version__}, python {platform.python_version()}
+- shapes: `{args.profile}` (bench/shapes.py; random weights: speed does not depend on weight values),
+  trainer precision {args.precision}, reference fp32, batch {args.batch}, {args.steps} steps per timed call,
+  {args.repeats} interleaved repeats
+
+How to read it: the two sides of every comparison run interleaved (A, B, A, B, ...) after a warm-up and
+each side's median is reported. This machine is shared (other jobs load the CPU while it measures), so
+absolute times move between runs; the ratios, measured under the same load, are the figures to trust.
+CPU peak memory is process RSS sampled every 2 ms (approximate); CUDA peak memory is
+torch.cuda.max_memory_allocated, resident weights included. FLOPs are counted by
+torch.utils.flop_counter on one step. Sampling metrics come from a random-weight model judged by a random
+tiny CLIP: their fast-minus-paper difference shows protocol noise at these sample counts, not real-model quality.
+
+| what | figure | value |
+|---|---|---|
+{table}
+
+## Targets
+
+| target | this run | verdict |
+|---|---|---|
+{tgt}
+
+{NOTES}
+"""
+
+
+NOTES = """## Notes
+
+- Reference = diffusers' examples/textual_inversion loop (bench/reference.py): VAE encode every step, fp32,
+  AdamW over the whole embedding matrix with rows restored, no latent cache, prompt tokenised every step.
+- Trainer = sweeper.inversion.Trainer (cached latents, only the placeholder rows as parameters, autocast in
+  the configured precision), built on the same components, so the comparison times steps, not loading.
+- Techniques are measured one at a time over the reference; a technique that does not pay on this device
+  (e.g. bf16 autocast on a CPU without bf16 units) shows a speedup below 1 and is kept only for GPUs.
+- Vectorised = sweeper.vectorised.VectorisedTrainer: N trials share one UNet call per step; each trial's
+  result equals running it alone (tests/test_vectorised.py). Trials/hour count training only.
+- On a CPU the targets written for GPUs are n/a; the paper-trial estimate there is at the CPU shapes.
+"""
+
+
+def write(args, results: dict) -> dict:
+    device = harness.device_name(args.device)
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    tgts = targets(args, results)
+    tr, ve = results.get("trainer") or {}, results.get("vectorised") or {}
+    summary = {
+        "device": device, "date": date, "profile": args.profile, "precision": args.precision,
+        "trainer_speedup": tr.get("speedup"), "trial_vectorised_speedup": ve.get("speedup"),
+        "peak_memory_gib": (tr.get("trainer") or {}).get("peak_gib"),
+        "sampling_time_ratio": (results.get("sampling") or {}).get("time_ratio"),
+        "paper_trial_estimate_s": paper_trial_estimate(results), "targets": tgts,
+        "settings": {k: (str(v) if k == "device" else v) for k, v in vars(args).items()
+                     if k not in ("out", "json")},
+        "results": results,
+    }
+    print(f"\nbenchmarks on {device}\n")
+    width = max((len(a) for a, _, _ in rows(results)), default=10)
+    for a, b, c in rows(results):
+        print(f"  {a:<{width}}  {b:<45} {c}")
+    for t in tgts:
+        print(f"  target: {t['target']}: {t['value']} -> {({True: 'met', False: 'MISSED', None: 'n/a'})[t['met']]}")
+    atomic.write_text(args.out, markdown(args, results, device, date, tgts))
+    atomic.write_json(args.json, summary)
+    print(f"\nwrote {args.out} and {args.json}")
+    return summary
