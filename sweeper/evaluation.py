@@ -15,9 +15,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -25,9 +23,7 @@ import numpy as np
 import torch
 
 from sweeper import atomic
-from sweeper.sampling import SAMPLERS, Sampler, grid, slug
-
-log = logging.getLogger(__name__)
+from sweeper.sampling import SAMPLERS, Sampler, save_grid, slugs
 
 VARIANTS = ("mean_embedding", "per_image")
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "prompts"
@@ -37,7 +33,7 @@ PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "
 DEFAULTS = {
     "negative_prompt": "", "text_variant": "mean_embedding", "bootstrap": 1000, "precision": "auto",
     "reconstruction_prompt": "a photo of {}", "prompt_set": None, "references": True,
-    "cache_dir": ".cache/references", "grid_samples": 16, "grid_tile": 256, "progress": True,
+    "cache_dir": ".cache/references", "grid_samples": 16, "grid_tile": 256, "progress": True, "use_pivotal": True,
 }
 
 
@@ -208,9 +204,7 @@ def score(
 def _sample_and_embed(sampler: Sampler, judge: Judge, prompt: str, key: str, n: int, grid_path=None, ev=None):
     images = sampler.sample(prompt, n, noise_key=key, desc=prompt[:40])
     if grid_path is not None:
-        buf = io.BytesIO()
-        grid(images, ev["grid_samples"], ev["grid_tile"]).save(buf, format="PNG")
-        atomic.write_bytes(grid_path, buf.getvalue())
+        save_grid(images, grid_path, ev["grid_samples"], ev["grid_tile"])
     return judge.images(images)
 
 
@@ -279,7 +273,7 @@ def evaluate_pipeline(
     n, samples = ev["num_samples"], out_dir / "samples"
     recon = _sample_and_embed(sampler, judge, fill(ev["reconstruction_prompt"], placeholder),
                               ev["reconstruction_prompt"], n, samples / "reconstruction.png", ev)
-    names = _unique_slugs(ev["prompts"])
+    names = slugs(ev["prompts"])
     prompt_samples = [
         _sample_and_embed(sampler, judge, fill(p, placeholder), p, n, samples / f"{names[p]}.png", ev)
         for p in ev["prompts"]
@@ -305,16 +299,6 @@ def evaluate_pipeline(
     return metrics
 
 
-def _unique_slugs(templates: list[str]) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for t in templates:
-        name, k = slug(t), 2
-        while name in names.values() or name == "reconstruction":
-            name, k = f"{slug(t)}-{k}", k + 1
-        names[t] = name
-    return names
-
-
 def evaluate_embedding(
     cfg, embedding: str | Path, training_images: list[Path], out_dir: Path, token: str | None = None,
     extra: dict | None = None,
@@ -332,9 +316,24 @@ def evaluate_embedding(
         ev["precision"] = "fp16" if device.type == "cuda" else "fp32"
     pipe = load_pipeline(str(cfg.model.pretrained), ev["precision"], str(device))
     placeholder = load_into_pipeline(pipe, loaded, token)
-    info = {"embedding": str(embedding), "num_vectors": loaded.num_vectors, **(extra or {})}
+    pivotal = _apply_pivotal(pipe, Path(embedding) / "pivotal") if ev["use_pivotal"] else None
+    info = {"embedding": str(embedding), "num_vectors": loaded.num_vectors, "pivotal": pivotal, **(extra or {})}
     return evaluate_pipeline(pipe, placeholder, ev, training_images, out_dir, model=str(cfg.model.pretrained),
                              extra=info, device=device)
+
+
+def _apply_pivotal(pipe, folder: Path) -> str | None:
+    """Use a run's pivotal-tuned UNet (full weights or LoRA) if it has one; return the mode used."""
+    if (folder / "unet").is_dir():
+        from diffusers import UNet2DConditionModel
+
+        unet = pipe.unet
+        pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=unet.dtype).to(unet.device)
+        return "full"
+    if folder.is_dir() and any(folder.glob("*.safetensors")):
+        pipe.load_lora_weights(str(folder))
+        return "lora"
+    return None
 
 
 def evaluate_run(cfg, run_dir: Path, training_images: list[Path]) -> dict:

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+
+from sweeper import atomic
 
 SAMPLERS = ("ddim", "dpmsolver++", "unipc", "euler")
 
@@ -38,8 +42,8 @@ def make_scheduler(pipe, sampler: str):
     )
 
     config = pipe.scheduler.config
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(config)
+    if sampler == "ddim":  # latent diffusion never clips x0 to [-1, 1] (DDIMScheduler's default would)
+        return DDIMScheduler.from_config(config, clip_sample=False)
     if sampler == "dpmsolver++":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
     if sampler == "unipc":
@@ -172,3 +176,20 @@ def grid(images: list[Image.Image], max_images: int = 16, tile: int = 256) -> Im
     for k, im in enumerate(images):
         canvas.paste(im.resize((tw, th), Image.BICUBIC), ((k % cols) * tw, (k // cols) * th))
     return canvas
+
+
+def save_grid(images: list[Image.Image], path: Path, max_images: int = 16, tile: int = 256) -> Path:
+    buf = io.BytesIO()
+    grid(images, max_images, tile).save(buf, format="PNG")
+    return atomic.write_bytes(path, buf.getvalue())
+
+
+def slugs(templates: list[str]) -> dict[str, str]:
+    """A distinct file name per template (never 'reconstruction', the reconstruction grid's name)."""
+    names: dict[str, str] = {}
+    for t in templates:
+        name, k = slug(t), 2
+        while name in names.values() or name == "reconstruction":
+            name, k = f"{slug(t)}-{k}", k + 1
+        names[t] = name
+    return names

@@ -237,3 +237,37 @@ def test_trial_refuses_bad_evaluation_config_before_any_work(tiny_sd, concept_im
     with pytest.raises(EvaluationConfigError, match="evaluation.prompts"):
         run_trial(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_run_with_pivotal_tuning_is_evaluated_with_its_tuned_unet(mode, tiny_sd, tiny_judge, concept_images, tmp_path):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from sweeper.data import list_images
+    from sweeper.embeddings_io import save_learned_embeds
+
+    run = tmp_path / "run"
+    save_learned_embeds(run, "<t>", [torch.randn(1, 32)])
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
+    if mode == "full":
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        unet.save_pretrained(run / "pivotal" / "unet")
+    else:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft import LoraConfig
+        from peft.utils import get_peft_model_state_dict
+
+        torch.manual_seed(0)
+        unet.add_adapter(LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        StableDiffusionPipeline.save_lora_weights(run / "pivotal", unet_lora_layers=layers)
+    ev = eval_cfg(tiny_judge, tmp_path / "refs", references=False, prompts=["a photo of {} on the moon"])
+    cfg = OmegaConf.create({"model": {"pretrained": str(tiny_sd)}, "device": "cpu", "evaluation": ev})
+    images = list_images(concept_images)
+    tuned = evaluate_run(cfg, run, images)
+    cfg.evaluation.use_pivotal = False
+    base = evaluate_run(cfg, run, images)
+    assert tuned["pivotal"] == mode and base["pivotal"] is None and base["references"] is None
+    assert abs(tuned["image_similarity"] - base["image_similarity"]) > 1e-6
