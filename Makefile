@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TINY := .cache/tiny-sd
 SWEEP ?= multirun
 
-.PHONY: install demo test test-slow lint bench plot world tiny clean
+.PHONY: install demo test test-slow lint bench plot world tiny clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ tiny: $(TINY)/model_index.json
 demo: $(STAMP) $(TINY)/model_index.json
 	$(BIN)/python -m sweeper model.pretrained=$(TINY) hydra.run.dir=outputs/demo
 
-test: $(STAMP)
+# System packages the tests need: Chromium opens report.html (tests/test_report_browser.py).
+# Installed only when /usr/bin/chromium is missing (Debian/Ubuntu apt; sudo when not root).
+SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
+system-deps:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
 
@@ -38,8 +44,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; else exit $$rc; fi
 
+# make plot SWEEP="sweep_dir [more sweep dirs...]" [OUT=dir]: runs.csv, plots, report.html
 plot: $(STAMP)
-	$(BIN)/python -m analysis $(SWEEP)
+	$(BIN)/python -m analysis $(SWEEP) $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf .cache outputs multirun

@@ -59,6 +59,13 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
     rows.forEach(function(r){body.appendChild(r);});
   });
 });
+// report.html#sort=<column name> (twice for descending) opens the table sorted: a shareable link
+(function(){
+  var m = location.hash.match(/^#sort=([^&]+)(&desc)?$/); if (!m) return;
+  document.querySelectorAll('table.sortable th').forEach(function(th){
+    if (th.textContent === decodeURIComponent(m[1])) { th.click(); if (m[2]) th.click(); }
+  });
+})();
 """
 
 
@@ -170,7 +177,7 @@ generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} from the r
 <ul>{sweeps}</ul>{note_html}
 <h2>Plots</h2><div class="plots">{figs}</div>
 <h2>Runs</h2><p>Click a column header to sort. Similarities are raw CLIP cosines with 95% CIs.</p>
-{runs_table(df)}
+<div style="overflow-x:auto">{runs_table(df)}</div>
 <h2>Failed runs</h2>{_failed(df)}
 <h2>Per run: curves and sample grids</h2>{_run_sections(df, curve_pngs or {}, out_dir, max_grids)}
 <script>{JS}</script>
