@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.in_place:
             atomic.write_text(Path(out) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=False))
     except Exception as err:  # every failure ends as one readable line and a non-zero status
-        known = type(err).__module__.startswith("sweeper") or isinstance(err, (OSError, ValueError))
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        known = type(err).__module__.startswith("sweeper") or isinstance(
+            err, (OSError, ValueError, HydraException, OmegaConfBaseException)
+        )
         if not known:
             raise
         print(f"error: {err}", file=sys.stderr)

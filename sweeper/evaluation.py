@@ -90,8 +90,12 @@ def check_config(ev) -> dict:
     for key in ("guidance", "eta"):
         if isinstance(ev.get(key), bool) or not isinstance(ev.get(key), (int, float)):
             raise EvaluationConfigError(f"evaluation.{key}={ev.get(key)!r}: must be a number")
-    if not ev.get("judge"):
-        raise EvaluationConfigError("evaluation.judge is empty: give a CLIP hub id or folder")
+    judge = str(ev.get("judge") or "")
+    local = Path(judge).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise EvaluationConfigError(f"evaluation.judge={judge}: folder has no config.json; give a CLIPModel folder")
+    if not local.exists() and (not judge or judge.startswith((".", "/", "~")) or judge.count("/") != 1):
+        raise EvaluationConfigError(f"evaluation.judge={judge!r}: no such folder, and not a hub id (owner/name)")
     return ev
 
 

@@ -128,8 +128,8 @@ def test_confidence_intervals_contain_point_estimates_and_are_seeded(seed):
     assert width(fewer) > width(out)
 
 
-def test_bad_evaluation_config_is_refused_before_model_work(tmp_path):
-    good = eval_cfg(tmp_path / "judge", tmp_path)
+def test_bad_evaluation_config_is_refused_before_model_work(tiny_judge, tmp_path):
+    good = eval_cfg(tiny_judge, tmp_path)
     with pytest.raises(EvaluationConfigError, match=r"evaluation.prompts: 'a photo on the moon'"):
         check_config({**good, "prompts": ["a photo on the moon"]})
     with pytest.raises(EvaluationConfigError, match="evaluation.sampler"):
@@ -139,8 +139,13 @@ def test_bad_evaluation_config_is_refused_before_model_work(tmp_path):
     with pytest.raises(EvaluationConfigError, match="evaluation.prompts='nope'"):
         check_config({**good, "prompts": "nope"})
     assert check_config({**good, "prompts": "dreambench_object"})["prompts"][0] == "a {} in the jungle"
-    with pytest.raises(EvaluationConfigError, match="evaluation.judge="):
-        Judge(str(tmp_path / "no-such-judge"))
+    with pytest.raises(EvaluationConfigError, match="evaluation.judge=.*no such folder"):
+        check_config({**good, "judge": str(tmp_path / "no-such-judge")})
+    with pytest.raises(EvaluationConfigError, match="evaluation.judge=.*config.json"):
+        check_config({**good, "judge": str(tmp_path)})
+    assert check_config({**good, "judge": "openai/clip-vit-base-patch32"})["judge"] == "openai/clip-vit-base-patch32"
+    with pytest.raises(EvaluationConfigError, match="evaluation.judge=openai/nope"):
+        Judge("openai/nope")  # a hub id that cannot be loaded (offline) fails with the key named
 
 
 def test_prompt_presets():

@@ -124,3 +124,12 @@ def test_cli_refuses_pickle_carrying_code(tiny_sd, concept_images, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "refused" in proc.stderr and "evil.pt" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists() and not out.exists()
+
+
+def test_bad_override_is_one_clear_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"<t>": torch.randn(1, 32)}, str(tmp_path / "e.safetensors"))
+    assert main([str(tmp_path / "e.safetensors"), "evaluation=nope", "--out", str(tmp_path / "o")]) == 2
+    assert "evaluation" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main([str(tmp_path / "e.safetensors"), "evaluation.steps=[", "--out", str(tmp_path / "o")]) == 2
