@@ -69,8 +69,7 @@ def padded_tokenizer(vocab_size: int):
 def build_components(profile: str | Profile = "mini", device: str | torch.device = "cpu",
                      precision: str = "fp32", seed: int = 0) -> Components:
     """Frozen random components shaped like `profile`, as sweeper.models.load_components returns them."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import PNDMScheduler
 
     from sweeper.models import resolve_dtype
     from sweeper.tiny import build_tokenizer
@@ -81,25 +80,7 @@ def build_components(profile: str | Profile = "mini", device: str | torch.device
     tokenizer = padded_tokenizer(p.vocab) if p.vocab else build_tokenizer()
     n = len(tokenizer)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=n, hidden_size=p.text_hidden, intermediate_size=4 * p.text_hidden,
-        num_hidden_layers=p.text_layers, num_attention_heads=p.text_heads, max_position_embeddings=77,
-        hidden_act="quick_gelu", bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1,
-    ))
-    levels = len(p.unet_channels)
-    unet = UNet2DConditionModel(
-        sample_size=p.latent_size, in_channels=4, out_channels=4, layers_per_block=p.unet_layers,
-        block_out_channels=p.unet_channels, attention_head_dim=p.unet_heads, norm_num_groups=p.norm_groups,
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
-        cross_attention_dim=p.text_hidden,
-    )
-    vae_levels = len(p.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=p.vae_channels,
-        down_block_types=("DownEncoderBlock2D",) * vae_levels, up_block_types=("UpDecoderBlock2D",) * vae_levels,
-        layers_per_block=p.vae_layers, norm_num_groups=p.norm_groups, sample_size=p.resolution,
-    )
+    text_encoder, unet, vae = build_text_encoder(p, n), build_unet(p), build_vae(p)
     # SD 1.5 ships PNDM; trainers and samplers derive theirs with from_config, as with a real model.
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, steps_offset=1, skip_prk_steps=True, set_alpha_to_one=False)
@@ -113,6 +94,41 @@ def build_components(profile: str | Profile = "mini", device: str | torch.device
         source=ModelSource(f"random:{p.name}", "memory", False), tokenizers=[tokenizer],
         text_encoders=[text_encoder], unet=unet, vae=vae, scheduler=scheduler, dtype=dtype, device=device,
         resolution=p.resolution,
+    )
+
+
+def build_text_encoder(p: Profile, vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=p.text_hidden, intermediate_size=4 * p.text_hidden,
+        num_hidden_layers=p.text_layers, num_attention_heads=p.text_heads, max_position_embeddings=77,
+        hidden_act="quick_gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    ))
+
+
+def build_unet(p: Profile):
+    from diffusers import UNet2DConditionModel
+
+    levels = len(p.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=p.latent_size, in_channels=4, out_channels=4, layers_per_block=p.unet_layers,
+        block_out_channels=p.unet_channels, attention_head_dim=p.unet_heads, norm_num_groups=p.norm_groups,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        cross_attention_dim=p.text_hidden,
+    )
+
+
+def build_vae(p: Profile):
+    from diffusers import AutoencoderKL
+
+    levels = len(p.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=p.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        layers_per_block=p.vae_layers, norm_num_groups=p.norm_groups, sample_size=p.resolution,
     )
 
 
