@@ -44,6 +44,12 @@ test: $(STAMP) system-deps
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; else exit $$rc; fi
 
+# Speed: the project against the diffusers-example reference loop, on this machine's device
+# (CUDA: SD 1.5 shapes; CPU: small shapes). Prints a table; writes BENCHMARKS.md + benchmarks/latest.json.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 # make plot SWEEP="sweep_dir [more sweep dirs...]" [OUT=dir]: runs.csv, plots, report.html
 plot: $(STAMP)
 	$(BIN)/python -m analysis $(SWEEP) $(if $(OUT),--out $(OUT))
