@@ -15,8 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="sweep folder(s); several are merged")
     p.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/analysis, or "
                    "./analysis-merged for several sweeps)")
-    p.add_argument("--wandb", action="store_true", help="also log the table and plots to the sweep's W&B "
-                   "summary run, with the tracking settings of the sweep's runs")
+    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None, help="log the table and "
+                   "plots to the sweep's W&B summary run (default: when the sweep's runs had tracking on; "
+                   "--wandb forces it, offline if tracking was off; --no-wandb never)")
     p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
     args = p.parse_args(argv)
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(df)} runs ({counts}) -> {res['out']}")
     for name in ("runs.csv", "tradeoff.png", "report.html"):
         print(f"  {res['files'][name]}")
+    if res["tracked"]:
+        print(f"  W&B summary run: {res['out'] / 'wandb'}")
     return 0
 
 

@@ -3,6 +3,7 @@ table and plots logged to the sweep's W&B summary run through sweeper.tracking."
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from analysis.load import history, load_runs
 from analysis.report import write_report
 from sweeper.atomic import write_text
 
+log = logging.getLogger(__name__)
+
 
 def default_out(sweep_dirs: list[str | Path]) -> Path:
     """<sweep>/analysis for one sweep; ./analysis-merged for several."""
@@ -24,10 +27,11 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "run"
 
 
-def analyse(sweep_dirs: list[str | Path], out: str | Path | None = None, *, wandb: bool = False,
+def analyse(sweep_dirs: list[str | Path], out: str | Path | None = None, *, wandb: bool | None = None,
             max_grids: int | None = None) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
-    "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means}."""
+    "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
+    "tracked": bool}. wandb: None = log when the sweep's runs had tracking on; True = always; False = never."""
     sweep_dirs = list(sweep_dirs)
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
@@ -68,39 +72,53 @@ def analyse(sweep_dirs: list[str | Path], out: str | Path | None = None, *, wand
     files["report.html"] = write_report(df, titles, out, curve_pngs, notes, max_grids=max_grids)
     result = {"runs": df, "files": files, "tradeoff": tradeoff, "distance": distance, "dataset_size": sizes,
               "out": out}
-    if wandb:
-        result["tracking"] = log_to_tracking(df, {Path(p).stem: p for t, p in titles.items()}, out)
+    images = {Path(p).stem: p for p in titles.values()}
+    result["tracked"] = wandb is not False and log_to_tracking(df, images, out, force=bool(wandb))
     return result
 
 
-def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path) -> str:
-    """Log the runs table, the plots and a few summary numbers to the sweep's W&B summary run, using
-    the tracking settings of the sweep's own runs (sweeper.tracking.Tracker; offline by default).
-    The summary run is named after the output folder and lands in the sweep's group."""
-    try:
-        from sweeper.tracking import Tracker
-    except ImportError as e:
-        raise RuntimeError(f"--wandb needs sweeper/tracking.py (the tracking module): {e}") from e
+def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force: bool = False) -> bool:
+    """Log the runs table, the plots and summary numbers to the sweep's W&B summary run through
+    sweeper.tracking.Tracker, with the tracking settings of the sweep's own runs (offline by default).
+    The summary run is named after `out` and grouped with the sweep's trials (tracking.group, else the
+    sweep folder's name, as the trials are). Tracking off in the sweep: nothing is logged unless `force`
+    (then offline). Returns whether a W&B run was written."""
     from omegaconf import OmegaConf
 
-    cfg_file = Path(df["run_dir"].iloc[0]) / "config.yaml"
-    cfg = OmegaConf.load(cfg_file)
+    from sweeper.tracking import Tracker
+
+    cfg = OmegaConf.load(Path(df["run_dir"].iloc[0]) / "config.yaml")
+    OmegaConf.set_struct(cfg, False)
+    t = OmegaConf.select(cfg, "tracking", default=None)
+    on = t is not None and bool(t.get("enabled", False)) and t.get("mode") != "disabled"
+    if not on and not force:
+        return False
+    if not on:
+        cfg.tracking = OmegaConf.merge(t or {}, {"enabled": True, "mode": "offline", "log_images": True})
+    if not cfg.tracking.get("group"):
+        cfg.tracking.group = "+".join(Path(s).name for s in sorted(df["sweep"].unique()))
+    cfg.tracking.dir = None  # the summary run lives beside the report: <out>/wandb/
     tracker = Tracker.from_config(cfg, out)
-    done = df[df["status"] == "completed"]
-    table = df.drop(columns=[c for c in df.columns if c.startswith(("per_prompt.", "protocol.", "seeds."))])
-    tracker.log({"runs": _wandb_table(table)})
+    if not tracker.active:
+        return False
+    try:  # Tracker.log keeps numbers only; a table goes to its run directly, guarded the same way
+        tracker.run.log({"runs": _wandb_table(df)})
+    except Exception as e:  # noqa: BLE001 - tracking never fails the analysis
+        log.warning("W&B table failed (%s: %s); runs.csv has everything", type(e).__name__, e)
     tracker.log_images({k: Path(v) for k, v in images.items()})
-    best = {}
-    if len(done):
-        best = {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")}
+    done = df[df["status"] == "completed"]
+    best = {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")} if len(done) else {}
     tracker.summary({"runs_total": len(df), "runs_completed": len(done),
                      "runs_failed": int((df["status"] == "failed").sum()), **best})
     tracker.finish("completed")
-    return str(out)
+    return True
 
 
 def _wandb_table(df: pd.DataFrame):
     import wandb
 
-    clean = df.astype(object).where(df.notna(), None)
-    return wandb.Table(dataframe=clean.astype(str).where(clean.notna(), ""))
+    keep = [c for c in df.columns if not c.startswith(("per_prompt.", "protocol.", "seeds."))]
+    # W&B tables want one type per column: numbers stay numbers, everything else becomes text
+    clean = pd.DataFrame({c: (df[c] if pd.api.types.is_numeric_dtype(df[c]) else df[c].astype(str).where(df[c].notna(), ""))
+                          for c in keep})
+    return wandb.Table(dataframe=clean)

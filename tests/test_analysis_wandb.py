@@ -1,0 +1,61 @@
+"""When the sweep's runs had tracking on, `python -m analysis` logs the runs table and the plots to a W&B
+summary run through sweeper.tracking (WANDB_MODE=offline: a real offline run folder, no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from test_analysis import write_run
+
+
+def _sweep(root: Path, tracking: dict) -> Path:
+    over = {f"tracking.{k}": v for k, v in tracking.items()}
+    write_run(root / "0", "cat_toy", over, 0.8, 0.22, 0.5, "completed", seed=0)
+    write_run(root / "1", "cat_toy", over | {"inversion.lr": 2e-2}, 0.85, 0.18, 0.9, "completed", seed=1)
+    write_run(root / "2", "cat_toy", over, None, None, 0.1, "failed", seed=2)
+    # a trial's own W&B folder (W&B writes files/config.yaml there) is not a run
+    (root / "0" / "wandb" / "offline-run-x" / "files").mkdir(parents=True)
+    (root / "0" / "wandb" / "offline-run-x" / "files" / "config.yaml").write_text("a: 1\n")
+    return root
+
+
+def test_summary_run_logged_offline_when_tracking_on(tmp_path, monkeypatch):
+    from analysis.__main__ import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = _sweep(tmp_path / "sweeps" / "fig10", {"enabled": True, "mode": "offline", "project": "ti"})
+    assert main([str(sweep)]) == 0  # default: follows the sweep's tracking settings
+    out = sweep / "analysis"
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((out / "wandb").iterdir()) if (out / "wandb").exists() else "no wandb folder"
+    files = runs[0] / "files"
+    tables = list(files.rglob("*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    csv = pd.read_csv(out / "runs.csv")
+    assert len(table["data"]) == len(csv) == 3
+    col = table["columns"].index("image_similarity")
+    assert sorted(r[col] for r in table["data"] if r[col] is not None and r[col] == r[col]) == [0.8, 0.85]
+    images = {p.name.split("_")[0] for p in (files / "media" / "images").rglob("*.png")}
+    assert {"tradeoff", "objectives"} <= images, images
+    wandb_file = next(runs[0].glob("*.wandb"))
+    assert b"runs_completed" in wandb_file.read_bytes() and b"fig10" in wandb_file.read_bytes()  # summary, group
+    # analysing again: the summary run's own folder is not mistaken for a run
+    assert main([str(sweep), "--no-wandb"]) == 0
+    assert len(pd.read_csv(out / "runs.csv")) == 3
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_no_summary_run_when_tracking_off_unless_forced(tmp_path, monkeypatch):
+    from analysis.__main__ import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = _sweep(tmp_path / "grid", {"enabled": False, "mode": "disabled"})
+    assert main([str(sweep), "--out", str(tmp_path / "a")]) == 0
+    assert not (tmp_path / "a" / "wandb").exists()
+    assert main([str(sweep), "--out", str(tmp_path / "b"), "--wandb"]) == 0
+    assert len(list((tmp_path / "b" / "wandb").glob("offline-run-*"))) == 1
+    assert os.environ["WANDB_MODE"] == "offline"
