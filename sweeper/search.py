@@ -143,7 +143,7 @@ def report_hook() -> Callable[[int, float], None] | None:
 
     Reports the intermediate value to the trial and raises optuna.TrialPruned when the study's pruner
     says the trial is hopeless. Optuna prunes single-objective studies only: in a multi-objective study
-    the values are kept as user attrs ("intermediate/<step>") and nothing is pruned.
+    there is no hook (None). The value must be better in the study's direction (higher when maximizing).
     """
     number = current_trial_number()
     if number is None:
@@ -159,13 +159,11 @@ def report_hook() -> Callable[[int, float], None] | None:
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+    if len(study.directions) > 1:
+        return None
     trial = optuna.Trial(study, trial_id)
-    multi = len(study.directions) > 1
 
     def report(step: int, value: float) -> None:
-        if multi:
-            trial.set_user_attr(f"intermediate/{int(step)}", float(value))
-            return
         trial.report(float(value), int(step))
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (intermediate value {value:.4g})")
