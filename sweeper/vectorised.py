@@ -227,3 +227,71 @@ def invert_vectorised(cfgs: list[DictConfig], run_dirs: list[Path], *,
         paths = save_learned_embeds(run_dirs[i], name, vectors, per_image, meta)
         results.append(InversionResult(t, name, vectors, per_image, paths, images[i], t.lr, resumed[i]))
     return results
+
+
+def run_trials(cfgs: list[DictConfig], run_dirs: list[Path], trial_numbers: list[int | None] | None = None,
+               ) -> list[tuple[float, float] | BaseException]:
+    """`trial.run_trial` for N compatible trials: checks, one vectorised inversion, evaluation on one pipeline.
+
+    Returns one entry per trial: its (image_similarity, text_similarity), or the exception that failed it
+    (a bad config fails only its own trial; a failed group inversion fails every trial of the group).
+    Each run folder ends as `run_trial` leaves it: config.yaml, status.json, history.csv, embeddings,
+    metrics.json, samples/.
+    """
+    from sweeper import record
+    from sweeper.checks import check_config
+    from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
+    from sweeper.evaluation import check_config as check_evaluation
+    from sweeper.evaluation import evaluate_pipeline
+    from sweeper.models import load_pipeline, resolve_device
+
+    run_dirs = [Path(r) for r in run_dirs]
+    numbers = trial_numbers or [None] * len(cfgs)
+    out: list = [None] * len(cfgs)
+    ok = []
+    for i, cfg in enumerate(cfgs):
+        try:
+            check_config(cfg)
+            check_evaluation(cfg.evaluation)
+            ok.append(i)
+        except Exception as err:  # noqa: BLE001 - recorded for this trial only
+            out[i] = err
+        record.start_run(run_dirs[i], cfg, trial_number=numbers[i])
+        if out[i] is not None:
+            record.finish_run(run_dirs[i], out[i])
+    if not ok:
+        return out
+    try:
+        results = invert_vectorised([cfgs[i] for i in ok], [run_dirs[i] for i in ok])
+    except Exception as err:  # noqa: BLE001
+        for i in ok:
+            record.finish_run(run_dirs[i], err)
+            out[i] = err
+        return out
+    ev = check_evaluation(cfgs[ok[0]].evaluation)
+    device = resolve_device(cfgs[ok[0]].get("device"))
+    precision = ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    pipe = load_pipeline(str(cfgs[ok[0]].model.pretrained), precision, str(device))  # once for the group
+    for i, result in zip(ok, results):
+        try:
+            ev_i = check_evaluation(cfgs[i].evaluation)
+            ev_i["precision"] = precision
+            loaded = load_embedding_file(run_dirs[i])
+            token = load_into_pipeline(pipe, loaded)
+            try:
+                metrics = evaluate_pipeline(
+                    pipe, token, ev_i, result.training_images, run_dirs[i], model=str(cfgs[i].model.pretrained),
+                    extra={"embedding": str(run_dirs[i]), "num_vectors": loaded.num_vectors,
+                           "vectorised_group": len(ok)}, device=device)
+            finally:
+                for tok, enc in ((pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None),
+                                                                       getattr(pipe, "text_encoder_2", None))):
+                    if tok is not None:
+                        pipe.unload_textual_inversion(
+                            tokens.placeholder_tokens(token, loaded.num_vectors), tokenizer=tok, text_encoder=enc)
+            out[i] = (metrics["image_similarity"], metrics["text_similarity"])
+            record.finish_run(run_dirs[i])
+        except Exception as err:  # noqa: BLE001
+            record.finish_run(run_dirs[i], err)
+            out[i] = err
+    return out

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_concept_images
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from sweeper.inversion import invert
 from sweeper.models import load_components
 from sweeper.vectorised import IncompatibleTrials, group_compatible, invert_vectorised
-from tests.conftest import write_concept_images
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -71,3 +71,44 @@ def test_grouping_and_refusals(tiny_sd, images, tmp_path):
         invert_vectorised([cfgs[0], cfgs[2]], [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(IncompatibleTrials, match="pivotal"):
         invert_vectorised([cfgs[3]], [tmp_path / "c"])
+
+
+def test_run_trials_fails_only_the_bad_trial(tiny_sd, tiny_judge, images, tmp_path):
+    import json
+
+    from sweep_app.cli import tiny_overrides
+
+    from sweeper.vectorised import run_trials
+
+    base = tiny_overrides(tiny_sd, tiny_judge, images)
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfgs = [compose("config", overrides=base + extra)
+                for extra in (["inversion.lr=1e-3"], ["data.n_images=99"], ["inversion.num_vectors=2"])]
+    dirs = [tmp_path / str(i) for i in range(3)]
+    outs = run_trials(cfgs, dirs, [0, 1, 2])
+    assert isinstance(outs[1], Exception) and "n_images" in str(outs[1])
+    for i in (0, 2):
+        assert len(outs[i]) == 2 and all(isinstance(x, float) for x in outs[i])
+        metrics = json.loads((dirs[i] / "metrics.json").read_text())
+        assert (metrics["image_similarity"], metrics["text_similarity"]) == outs[i]
+        assert metrics["placeholder"] == "<concept>" and metrics["num_vectors"] == i // 2 + 1
+    status = [json.loads((d / "status.json").read_text()) for d in dirs]
+    assert [s["status"] for s in status] == ["completed", "failed", "completed"]
+    assert [s["trial_number"] for s in status] == [0, 1, 2]
+
+
+def test_hydra_vectorised_launcher_runs_a_multirun_as_one_group(tiny_sd, tiny_judge, images, tmp_path):
+    import json
+
+    from sweep_app.cli import run_sweeper, tiny_overrides
+
+    sweep = tmp_path / "sweep"
+    out = run_sweeper("-m", "hydra/launcher=vectorised", "inversion.lr=1e-3,2e-2", "inversion.seed=0,1",
+                      f"hydra.sweep.dir={sweep}", *tiny_overrides(tiny_sd, tiny_judge, images))
+    assert "as 1 vectorised group(s)" in out.stdout + out.stderr
+    runs = sorted(p for p in sweep.iterdir() if (p / "config.yaml").is_file())
+    assert [p.name for p in runs] == ["0", "1", "2", "3"]
+    for run in runs:
+        assert json.loads((run / "status.json").read_text())["status"] == "completed"
+        assert json.loads((run / "metrics.json").read_text())["vectorised_group"] == 4
+        assert (run / "learned_embeds.safetensors").is_file() and (run / "history.csv").is_file()
