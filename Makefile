@@ -27,8 +27,23 @@ $(TINY)/model_index.json: | $(STAMP)
 
 tiny: $(TINY)/model_index.json
 
-demo: $(STAMP) $(TINY)/model_index.json
-	$(BIN)/python -m sweeper model.pretrained=$(TINY) hydra.run.dir=outputs/demo
+# The demo: a short inversion + evaluation on small random components and procedural concept images
+# built here (a plumbing check, not a meaningful embedding), in outputs/demo/.
+DEMO_JUDGE := .cache/tiny-judge
+DEMO_IMAGES := .cache/demo-images
+$(DEMO_JUDGE)/config.json: | $(STAMP)
+	$(BIN)/python -m sweeper.tiny .cache/tiny-sd-scratch --judge $(DEMO_JUDGE) --images $(DEMO_IMAGES)
+	rm -rf .cache/tiny-sd-scratch
+
+demo: $(STAMP) $(TINY)/model_index.json $(DEMO_JUDGE)/config.json
+	rm -rf outputs/demo
+	$(BIN)/python -m sweeper model.pretrained=$(TINY) data.images=$(DEMO_IMAGES) \
+	  inversion.init_word=toy inversion.num_vectors=2 inversion.steps=40 inversion.batch_size=2 \
+	  inversion.grad_accum=1 inversion.log_every=10 inversion.checkpoint_every=20 \
+	  evaluation/prompts=paper_examples evaluation.judge=$(DEMO_JUDGE) evaluation.num_samples=2 \
+	  evaluation.steps=5 evaluation.bootstrap=100 evaluation.cache_dir=.cache/demo-references \
+	  hydra.run.dir=outputs/demo
+	@echo "demo outputs in outputs/demo/: learned_embeds*.safetensors, history.csv, metrics.json, samples/, status.json"
 
 # System packages the tests need: Chromium opens report.html (tests/test_report_browser.py).
 # Installed only when /usr/bin/chromium is missing (Debian/Ubuntu apt; sudo when not root).
