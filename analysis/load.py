@@ -83,40 +83,72 @@ def _fmt_num(x: Any, sci: bool = False) -> str:
     return s
 
 
+def _val(cfg: dict[str, Any], key: str) -> Any:
+    """cfg[key] with NaN/NA (a missing key in a DataFrame row) read as None."""
+    v = cfg.get(key)
+    try:
+        return None if v is None or pd.isna(v) else v
+    except (TypeError, ValueError):  # lists, dicts
+        return v
+
+
 def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
-        return (a is None or (isinstance(a, float) and math.isnan(a))) and b is None
+    if a is None or b is None:
+        return a is None and b is None
     try:
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
     except (TypeError, ValueError):
         return a == b
 
 
-def family(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
+def _true(v: Any) -> bool:
+    return v is not None and str(v).lower() in ("true", "1", "1.0", "yes")
+
+
+def family(cfg: dict[str, Any], defaults: dict[str, Any] | None = None, level: int = 0) -> str:
     """Configuration family from a flattened config: what differs from the default, e.g. "lr=2e-2",
-    "3 vectors", "per-image tokens", "reg=0.01", "pivotal", "n=5 images"; "ours" for the default."""
+    "3 vectors", "per-image tokens", "reg=0.01", "pivotal", "n=5 images"; "ours" for the default.
+
+    Coarser levels keep a search's plot readable when every trial has its own learning rate:
+    level 1 rounds lr to its decade ("lr~1e-3") and says "reg" without its weight; level 2 keeps only
+    the structural choices (vectors, progressive, per-image tokens, reg, pivotal)."""
     d = _project_defaults() if defaults is None else defaults
     parts = []
-    lr = cfg.get("inversion.lr")
-    if lr is not None and not _same(lr, d["inversion.lr"]):
-        parts.append(f"lr={_fmt_num(lr, sci=True)}")
-    k = cfg.get("inversion.num_vectors")
+    lr = _val(cfg, "inversion.lr")
+    if lr is not None and not _same(lr, d["inversion.lr"]) and level < 2:
+        parts.append(f"lr={_fmt_num(lr, sci=True)}" if level == 0 else f"lr~1e{round(math.log10(float(lr)))}")
+    k = _val(cfg, "inversion.num_vectors")
     if k is not None and not _same(k, d["inversion.num_vectors"]):
         parts.append(f"{int(k)} vector" + ("s" if int(k) != 1 else ""))
-    prog = cfg.get("inversion.progressive_every")
+    prog = _val(cfg, "inversion.progressive_every")
     if prog not in (None, 0) and not _same(prog, d["inversion.progressive_every"]):
         parts.append("progressive")
-    if bool(cfg.get("inversion.per_image_tokens")) and not d["inversion.per_image_tokens"]:
+    if _true(_val(cfg, "inversion.per_image_tokens")) and not d["inversion.per_image_tokens"]:
         parts.append("per-image tokens")
-    reg = cfg.get("inversion.reg_weight")
+    reg = _val(cfg, "inversion.reg_weight")
     if reg is not None and not _same(reg, d["inversion.reg_weight"]):
-        parts.append(f"reg={_fmt_num(reg)}")
-    if bool(cfg.get("inversion.pivotal.enabled")) and not d["inversion.pivotal.enabled"]:
+        parts.append(f"reg={_fmt_num(reg)}" if level == 0 else "reg")
+    if _true(_val(cfg, "inversion.pivotal.enabled")) and not d["inversion.pivotal.enabled"]:
         parts.append("pivotal")
-    n = cfg.get("data.n_images")
-    if n is not None and not _same(n, d["data.n_images"]):
+    n = _val(cfg, "data.n_images")
+    if n is not None and not _same(n, d["data.n_images"]) and level < 2:
         parts.append(f"n={int(n)} image" + ("s" if int(n) != 1 else ""))
+    if not parts and level == 2:  # lr and dataset size were dropped: this is not "ours" any more
+        kd = int(k if k is not None else d["inversion.num_vectors"])
+        return f"{kd} vector" + ("s" if kd != 1 else "")
     return ", ".join(parts) or "ours"
+
+
+def plot_families(df: pd.DataFrame, max_families: int = 10, defaults: dict[str, Any] | None = None) -> pd.Series:
+    """One family per row for colours/markers: the finest level with at most `max_families` families."""
+    d = _project_defaults() if defaults is None else defaults
+    rows = df.to_dict("records")
+    fams = df["family"]
+    for level in (0, 1, 2):
+        fams = pd.Series([family(r, d, level) for r in rows], index=df.index)
+        if fams.nunique() <= max_families:
+            break
+    return fams
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:

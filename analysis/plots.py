@@ -16,10 +16,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.transforms import Bbox  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from analysis.load import completed  # noqa: E402
+from analysis.labels import repel_labels  # noqa: E402
+from analysis.load import completed, plot_families  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from sweeper.atomic import save_figure  # noqa: E402
 
@@ -64,70 +64,18 @@ def _facets(concepts: list[str], width: float, height: float) -> tuple[Figure, l
     return fig, axes
 
 
-def _overlap(a, b) -> float:
-    w = min(a.x1, b.x1) - max(a.x0, b.x0)
-    h = min(a.y1, b.y1) - max(a.y0, b.y0)
-    return max(w, 0) * max(h, 0)
-
-
-def text_box(t, renderer):
-    return t.get_window_extent(renderer)
-
-
-def repel_labels(ax, xy: list[tuple[float, float]], texts: list[str], obstacles: list[tuple[float, float]]):
-    """Greedy label placement: try offsets around each point, growing outwards, and keep the first one
-    that overlaps no placed label and no marker and stays inside the axes (else the least overlap).
-    Call after the layout is final: offsets are measured in display space. Returns the Text artists."""
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    ax_box = ax.get_window_extent(renderer)
-    pt = fig.dpi / 72
-    to_data = ax.transData.inverted()
-    markers = [Bbox.from_extents(px - 3 * pt, py - 3 * pt, px + 3 * pt, py + 3 * pt)
-               for px, py in ax.transData.transform(np.asarray(obstacles, dtype=float).reshape(-1, 2))]
-    placed: list = []
-    artists = []
-    dirs = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
-    for (x, y), text in zip(xy, texts):
-        px, py = ax.transData.transform((x, y))
-        best = None
-        for radius in (4, 9, 15, 22, 30, 40):
-            for dx, dy in dirs:
-                ha = "left" if dx > 0 else "right" if dx < 0 else "center"
-                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
-                tx, ty = to_data.transform((px + dx * radius * pt, py + dy * radius * pt))
-                t = ax.text(tx, ty, text, ha=ha, va=va, fontsize=6, zorder=5)
-                box = t.get_window_extent(renderer)
-                cost = sum(_overlap(box, b) for b in placed + markers)
-                inside = ax_box.x0 <= box.x0 and box.x1 <= ax_box.x1 and ax_box.y0 <= box.y0 and box.y1 <= ax_box.y1
-                cost += 0 if inside else 1e6
-                if best is None or cost < best[0]:
-                    if best is not None:
-                        best[1].remove()
-                    best = (cost, t, box, radius, (tx, ty))
-                else:
-                    t.remove()
-                if cost == 0:
-                    break
-            if best[0] == 0:
-                break
-        cost, t, box, radius, (tx, ty) = best
-        if radius > 4:  # a leader line back to the point when the label had to move away
-            ax.annotate("", (x, y), (tx, ty), arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5",
-                                                             shrinkA=1, shrinkB=2.5), zorder=4)
-        placed.append(box)
-        artists.append(t)
-    return artists
-
-
-def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15) -> tuple[Figure, dict]:
+def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int = 10) -> tuple[Figure, dict]:
     """x = image similarity, y = text similarity; one point per completed run with CI bars, colour and
     marker by family, the Pareto front (both maximised), the reference points; one facet per concept.
-    Labels: every family once when a facet has fewer than `label_all_below` runs, else the front only."""
+    Labels: every family once when a facet has fewer than `label_all_below` runs, else the front only.
+    More than `max_families` families (a search): coarser families for colours (load.plot_families)."""
     done = completed(df)
+    coarse = len(done) and done["family"].nunique() > max_families
+    if len(done):  # colours/markers by family; coarser families when a search gives every run its own
+        done = done.assign(family=plot_families(done, max_families))
     concepts = sorted(df["concept"].dropna().unique()) or ["unknown"]
     styles = family_styles(done["family"]) if len(done) else {}
-    data: dict[str, Any] = {"concepts": {}, "styles": styles}
+    data: dict[str, Any] = {"concepts": {}, "styles": styles, "coarsened": bool(coarse)}
     with matplotlib.rc_context(STYLE):
         fig, axes = _facets(concepts, COLUMN_IN, 2.8)
         pending = []
@@ -186,7 +134,9 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15) -> tuple[Figure, 
         fig.tight_layout()
         if handles:
             fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-                       ncol=min(3, len(labels)), fontsize=6, handletextpad=0.3, columnspacing=0.8)
+                       ncol=min(3, len(labels)), fontsize=6, handletextpad=0.3, columnspacing=0.8,
+                       title="families coarsened (runs.csv has each run's own)" if coarse else None,
+                       title_fontsize=6)
         for (ax, lab_xy, lab_txt, obstacles), concept in zip(pending, concepts):
             data["concepts"][concept]["labels"] = repel_labels(ax, lab_xy, lab_txt, obstacles)
     return fig, data
@@ -231,7 +181,8 @@ def distance_plot(df: pd.DataFrame, dist: str = "final_dist_l2") -> tuple[Figure
                           else (float("nan"), float("nan")))
                 rho, p = float(rho), float(p)
                 data[obj][concept] = {"rho": rho, "p": p, "n": len(d)}
-                rtxt = f"ρ = {rho:.2f} (p = {p:.2g}, n = {len(d)})" if np.isfinite(rho) else f"ρ n/a (n = {len(d)})"
+                ptxt = "p < 0.001" if p < 1e-3 else f"p = {p:.2g}"
+                rtxt = f"ρ = {rho:.2f} ({ptxt}, n = {len(d)})" if np.isfinite(rho) else f"ρ n/a (n = {len(d)})"
                 ax.scatter(d, v, s=10, marker=MARKERS[i % len(MARKERS)], label=f"{concept}: {rtxt}",
                            edgecolors="white", linewidths=0.4)
             ax.set_xlabel("L2 distance from init (final, mean over vectors)")
@@ -317,7 +268,8 @@ def curves_overlay(df: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Figu
                 a2.plot(h["step"], h["dist_l2_mean"], color=colour, lw=0.6)
         a1.set(xlabel="step", ylabel="loss (smoothed)")
         a2.set(xlabel="step", ylabel="L2 from init (mean)")
-        if len(shown) <= 12:
-            a1.legend(frameon=False)
         fig.tight_layout()
+        if len(shown) <= 24:
+            fig.legend(*a1.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       frameon=False, ncol=4, fontsize=6)
     return fig

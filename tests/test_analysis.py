@@ -20,8 +20,8 @@ import yaml
 from PIL import Image
 
 from analysis import StoreError, family, find_runs, load_runs, pareto_front, pareto_mask
+from analysis.labels import text_box
 from analysis.load import FAMILY_DEFAULTS, _project_defaults
-from analysis.plots import text_box
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -335,3 +335,29 @@ def test_cli_subprocess_does_not_import_torch(store, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 runs" in r.stdout and (tmp_path / "o2" / "report.html").exists()
+
+
+def test_search_families_are_coarsened_for_the_plot(tmp_path):
+    """An Optuna search gives every trial its own lr: the plot's colours fall back to coarser families."""
+    from analysis.load import plot_families
+    from analysis.plots import tradeoff_plot
+
+    rng = np.random.default_rng(0)
+    d = base_config("cat_toy")
+    rows = []
+    for i in range(30):
+        cfg = d | {"inversion.lr": float(10 ** rng.uniform(-4, -2)), "inversion.num_vectors": 1 + i % 3,
+                   "data.n_images": 1 + i % 5, "inversion.per_image_tokens": i % 2 == 0}
+        rows.append(cfg | {"family": family(cfg), "run": f"s/{i}", "sweep": "s", "concept": "cat_toy",
+                           "status": "completed", "image_similarity": rng.uniform(0.6, 0.9),
+                           "text_similarity": rng.uniform(0.15, 0.3)})
+    df = pd.DataFrame(rows)
+    assert df["family"].nunique() == 30
+    fams = plot_families(df)
+    assert fams.nunique() <= 10
+    assert set(fams) == {"1 vector", "2 vectors", "3 vectors", "per-image tokens",
+                         "2 vectors, per-image tokens", "3 vectors, per-image tokens"}
+    assert plot_families(df.iloc[:3]).tolist() == df["family"].iloc[:3].tolist()  # few runs: full names
+    fig, data = tradeoff_plot(df)
+    assert data["coarsened"] and len(data["styles"]) == 6
+    assert len(data["concepts"]["cat_toy"]["runs"]) == 30
