@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ def make_storage(
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    url = _postgres_driver(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
         kwargs = dict(
@@ -65,10 +68,28 @@ def make_storage(
             grace_period=int(grace_period) if grace_period else None,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         )
-    try:
-        return RDBStorage(url, **kwargs)
-    except Exception as e:
-        raise RuntimeError(f"hydra.sweeper.storage={_redact(url)}: cannot open the Optuna storage ({e})") from e
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, **kwargs)
+        except Exception as e:
+            # Workers starting together on an empty database race to create Optuna's tables: the loser
+            # sees a duplicate type/table and only has to connect again.
+            if attempt < 4 and any(m in str(e) for m in ("already exists", "duplicate key", "UniqueViolation")):
+                time.sleep(0.5 + random.random())
+                continue
+            raise RuntimeError(f"hydra.sweeper.storage={_redact(url)}: cannot open the Optuna storage ({e})") from e
+    raise AssertionError("unreachable")
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (the `postgres` extra) when that is what is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def _redact(url: str) -> str:
@@ -76,7 +97,8 @@ def _redact(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
     return url
 
 
