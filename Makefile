@@ -11,6 +11,7 @@ TINY := .cache/tiny-sd
 SWEEP ?= multirun
 
 .PHONY: install demo test test-slow lint bench plot world tiny clean system-deps
+.PHONY: postgres
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +51,15 @@ demo: $(STAMP) $(TINY)/model_index.json $(DEMO_JUDGE)/config.json
 SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 system-deps:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+# PostgreSQL server binaries for tests/test_postgres.py (Debian's package). The server refuses to run as
+# root, so the test runs it as the `postgres` user (created here when missing).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql; }
+	@id -u postgres >/dev/null 2>&1 || $(SUDO) useradd --system --no-create-home postgres
+
+system-deps: postgres
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
