@@ -1,0 +1,134 @@
+"""The embedded world: drawing, captions, tokenizers, concepts, presets and the shipped weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from world import draw
+from world.tokenizer import FastIds, build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "world" / "weights"
+
+
+def test_rendering_is_deterministic_and_every_shape_differs():
+    spec = draw.Spec("orange", "star", "striped", "sand")
+    a, b = draw.render(spec, np.random.default_rng(3)), draw.render(spec, np.random.default_rng(3))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    shapes = [*draw.SHAPES, *draw.SECRET_SHAPES]
+    masks = {s: draw.shape_mask(s, (draw._X - 32) / 24, (draw._Y - 32) / 24) for s in shapes}
+    for i, s in enumerate(shapes):
+        assert masks[s].mean() > 0.1, s
+        assert np.array_equal(masks[s], masks[s][:, ::-1]), f"{s} is not left-right symmetric (flips)"
+        for t in shapes[i + 1 :]:
+            assert (masks[s] != masks[t]).mean() > 0.04, (s, t)
+
+
+def test_training_data_never_holds_held_out_combos_and_generator_never_reads_secret_names():
+    held = draw.held_out_combos()
+    assert len(held) == 72 and held == draw.held_out_combos()  # seeded
+    _, specs = draw.render_dataset(600, 5, held)
+    assert not {(s.colour, s.shape, s.texture, s.background) for s in specs} & held
+    assert {s.shape for s in specs} >= set(draw.SECRET_SHAPES)
+    rng = np.random.default_rng(0)
+    gen_vocab, judge_vocab = set(draw.vocabulary()), set(draw.vocabulary(judge=True))
+    assert not gen_vocab & set(draw.SECRET_SHAPES) and judge_vocab >= set(draw.SECRET_SHAPES)
+    for s in specs:
+        words = draw.caption(s, rng).replace("-", " ").split()
+        assert set(words) <= gen_vocab, words
+        if s.shape in draw.SECRET_SHAPES:
+            assert s.shape not in words
+        text, facts = draw.caption_facts(s, rng, judge=True)
+        assert set(text.replace("-", " ").split()) <= judge_vocab
+        assert all(getattr(s, k) == v for k, v in facts.items())
+
+
+@pytest.mark.parametrize("judge", [False, True])
+def test_tokenizer_has_one_token_per_world_word_and_fast_ids_match(judge):
+    tok = build_tokenizer(judge=judge)
+    assert tok.model_max_length == 77
+    for word in draw.vocabulary(judge=judge):
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+    _, specs = draw.render_dataset(200, 1, draw.held_out_combos())
+    rng = np.random.default_rng(1)
+    FastIds(tok).check([draw.caption(s, rng, judge=judge) for s in specs] + [""])
+    assert (len(tok.encode("arrow", add_special_tokens=False)) == 1) == judge  # secret names: judge only
+
+
+def test_shipped_concepts_are_the_drawn_ones_with_known_init_words():
+    gen = build_tokenizer()
+    for name, c in draw.CONCEPTS.items():
+        files = sorted((ROOT / "world" / "concepts" / name).glob("*.png"))
+        assert len(files) == 5, name
+        for f, img in zip(files, draw.concept_images(name)):
+            assert np.array_equal(np.array(Image.open(f).convert("RGB")), img), f
+        assert len(gen.encode(c["init_word"], add_special_tokens=False)) == 1
+        assert c["shape"] in draw.SECRET_SHAPES and c["shape"] not in draw.vocabulary()
+
+
+def test_presets_point_at_the_world_and_use_only_its_words():
+    assert OmegaConf.load(ROOT / "conf/model/toy.yaml").pretrained == "world/weights/pipeline"
+    ev = OmegaConf.load(ROOT / "conf/evaluation/toy.yaml")
+    assert ev.judge == "world/weights/judge" and all("{}" in p for p in ev.prompts)
+    assert "{}" in ev.reconstruction_prompt
+    words = set(draw.vocabulary())
+    for p in [*ev.prompts, ev.reconstruction_prompt]:
+        assert set(p.replace("{}", "").split()) <= words, p
+    for name, c in draw.CONCEPTS.items():
+        cfg = OmegaConf.load(ROOT / f"conf/data/toy_{name}.yaml")
+        assert cfg.data.images == f"world/concepts/{name}" and cfg.inversion.init_word == c["init_word"]
+
+
+# ------------------------------------------------------------------------------------ shipped weights
+
+# The weights are tracked in git (make world rebuilds them); a missing folder is a failure, not a skip.
+
+
+def test_shipped_weights_load_like_sd15_and_fit_the_budget():
+    from sweeper.models import load_components, load_pipeline
+
+    size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20, f"{size / 2**20:.1f} MB"
+    assert not list(WEIGHTS.rglob("*.bin")) and list(WEIGHTS.rglob("*.safetensors"))
+    pipe = load_pipeline(str(WEIGHTS / "pipeline"), "fp32", "cpu")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    comps = load_components(str(WEIGHTS / "pipeline"), "fp32", "cpu")
+    assert comps.resolution == 32 and len(comps.tokenizers[0]) == len(build_tokenizer())
+    img = pipe("a photo of a red star", num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+               output_type="np").images
+    assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()
+
+
+def test_shipped_judge_loads_and_its_processor_matches_training():
+    from world.quality import WorldJudge
+    from world.train import judge_pixels
+
+    judge = WorldJudge(WEIGHTS / "judge")
+    rng = np.random.default_rng(0)
+    images = np.stack([draw.render(draw.Spec("red", "star", "plain", "sky"), rng) for _ in range(3)])
+    pix = judge.processor(images=list(images), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(pix, judge_pixels(torch.from_numpy(images).permute(0, 3, 1, 2)), atol=1e-5)
+    assert judge.texts(["a photo of a red star"]).shape == (1, judge.model.config.projection_dim)
+
+
+def test_shipped_judge_zero_shot_accuracy_on_held_out_combos():
+    from world.quality import BARS, judge_accuracy
+
+    acc = judge_accuracy(WEIGHTS / "judge")
+    for attr, bar in BARS["judge"].items():
+        assert acc[attr] >= bar, f"judge {attr} accuracy {acc[attr]:.1%} < {bar:.0%}: {acc}"
+
+
+def test_shipped_pipeline_follows_held_out_prompts():
+    from world.quality import BARS, prompt_following
+
+    acc, images, _ = prompt_following(WEIGHTS / "pipeline", WEIGHTS / "judge")
+    assert images.shape == (len(draw.held_out_combos()), 32, 32, 3)
+    for attr, bar in BARS["prompt_following"].items():
+        assert acc[attr] >= bar, f"prompt following {attr} {acc[attr]:.1%} < {bar:.0%}: {acc}"
