@@ -144,3 +144,27 @@ def test_mixed_precision_keeps_fp32_vectors(tiny_sd, concept_images, tmp_path, p
     rows = read_csv(tmp_path / "r" / "history.csv")
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
     assert torch.isfinite(res.vectors[0]).all() and not torch.equal(res.vectors[0][0], res.trainer.splices[0].init[0])
+
+
+def test_vectors_never_in_a_prompt_stay_at_init_despite_weight_decay(tiny_sd, concept_images, tmp_path):
+    cfg = make_cfg(tiny_sd, concept_images, "inversion.per_image_tokens=true", "inversion.per_image_p=0",
+                   "inversion.weight_decay=0.5", "inversion.lr=0.05")
+    res = invert(cfg, tmp_path / "run")
+    init = res.trainer.splices[0].init[0]
+    assert not torch.equal(res.vectors[0][0], init)
+    assert all(torch.equal(v[0][0], init) for v in res.per_image.values())
+
+
+def test_v_prediction_models_train(tiny_sd, concept_images, tmp_path):
+    import json
+    import shutil
+
+    model = shutil.copytree(tiny_sd, tmp_path / "v-model")
+    sched = model / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps(json.loads(sched.read_text()) | {"prediction_type": "v_prediction"}))
+    losses = {}
+    for name, path in (("v", model), ("eps", tiny_sd)):
+        res = invert(make_cfg(path, concept_images, "inversion.steps=2", "inversion.log_every=1"), tmp_path / name)
+        losses[name] = [float(r["loss"]) for r in read_csv(tmp_path / name / "history.csv")]
+        assert res.trainer.noise_scheduler.config.prediction_type == {"v": "v_prediction", "eps": "epsilon"}[name]
+    assert all(x > 0 for x in losses["v"]) and losses["v"] != losses["eps"]  # same draws, another target
