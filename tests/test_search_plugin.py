@@ -121,3 +121,18 @@ def test_directions_of_an_existing_study_must_match(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "has directions" in out.stderr
     assert json.loads((sweep / "trial_0000" / "status.json").read_text())["status"] == "completed"
+
+
+def test_journal_file_storage_and_rerun_continues(tmp_path):
+    sweep, journal = tmp_path / "journal", tmp_path / "shared" / "study.log"
+    args = ("x=interval(0,1)", f"hydra.sweeper.storage={journal}", "hydra.sweeper.direction=[maximize,maximize]")
+    run_app(sweep, *args, "hydra.sweeper.n_trials=2")
+    run_app(sweep, *args, "hydra.sweeper.n_trials=3")  # the same study: one more trial, not three
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="journal", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert not (sweep / "optuna.db").exists()
+    for t in study.trials:
+        assert (sweep / f"trial_{t.number:04d}" / "events.log").read_text().count("completed") == 1
