@@ -136,3 +136,9 @@ def test_journal_file_storage_and_rerun_continues(tmp_path):
     assert not (sweep / "optuna.db").exists()
     for t in study.trials:
         assert (sweep / f"trial_{t.number:04d}" / "events.log").read_text().count("completed") == 1
+
+
+def test_pip_check_is_clean():
+    # The released hydra-optuna-sweeper pins optuna < 3; this plugin must not need it.
+    out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
