@@ -79,5 +79,11 @@ bench: $(STAMP)
 plot: $(STAMP)
 	$(BIN)/python -m analysis $(SWEEP) $(if $(OUT),--out $(OUT))
 
+# The embedded world (world/, README "The embedded world"): renders its data and trains, on the CPU, seeded
+# and staged (.cache/world/, resumable), the SD-format pipeline and the CLIP judge shipped in world/weights/,
+# then prints the quality figures. The weights are in git: `make demo` never needs this.
+world: $(STAMP)
+	$(BIN)/python -m world.train
+
 clean:
 	rm -rf .cache outputs multirun
