@@ -152,6 +152,11 @@ def main(weights: str | Path = WEIGHTS) -> dict:
     atomic._write_via(figures / "prompt_following.png", lambda tmp: img.save(tmp, format="png"))
     atomic.write_text(figures / "prompt_following.txt",
                       "\n".join(draw.full_caption(s, judge=False) for s in specs[:48]) + "\n")
+    concepts = np.stack([img for name in draw.CONCEPTS for img in draw.concept_images(name)])
+    training, _ = draw.render_dataset(48, 99, draw.held_out_combos())
+    for name, images_ in (("concepts", concepts), ("training_images", training)):
+        img = Image.fromarray(grid(images_, 5 if name == "concepts" else 12))
+        atomic._write_via(figures / f"{name}.png", lambda tmp, img=img: img.save(tmp, format="png"))
     for kind in ("judge_zero_shot", "prompt_following"):
         print(f"{kind:18s} " + "  ".join(f"{a} {v:.1%}" for a, v in report[kind].items()))
     print(f"passes {report['passes']}  ({t2 - t0:.0f}s)")

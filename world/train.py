@@ -10,7 +10,9 @@
     quality    judge zero-shot accuracy and prompt following (world.quality)       -> OUT/quality.json
 
 A finished stage is skipped unless named with --stage; the generator saves a checkpoint every
---ckpt-every steps and resumes from it. Everything is seeded: the same machine gives the same weights.
+--ckpt-every steps and resumes from it. Everything is seeded and each process uses one thread (the
+judge trains in a second process beside the VAE and generator, so two cores are busy): the same
+machine type gives the same weights. `rm -rf .cache/world` retrains from scratch.
 The judge never sees the generator's text encoder, so it does not share its blind spots.
 """
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,11 +37,11 @@ CONFIG = dict(
     seed=0, n_train=30_000, batch=32,
     vae_steps=800, vae_lr=2e-3, vae_kl=1e-6,
     judge_steps=1500, judge_batch=128, judge_lr=1e-3,
-    gen_steps=1600, gen_lr=6e-4, caption_dropout=0.1, min_snr_gamma=5.0,
+    gen_steps=2000, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0,
 )
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-STAGES = ["data", "vae", "judge", "generator", "concepts", "assemble", "quality"]
+STAGES = ["data", "judge", "vae", "generator", "concepts", "assemble", "quality"]
 CONCEPTS_DIR = Path(__file__).parent / "concepts"
 
 
@@ -350,7 +354,8 @@ def main() -> None:
     parser.add_argument("--stage", choices=["all", *STAGES], default="all")
     parser.add_argument("--work", type=Path, default=Path(".cache/world"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (1: reproducible; the judge trains in a second process)")
     parser.add_argument("--ckpt-every", type=int, default=500)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"override training settings (development only): {sorted(CONFIG)}")
@@ -366,7 +371,17 @@ def main() -> None:
     done = {"data": args.work / "data.npz", "vae": args.work / "vae", "judge": args.work / "judge",
             "generator": args.work / "generator"}
     t0 = time.time()
+    judge_job = None
     for stage in STAGES:
+        if args.stage == "all" and stage == "judge" and not done["judge"].exists():
+            # The judge needs nothing from the generator: it trains beside it, in its own process.
+            cmd = [sys.executable, "-m", "world.train", "--stage", "judge", "--threads", str(args.threads),
+                   "--work", str(args.work), "--set", *args.set]
+            log(f"stage judge: in the background ({args.work / 'judge.log'})")
+            judge_job = subprocess.Popen(cmd, stdout=open(args.work / "judge.log", "w"), stderr=subprocess.STDOUT)
+            continue
+        if stage == "assemble" and judge_job is not None and judge_job.wait() != 0:
+            raise SystemExit(f"the judge stage failed: see {args.work / 'judge.log'}")
         if args.stage not in ("all", stage) or (args.stage == "all" and stage in done and done[stage].exists()):
             continue
         log(f"stage {stage}")
