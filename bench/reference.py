@@ -8,8 +8,10 @@ What makes it the baseline (each is what the example does, on purpose):
 - the prompt is drawn from the 27 "imagenet_templates_small" and tokenised every step;
 - DDPM noise schedule from the model's scheduler config, epsilon target, MSE loss.
 
-Only image decoding is left out: the example does it in DataLoader workers, so it is not on the
-critical path; here the images arrive as pixel tensors in [-1, 1]. Random draws come from one
+- given image files, each step decodes, resizes (bicubic) and flips its images with PIL in the training
+  process, as the example's dataset does with its default --dataloader_num_workers=0 (given a pixel
+  tensor instead, that cost is skipped: the tests use this).
+Random draws come from one
 torch.Generator so runs are repeatable. The tokenizer and text encoder are deep-copied so that this
 loop never disturbs the components another trainer is using (the UNet and VAE are shared).
 """
@@ -39,7 +41,7 @@ IMAGENET_TEMPLATES_SMALL = [
 class ReferenceLoop:
     """One textual-inversion run, diffusers-example style. `step()` is one optimisation step."""
 
-    def __init__(self, components: Components, pixels: torch.Tensor, *, placeholder: str = "<ref>",
+    def __init__(self, components: Components, images: torch.Tensor | list, *, placeholder: str = "<ref>",
                  init_word: str = "toy", num_vectors: int = 1, batch_size: int = 4, lr: float = 5e-3,
                  flip_p: float = 0.5, seed: int = 0):
         from diffusers import DDPMScheduler
@@ -51,7 +53,12 @@ class ReferenceLoop:
         self.tokenizer = copy.deepcopy(components.tokenizers[0])
         self.text_encoder = copy.deepcopy(components.text_encoders[0]).to(self.device, torch.float32)
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
-        self.pixels = pixels.to(self.device, torch.float32)
+        if isinstance(images, torch.Tensor):
+            self.paths, self.pixels = None, images.to(self.device, torch.float32)
+        else:
+            self.paths, self.pixels = list(images), None
+        self.n_images = len(images)
+        self.resolution = components.resolution
         self.batch_size, self.flip_p = batch_size, flip_p
         self.rng = random.Random(seed)
         self.gen = torch.Generator(self.device).manual_seed(seed)
@@ -77,15 +84,34 @@ class ReferenceLoop:
         self.keep = torch.ones(len(self.tokenizer), dtype=torch.bool, device=self.device)
         self.keep[min(self.placeholder_ids): max(self.placeholder_ids) + 1] = False
 
+    def _load(self, i: int, flip: bool) -> torch.Tensor:
+        """The example's TextualInversionDataset.__getitem__ image path (PIL; mirror instead of torchvision)."""
+        import numpy as np
+        from PIL import Image, ImageOps
+
+        if self.pixels is not None:
+            return self.pixels[i].flip(-1) if flip else self.pixels[i]
+        image = Image.open(self.paths[i])
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image = Image.fromarray(np.array(image).astype(np.uint8))
+        image = image.resize((self.resolution, self.resolution), resample=Image.Resampling.BICUBIC)
+        if flip:
+            image = ImageOps.mirror(image)
+        image = (np.array(image).astype(np.uint8) / 127.5 - 1.0).astype(np.float32)
+        return torch.from_numpy(image).permute(2, 0, 1).to(self.device)
+
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = [self.rng.randrange(len(self.pixels)) for _ in range(self.batch_size)]
-        images = self.pixels[idx]
+        idx = [self.rng.randrange(self.n_images) for _ in range(self.batch_size)]
         flips = [self.rng.random() < self.flip_p for _ in idx]
-        images = torch.stack([img.flip(-1) if f else img for img, f in zip(images, flips)])
+        images = torch.stack([self._load(i, f) for i, f in zip(idx, flips)])
         prompts = [self.rng.choice(IMAGENET_TEMPLATES_SMALL).format(self.placeholder_string) for _ in idx]
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
-        return images, ids.to(self.device)
+        return images, self._tokenize(prompts)
+
+    def _tokenize(self, prompts: list[str]) -> torch.Tensor:
+        ids = [self.tokenizer(p, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
+                              return_tensors="pt").input_ids[0] for p in prompts]  # one call per example
+        return torch.stack(ids).to(self.device)
 
     def step(self) -> float:
         images, input_ids = self._batch()

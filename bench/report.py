@@ -19,6 +19,14 @@ def _f(x, fmt=".3g") -> str:
 def rows(results: dict) -> list[tuple[str, str, str]]:
     """(what, figure, value) for every figure the run measured."""
     out = []
+    sx = results.get("sdxl_memory")
+    if sx:
+        label = f"SDXL trial ({sx['shapes']}, {sx['resolution']} px, batch 1, {sx['precision']})"
+        out += [(label, "latent-cache build peak GiB", f"{sx['latent_cache_peak_gib']:.2f}"),
+                (label, "training-step peak GiB", f"{sx['step_peak_gib']:.2f}"), (label, "s/step", _f(sx["step_s"]))]
+        if "checkpointed_step_peak_gib" in sx:
+            out += [(label, "step peak GiB, gradient checkpointing", f"{sx['checkpointed_step_peak_gib']:.2f}"),
+                    (label, "s/step, gradient checkpointing", _f(sx["checkpointed_step_s"]))]
     tr = results.get("trainer")
     if tr:
         for side in ("reference", "trainer"):
@@ -85,7 +93,14 @@ def targets(args, results: dict) -> list[dict]:
     out.append({"target": "paper-protocol trial <= 4 min on one H100",
                 "value": "-" if est is None else f"{est:.0f} s estimated at these shapes",
                 "met": (est <= 240) if cuda and est is not None and args.profile == "sd15" else None})
-    out.append({"target": "SDXL 1024 px trial fits in 24 GB", "value": "not measured by this run", "met": None})
+    sx = results.get("sdxl_memory")
+    if sx and sx["shapes"] == "sdxl":
+        best = min(sx["step_peak_gib"], sx.get("checkpointed_step_peak_gib", float("inf")))
+        value = f"step {best:.1f} GiB, latent cache {sx['latent_cache_peak_gib']:.1f} GiB"
+    else:
+        value = "needs CUDA and the full SDXL shapes" + (f" (sdxl-mini here: {sx['step_peak_gib']:.2f} GiB)" if sx else "")
+    out.append({"target": "SDXL 1024 px trial fits in 24 GB", "value": value,
+                "met": sx.get("fits_24gb") if sx and sx["shapes"] == "sdxl" else None})
     return out
 
 

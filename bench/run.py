@@ -61,11 +61,9 @@ def trainer_cfg(args, images: Path, extra: list[str] = ()):
 # ------------------------------------------------------------------------------------------ sections
 def bench_trainer(args, ctx) -> dict:
     from bench.reference import ReferenceLoop
-    from sweeper.data import load_image
     from sweeper.inversion import Trainer
 
-    ref = ReferenceLoop(ctx["comps_fp32"], torch.stack([load_image(p, ctx["res"]) for p in ctx["paths"]]),
-                        batch_size=args.batch)
+    ref = ReferenceLoop(ctx["comps_fp32"], ctx["paths"], batch_size=args.batch)  # decodes files every step
     trainer = Trainer(trainer_cfg(args, ctx["images"]), own_text_side(ctx["comps"]), ctx["paths"])
     ctx["trainer"] = trainer
     cases = {"reference": lambda: [ref.step() for _ in range(args.steps)],
@@ -190,7 +188,37 @@ def bench_vectorised(args, ctx) -> dict:
             "delta_gib": mem["delta_gib"]}
 
 
-SECTIONS = {"trainer": bench_trainer, "techniques": bench_techniques, "sampling": bench_sampling,
+def bench_sdxl_memory(args, ctx) -> dict:
+    """Peak memory of an SDXL trial step at 1024 px, batch 1 (CPU: the cut-down sdxl-mini shapes)."""
+    from bench.shapes import SDXL, build_sdxl_components
+    from sweeper.inversion import Trainer
+
+    cuda = args.device.type == "cuda"
+    size = "sdxl" if cuda else "sdxl-mini"
+    comps = build_sdxl_components(size, args.device, args.precision)
+    res = SDXL[size]["resolution"]
+    paths = write_images(ctx["tmp"] / "sdxl", 5, res)
+    cfg = trainer_cfg(args, ctx["images"], ["inversion.batch_size=1"])
+    made = {}
+    cache = harness.peak_memory(lambda: made.setdefault("t", Trainer(cfg, comps, paths)), args.device)
+    trainer = made["t"]
+    trainer.step(1)  # warm-up (cuDNN autotuning, lazy allocations)
+    plain = harness.peak_memory(lambda: trainer.step(1), args.device)
+    out = {"shapes": size, "resolution": res, "batch": 1, "precision": args.precision,
+           "latent_cache_peak_gib": cache["peak_gib"], "step_peak_gib": plain["peak_gib"],
+           "step_s": harness.median([harness.timed(lambda: trainer.step(1), args.device) for _ in range(2)])}
+    if cuda and plain["peak_gib"] > 24:
+        comps.unet.enable_gradient_checkpointing()
+        ckpt = harness.peak_memory(lambda: trainer.step(1), args.device)
+        out.update(checkpointed_step_peak_gib=ckpt["peak_gib"],
+                   checkpointed_step_s=harness.timed(lambda: trainer.step(1), args.device))
+    best = min(out["step_peak_gib"], out.get("checkpointed_step_peak_gib", float("inf")))
+    out["fits_24gb"] = bool(cuda and max(best, out["latent_cache_peak_gib"]) <= 24) if cuda else None
+    return out  # its components are freed on return
+
+
+SECTIONS = {"sdxl_memory": bench_sdxl_memory, "trainer": bench_trainer, "techniques": bench_techniques,
+            "sampling": bench_sampling,
             "vectorised": bench_vectorised}
 
 
@@ -247,6 +275,11 @@ def main(argv: list[str] | None = None) -> dict:
         res = PROFILES[args.profile].resolution
         ctx = {"tmp": Path(tmp), "images": Path(tmp) / "concept", "res": res}
         ctx["paths"] = write_images(ctx["images"], 5, res)
+        if "sdxl_memory" in args.sections:  # first, while nothing else is resident on the device
+            print("[bench] sdxl_memory ...", flush=True)
+            results["sdxl_memory"] = bench_sdxl_memory(args, ctx)
+            if args.device.type == "cuda":
+                torch.cuda.empty_cache()
         ctx["comps"] = build_components(args.profile, args.device, args.precision)
         ctx["comps_fp32"] = (ctx["comps"] if args.precision == "fp32"
                              else build_components(args.profile, args.device, "fp32"))

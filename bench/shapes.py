@@ -139,3 +139,62 @@ def concept_pixels(n: int, resolution: int, seed: int = 0) -> torch.Tensor:
     lo, hi = resolution // 4, 3 * resolution // 4
     x[:, :, lo:hi, lo:hi] = torch.rand(n, 3, 1, 1, generator=g) * 0.8 + 0.2
     return x
+
+
+# SDXL base 1.0's UNet/encoders at full width ("sdxl") or cut down for a CPU smoke run ("sdxl-mini").
+SDXL = {
+    "sdxl": dict(channels=(320, 640, 1280), transformer_layers=(1, 2, 10), heads=(5, 10, 20), te1=(768, 12, 12),
+                 te2=(1280, 32, 20), time_dim=256, vae=(128, 256, 512, 512), groups=32, resolution=1024),
+    "sdxl-mini": dict(channels=(32, 64, 128), transformer_layers=(1, 1, 2), heads=(2, 2, 4), te1=(32, 2, 2),
+                      te2=(48, 2, 2), time_dim=8, vae=(16, 32, 64, 64), groups=8, resolution=128),
+}
+
+
+def build_sdxl_components(size: str = "sdxl", device: str | torch.device = "cpu", precision: str = "bf16",
+                          seed: int = 0) -> Components:
+    """SDXL-shaped random components (two text encoders, text_time conditioning), as load_components returns."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from sweeper.models import resolve_dtype
+
+    s, dtype, device = SDXL[size], resolve_dtype(precision), torch.device(device)
+    tokenizers = [padded_tokenizer(CLIP_VOCAB), padded_tokenizer(CLIP_VOCAB)]
+    torch.manual_seed(seed)
+    h1, h2 = s["te1"][0], s["te2"][0]
+    te1 = build_text_encoder(Profile("te1", (), 0, 0, h1, s["te1"][1], s["te1"][2], (), 0, 0), CLIP_VOCAB)
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=CLIP_VOCAB, hidden_size=h2, intermediate_size=4 * h2, num_hidden_layers=s["te2"][1],
+        num_attention_heads=s["te2"][2], max_position_embeddings=77, hidden_act="gelu", projection_dim=h2,
+        bos_token_id=CLIP_VOCAB - 2, eos_token_id=CLIP_VOCAB - 1, pad_token_id=CLIP_VOCAB - 1,
+    ))
+    latent = s["resolution"] // 8
+    unet = UNet2DConditionModel(
+        sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=s["channels"],
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=s["transformer_layers"], attention_head_dim=s["heads"],
+        cross_attention_dim=h1 + h2, use_linear_projection=True, norm_num_groups=s["groups"],
+        addition_embed_type="text_time", addition_time_embed_dim=s["time_dim"],
+        projection_class_embeddings_input_dim=h2 + 6 * s["time_dim"],
+    )
+    v = s["vae"]
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=v, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * len(v), up_block_types=("UpDecoderBlock2D",) * len(v),
+        norm_num_groups=s["groups"], sample_size=s["resolution"], scaling_factor=0.13025,
+    )
+    with torch.device("cpu"):  # schedulers keep CPU tables, also when the modules are built on "meta"
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    for module in (te1, te2, unet, vae):
+        module.requires_grad_(False)
+        module.eval()
+    te1.to(device)
+    te2.to(device)
+    unet.to(device, dtype=dtype)
+    vae.to(device, dtype=torch.float32 if dtype == torch.float16 else dtype)
+    return Components(
+        source=ModelSource(f"random:{size}", "memory", True), tokenizers=tokenizers, text_encoders=[te1, te2],
+        unet=unet, vae=vae, scheduler=scheduler, dtype=dtype, device=device, resolution=s["resolution"],
+    )

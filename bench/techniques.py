@@ -75,9 +75,7 @@ class Variant(ReferenceLoop):
         self._idx = torch.tensor([i + len(self.pixels) * f for i, f in zip(idx, flips)], device=self.device)
         images = torch.stack([self.pixels[i].flip(-1) if f else self.pixels[i] for i, f in zip(idx, flips)])
         prompts = [self.rng.choice(IMAGENET_TEMPLATES_SMALL).format(self.placeholder_string) for _ in idx]
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
-        return images, ids.to(self.device)
+        return images, self._tokenize(prompts)
 
     def step(self) -> float:
         images, input_ids = self._batch()

@@ -33,6 +33,18 @@ def test_reference_learns_only_placeholder_rows(comps):
         ReferenceLoop(comps, concept_pixels(1, comps.resolution), init_word="toyteapot")
 
 
+def test_reference_reads_files_like_the_example(comps, tmp_path):
+    from bench.run import write_images
+    from sweeper.data import load_image
+
+    paths = write_images(tmp_path / "img", 2, comps.resolution)
+    ref = ReferenceLoop(comps, paths, batch_size=2)
+    for i, p in enumerate(paths):
+        torch.testing.assert_close(ref._load(i, False), load_image(p, comps.resolution), atol=1e-6, rtol=0)
+        torch.testing.assert_close(ref._load(i, True), load_image(p, comps.resolution).flip(-1), atol=1e-6, rtol=0)
+    assert torch.isfinite(torch.tensor(ref.step()))
+
+
 def test_technique_variants_train(comps):
     pixels = concept_pixels(3, comps.resolution)
     for techniques in [(t,) for t in TECHNIQUES if t != "compile"] + [("cache_latents", "sparse_rows")]:
@@ -83,11 +95,20 @@ def test_sd15_profile_has_sd15_shapes():
     assert p.latent_size == 64
 
 
+def test_sdxl_shapes_are_sdxl_base():
+    from bench.shapes import build_sdxl_components
+
+    with torch.device("meta"):
+        c = build_sdxl_components("sdxl", device="meta", precision="bf16")
+    counts = [sum(t.numel() for t in m.parameters()) for m in (c.unet, *c.text_encoders)]
+    assert counts == [2_567_463_684, 123_060_480, 694_659_840] and c.is_sdxl and c.resolution == 1024
+
+
 def test_python_m_bench_writes_report(tmp_path, capsys):
     from bench.run import main
 
     md, js = tmp_path / "BENCHMARKS.md", tmp_path / "latest.json"
-    summary = main(["--profile", "tiny", "--steps", "1", "--repeats", "2", "--trials", "2", "--samples", "2",
+    summary = main(["--profile", "tiny", "--sections", "sdxl_memory,trainer,techniques,sampling,vectorised", "--steps", "1", "--repeats", "2", "--trials", "2", "--samples", "2",
                     "--bootstrap", "5", "--out", str(md), "--json", str(js)])
     saved = json.loads(js.read_text())
     for key in ("device", "trainer_speedup", "trial_vectorised_speedup", "peak_memory_gib", "sampling_time_ratio"):
@@ -101,3 +122,5 @@ def test_python_m_bench_writes_report(tmp_path, capsys):
     text = md.read_text()
     assert saved["device"] in text and "| trainer / reference |" in text and "## Targets" in text
     assert "trainer / reference" in capsys.readouterr().out
+    sx = saved["results"]["sdxl_memory"]
+    assert sx["shapes"] == "sdxl-mini" and sx["step_peak_gib"] > 0 and sx["fits_24gb"] is None
