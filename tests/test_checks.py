@@ -18,7 +18,6 @@ from conftest import compose_config, write_concept_images
 from sweeper.checks import ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = ("config.yaml", "status.json", "history.csv", "checkpoints", "learned_embeds.safetensors")
 
 
 def corrupt_folder(root: Path) -> Path:
@@ -81,4 +80,16 @@ def test_cli_refuses_before_any_work(case, tiny_sd, tmp_path):
     assert proc.returncode != 0
     assert "ConfigError" in proc.stderr and re.search(case[3], proc.stderr), proc.stderr[-2000:]
     assert "Loading pipeline components" not in proc.stderr + proc.stdout  # no model was loaded
-    assert not any((run / name).exists() for name in RUN_FILES), sorted(p.name for p in run.iterdir())
+    assert not run.exists(), sorted(p.name for p in run.iterdir())  # not even Hydra's .hydra/ and log
+
+
+def test_cli_bad_input_keeps_an_existing_run_folder(tiny_sd, concept_images, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text('{"status": "completed"}')
+    cmd = [sys.executable, "-m", "sweeper", f"model.pretrained={tiny_sd}", f"data.images={concept_images}",
+           "inversion.init_word=cat", "inversion.lr=-1", "tracking=none", f"hydra.run.dir={run}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "inversion.lr=-1" in proc.stderr
+    assert (run / "status.json").read_text() == '{"status": "completed"}'
