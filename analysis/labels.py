@@ -16,10 +16,12 @@ def text_box(t, renderer):
     return t.get_window_extent(renderer)
 
 
-def repel_labels(ax, xy: list[tuple[float, float]], texts: list[str], obstacles: list[tuple[float, float]]):
+def repel_labels(ax, xy: list[tuple[float, float]], texts: list[str], obstacles: list[tuple[float, float]],
+                 segments: list[tuple[float, float, float, float]] = ()):
     """Greedy label placement: try offsets around each point, growing outwards, and keep the first one
-    that overlaps no placed label and no marker and stays inside the axes (else the least overlap).
-    Call after the layout is final: offsets are measured in display space. Returns the Text artists."""
+    that overlaps no placed label, no marker (`obstacles`, points) and no error bar (`segments`,
+    x0, y0, x1, y1 in data) and stays inside the axes (else the least overlap). Call after the layout
+    is final: offsets are measured in display space. Returns the Text artists."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     ax_box = ax.get_window_extent(renderer)
@@ -27,6 +29,9 @@ def repel_labels(ax, xy: list[tuple[float, float]], texts: list[str], obstacles:
     to_data = ax.transData.inverted()
     markers = [Bbox.from_extents(px - 3 * pt, py - 3 * pt, px + 3 * pt, py + 3 * pt)
                for px, py in ax.transData.transform(np.asarray(obstacles, dtype=float).reshape(-1, 2))]
+    for x0, y0, x1, y1 in segments:
+        (a, b), (c, d) = ax.transData.transform([(x0, y0), (x1, y1)])
+        markers.append(Bbox.from_extents(min(a, c) - pt, min(b, d) - pt, max(a, c) + pt, max(b, d) + pt))
     placed: list = []
     artists = []
     dirs = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]

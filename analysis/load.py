@@ -210,10 +210,13 @@ def load_run(run_dir: str | Path, sweep: str = "", defaults: dict[str, Any] | No
     hist = _read(run_dir / "history.csv", pd.read_csv, errors)
 
     flat_cfg = flatten(cfg) if isinstance(cfg, dict) else {}
-    row: dict[str, Any] = {"run_dir": str(run_dir), "sweep": sweep}
-    row.update(flat_cfg)
+    # config keys that share a name with a column of ours keep a "config." prefix (config.yaml's run_dir
+    # is where the run was written, possibly on another machine; ours is where it is read from now)
+    row: dict[str, Any] = {(f"config.{k}" if k in FIRST_COLUMNS else k): v for k, v in flat_cfg.items()}
     if isinstance(metrics, dict):
-        row.update(_metrics_columns(metrics))
+        row.update({(f"metrics.{k}" if k in FIRST_COLUMNS and not k.startswith(("image_sim", "text_sim")) else k): v
+                    for k, v in _metrics_columns(metrics).items()})
+    row.update({"run_dir": str(run_dir), "sweep": sweep})
     images = flat_cfg.get("data.images")
     row["concept"] = Path(str(images).rstrip("/")).name if images else "unknown"
     row["family"] = family(flat_cfg, defaults)

@@ -115,7 +115,15 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
             for key, (rx, ry) in refs.items():
                 lab_xy.append((rx, ry))
                 lab_txt.append(REFERENCES[key][0])
-            pending.append((ax, lab_xy, lab_txt, list(zip(x, y)) + list(refs.values())))
+            bars = []
+            for col, other, horizontal in (("image_similarity", "text_similarity", True),
+                                           ("text_similarity", "image_similarity", False)):
+                err = _ci_err(sub, col)
+                if err is not None:
+                    for v, o, lo, hi in zip(sub[col], sub[other], *err):
+                        seg = (v - lo, o, v + hi, o) if horizontal else (o, v - lo, o, v + hi)
+                        bars.append(seg)
+            pending.append((ax, lab_xy, lab_txt, list(zip(x, y)) + list(refs.values()), bars))
             data["concepts"][concept] = {
                 "runs": sub["run"].tolist(), "x": x.tolist(), "y": y.tolist(),
                 "family": sub["family"].tolist(), "front": [sub["run"].iloc[i] for i in front],
@@ -137,8 +145,8 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                        ncol=min(3, len(labels)), fontsize=6, handletextpad=0.3, columnspacing=0.8,
                        title="families coarsened (runs.csv has each run's own)" if coarse else None,
                        title_fontsize=6)
-        for (ax, lab_xy, lab_txt, obstacles), concept in zip(pending, concepts):
-            data["concepts"][concept]["labels"] = repel_labels(ax, lab_xy, lab_txt, obstacles)
+        for (ax, lab_xy, lab_txt, obstacles, bars), concept in zip(pending, concepts):
+            data["concepts"][concept]["labels"] = repel_labels(ax, lab_xy, lab_txt, obstacles, bars)
     return fig, data
 
 

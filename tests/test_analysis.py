@@ -361,3 +361,16 @@ def test_search_families_are_coarsened_for_the_plot(tmp_path):
     fig, data = tradeoff_plot(df)
     assert data["coarsened"] and len(data["styles"]) == 6
     assert len(data["concepts"]["cat_toy"]["runs"]) == 30
+
+
+def test_moved_sweep_reads_its_own_folders(store, tmp_path):
+    """config.yaml records where the run was written (run_dir); a sweep copied from another machine is
+    read from where it is now."""
+    cfg_file = store["sweepA"] / "0" / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text()) | {"run_dir": "/elsewhere/machine2/sweepA/0"}
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    df = load_runs([store["sweepA"]])
+    row = df[df["run"] == f"{store['sweepA']}/0"].iloc[0]
+    assert row["run_dir"] == str(store["sweepA"] / "0")
+    assert row["config.run_dir"] == "/elsewhere/machine2/sweepA/0"
+    assert row["final_dist_l2"] == pytest.approx(0.5)
