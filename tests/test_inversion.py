@@ -135,9 +135,9 @@ def test_sdxl_learns_a_vector_set_per_encoder(tiny_sdxl, concept_images, tmp_pat
     assert set(load_file(res.paths["a1111"])) == {"clip_l", "clip_g"}
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_keeps_fp32_vectors(tiny_sd, concept_images, tmp_path, precision):
-    res = invert(make_cfg(tiny_sd, concept_images, f"inversion.precision={precision}", "inversion.lr=0.05"), tmp_path / "r")
+@pytest.mark.parametrize("precision, model", [("bf16", "tiny_sd"), ("fp16", "tiny_sd"), ("fp16", "tiny_sdxl")])
+def test_mixed_precision_keeps_fp32_vectors(concept_images, tmp_path, precision, model, request):
+    res = invert(make_cfg(request.getfixturevalue(model), concept_images, f"inversion.precision={precision}", "inversion.lr=0.05"), tmp_path / "r")
     comps = res.trainer.comps
     assert comps.unet.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert all(p.dtype == torch.float32 for p in res.trainer.parameters())
