@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(df)} runs ({counts}) -> {res['out']}")
     for name in ("runs.csv", "tradeoff.png", "report.html"):
         print(f"  {res['files'][name]}")
+    for _, row in df[df["status"] == "failed"].iterrows():
+        print(f"  failed: {row['run']}: {row['error']}")
     if res["tracked"]:
         print(f"  W&B summary run: {res['out'] / 'wandb'}")
     return 0

@@ -152,18 +152,20 @@ def plot_families(df: pd.DataFrame, max_families: int = 10, defaults: dict[str, 
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
-    """Every run folder under `sweep_dir` (a folder with its own config.yaml), sorted."""
+    """Every run folder under `sweep_dir`, sorted: a folder with its own config.yaml, or (a run recorded by
+    something else than sweeper.record) with status.json or metrics.json; its config is then Hydra's
+    .hydra/config.yaml."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise StoreError(f"sweep folder {root} does not exist or is not a folder: pass the folder Hydra "
                          f"wrote (hydra.sweep.dir, e.g. multirun/<date>/<time>) or a single run folder")
-    found = []
-    for cfg in sorted(root.rglob("config.yaml")):
-        rel = cfg.parent.relative_to(root).parts
-        if any(p.startswith(".") or p in _SKIP_DIRS for p in rel):
-            continue
-        found.append(cfg.parent)
-    cand = set(found)
+    found = set()
+    for name in ("config.yaml", "status.json", "metrics.json"):
+        for f in root.rglob(name):
+            rel = f.parent.relative_to(root).parts
+            if not any(p.startswith(".") or p in _SKIP_DIRS for p in rel):
+                found.add(f.parent)
+    found, cand = sorted(found), found
     runs = []
     for d in found:
         # a folder with config.yaml above other runs and no status is a sweep-level config, not a run;
@@ -204,7 +206,10 @@ def load_run(run_dir: str | Path, sweep: str = "", defaults: dict[str, Any] | No
     """One run folder -> one flat row (config keys dotted, metrics, status, final distances)."""
     run_dir = Path(run_dir)
     errors: list[str] = []
-    cfg = _read(run_dir / "config.yaml", lambda p: yaml.safe_load(p.read_text()), errors) or {}
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists() and (run_dir / ".hydra" / "config.yaml").exists():
+        cfg_file = run_dir / ".hydra" / "config.yaml"
+    cfg = _read(cfg_file, lambda p: yaml.safe_load(p.read_text()), errors) or {}
     status = _read(run_dir / "status.json", lambda p: json.loads(p.read_text()), errors) or {}
     metrics = _read(run_dir / "metrics.json", lambda p: json.loads(p.read_text()), errors)
     hist = _read(run_dir / "history.csv", pd.read_csv, errors)
@@ -255,8 +260,8 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path, defaults: dict[str, Any
             row["run"] = label if rel == "." else f"{label}/{rel}"
             rows.append(row)
     if not rows:
-        raise StoreError(f"no run folder (a folder with config.yaml) under {', '.join(map(str, sweep_dirs))}: "
-                         f"is this the sweep folder Hydra wrote?")
+        raise StoreError(f"no run folder (a folder with config.yaml, status.json or metrics.json) under "
+                         f"{', '.join(map(str, sweep_dirs))}: is this the sweep folder Hydra wrote?")
     df = pd.DataFrame(rows)
     for col in FIRST_COLUMNS:
         if col not in df.columns:

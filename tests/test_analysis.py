@@ -206,6 +206,11 @@ def test_find_runs_skips_hydra_copies_and_nested_folders(store, tmp_path):
     assert [r.name for r in runs] == [str(i) for i in range(8)]
     # a run folder given directly is one run
     assert find_runs(store["sweepA"] / "3") == [store["sweepA"] / "3"]
+    # a run recorded without config.yaml (only Hydra's copy) is still found, its config read from .hydra/
+    (store["sweepA"] / "3" / "config.yaml").unlink()
+    assert [r.name for r in find_runs(store["sweepA"])] == [str(i) for i in range(8)]
+    row = load_runs([store["sweepA"]]).set_index("run").loc[f"{store['sweepA']}/3"]
+    assert row["family"] == "3 vectors" and row["image_similarity"] == pytest.approx(0.83)
     with pytest.raises(StoreError, match="does not exist"):
         find_runs(tmp_path / "nope")
 
@@ -335,6 +340,9 @@ def test_cli_subprocess_does_not_import_torch(store, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 runs" in r.stdout and (tmp_path / "o2" / "report.html").exists()
+    r = subprocess.run([sys.executable, "-m", "analysis", str(store["sweepA"]), "--out", str(tmp_path / "o3")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"failed: {store['sweepA']}/6: {ERROR}" in r.stdout, r.stdout + r.stderr
 
 
 def test_search_families_are_coarsened_for_the_plot(tmp_path):
