@@ -140,11 +140,14 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 handles.append(axes[0].plot([], [], marker, color="black", ms=5, ls="none")[0])
                 labels.append(name)
         fig.tight_layout()
-        if handles:
-            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-                       ncol=min(3, len(labels)), fontsize=6, handletextpad=0.3, columnspacing=0.8,
-                       title="families coarsened (runs.csv has each run's own)" if coarse else None,
-                       title_fontsize=6)
+        for ncol in range(min(3, len(labels)), 0, -1):  # as many columns as fit the figure's width
+            leg = fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
+                             ncol=ncol, fontsize=6, handletextpad=0.3, columnspacing=0.8,
+                             title="families coarsened (runs.csv has each run's own)" if coarse else None,
+                             title_fontsize=6)
+            if ncol == 1 or leg.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width:
+                break
+            leg.remove()
         for (ax, lab_xy, lab_txt, obstacles, bars), concept in zip(pending, concepts):
             data["concepts"][concept]["labels"] = repel_labels(ax, lab_xy, lab_txt, obstacles, bars)
     return fig, data

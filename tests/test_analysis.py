@@ -19,9 +19,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from analysis import StoreError, family, find_runs, load_runs, pareto_front, pareto_mask
+from analysis import StoreError, family, find_runs, load_runs, pareto_front, pareto_mask, plots
 from analysis.labels import text_box
 from analysis.load import FAMILY_DEFAULTS, _project_defaults
+from analysis.plots import tradeoff_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,6 +253,10 @@ def test_runs_csv_matches_store(analysed):
     html = (out / "report.html").read_text()
     assert html.count('<tr class="run ') == len(SPECS)
     assert ERROR in html and "src=\"http" not in html
+    # every completed run's sample grids are embedded; the 900 px grid as a downscaled JPEG
+    n_done = sum(s[7] == "completed" for s in SPECS)
+    assert html.count('<img alt="reconstruction"') == html.count('<img alt="a-photo-of-on-the-moon"') == n_done
+    assert html.count('alt="reconstruction" title="reconstruction" src="data:image/jpeg;base64,') == n_done
 
 
 def test_unreadable_file_is_reported_not_fatal(store):
@@ -284,8 +289,12 @@ def test_tradeoff_plot_one_point_per_completed_run(analysed):
     ax = fig.axes[0]
     drawn = sorted((float(px), float(py)) for c in ax.containers for px, py in zip(*c.lines[0].get_data()))
     assert drawn == sorted((s[4], s[5]) for s in SPECS if s[2] == "cat_toy" and s[7] == "completed")
-    # legible at column width: 3.3 in per facet
+    # legible at column width: 3.3 in per facet, legend included, one facet = one column
     assert fig.get_size_inches()[0] == pytest.approx(2 * 3.3)
+    one, _ = tradeoff_plot(res["runs"][res["runs"]["concept"] == "cat_toy"])
+    plots.save(one, out, "one_facet", svg=False)
+    with Image.open(out / "one_facet.png") as im:
+        assert im.width <= 3.3 * 200 * 1.05, im.width
     with Image.open(out / "tradeoff.png") as im:
         assert im.width >= 2 * 3.3 * 200 * 0.8
     assert "<svg" in (out / "tradeoff.svg").read_text()[:500]
