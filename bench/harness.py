@@ -102,6 +102,12 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> dict[str, flo
     return {"peak_gib": peak / GIB, "delta_gib": max(peak - start, 0) / GIB}
 
 
+def resident_gib(modules: list[torch.nn.Module]) -> float:
+    """Bytes of the modules' parameters and buffers, in GiB."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors) / GIB
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 

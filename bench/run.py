@@ -66,10 +66,18 @@ def bench_trainer(args, ctx) -> dict:
     ref = ReferenceLoop(ctx["comps_fp32"], ctx["paths"], batch_size=args.batch)  # decodes files every step
     trainer = Trainer(trainer_cfg(args, ctx["images"]), own_text_side(ctx["comps"]), ctx["paths"])
     ctx["trainer"] = trainer
+    # A candidate for the trainer, measured beside it: its UNet in channels_last (a private copy).
+    nhwc = dataclasses.replace(own_text_side(ctx["comps"]), unet=copy.deepcopy(ctx["comps"].unet))
+    nhwc.unet.to(memory_format=torch.channels_last)
+    trainer_nhwc = Trainer(trainer_cfg(args, ctx["images"]), nhwc, ctx["paths"])
     cases = {"reference": lambda: [ref.step() for _ in range(args.steps)],
-             "trainer": lambda: [trainer.step(1) for _ in range(args.steps)]}
+             "trainer": lambda: [trainer.step(1) for _ in range(args.steps)],
+             "trainer+channels_last": lambda: [trainer_nhwc.step(1) for _ in range(args.steps)]}
     times = harness.interleaved(cases, args.device, args.repeats)
-    out = {}
+    out = {"trainer+channels_last": {"step_s": harness.median(times["trainer+channels_last"]) / args.steps,
+                                     "times_s": times["trainer+channels_last"]}}
+    out["trainer+channels_last"]["speedup_over_reference"] = (
+        harness.median(times["reference"]) / harness.median(times["trainer+channels_last"]))
     for name, step in (("reference", ref.step), ("trainer", lambda: trainer.step(1))):
         per_step = harness.median(times[name]) / args.steps
         flops = harness.count_flops(step)
@@ -81,6 +89,11 @@ def bench_trainer(args, ctx) -> dict:
         if args.peak_flops:
             out[name]["utilisation"] = flops / per_step / args.peak_flops
     out["speedup"] = out["reference"]["step_s"] / out["trainer"]["step_s"]
+    # The trainer's own footprint. On CUDA other benchmark components are resident too, so count its
+    # components' weights plus its allocation peak over the start; on CPU, the process RSS peak.
+    weights = harness.resident_gib([ctx["comps"].unet, ctx["comps"].vae, *trainer.comps.text_encoders])
+    out["trainer"]["own_peak_gib"] = (weights + out["trainer"]["delta_gib"] if args.device.type == "cuda"
+                                      else out["trainer"]["peak_gib"])
     if args.big_batch:  # utilisation at a large batch (the issue's >= 45% target is for batch >= 16)
         big = Trainer(trainer_cfg(args, ctx["images"], [f"inversion.batch_size={args.big_batch}"]),
                       own_text_side(ctx["comps"]), ctx["paths"])
@@ -108,7 +121,7 @@ def bench_techniques(args, ctx) -> dict:
     for i, techniques in enumerate(names):
         v = Variant(ctx["comps_fp32"], pixels, techniques, placeholder=f"<tech{i}>", batch_size=args.batch)
         cases["+".join(techniques) or "reference"] = lambda v=v: [v.step() for _ in range(args.steps)]
-    times = harness.interleaved(cases, args.device, max(2, args.repeats - 2))
+    times = harness.interleaved(cases, args.device, args.repeats)
     base = harness.median(times["reference"])
     return {name: {"step_s": harness.median(t) / args.steps, "speedup": base / harness.median(t)}
             for name, t in times.items()}
@@ -233,7 +246,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4, help="training steps per timed call")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed calls per side")
     p.add_argument("--trials", type=int, default=8, help="N for vectorised vs sequential")
-    p.add_argument("--samples", type=int, help="paper-protocol samples per prompt (default 64 CUDA, 16 CPU)")
+    p.add_argument("--samples", type=int, help="paper-protocol samples per prompt (default 64 CUDA, 8 CPU)")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (default on CUDA)")
     p.add_argument("--peak-flops", type=float, help="device peak FLOP/s for utilisation (default 800e12 on CUDA)")
@@ -249,7 +262,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.profile = args.profile or ("sd15" if cuda else "mini")
     args.precision = args.precision or ("bf16" if cuda else "fp32")
     args.big_batch = args.big_batch or (16 if cuda else None)
-    args.samples = args.samples if args.samples is not None else (None if cuda else 16)
+    args.samples = args.samples if args.samples is not None else (None if cuda else 8)
     args.compile = args.compile or cuda
     args.peak_flops = args.peak_flops or harness.default_peak_flops(args.device)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]

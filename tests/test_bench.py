@@ -121,6 +121,8 @@ def test_python_m_bench_writes_report(tmp_path, capsys):
     assert sa["paper_protocol"]["sampler"] == "ddim" and sa["fast_protocol"]["sampler"] == "dpmsolver++"
     text = md.read_text()
     assert saved["device"] in text and "| trainer / reference |" in text and "## Targets" in text
+    trainer_target = next(t for t in saved["targets"] if t["target"].startswith("trainer >="))
+    assert ("### Why the trainer" in text) == (trainer_target["met"] is False)
     assert "trainer / reference" in capsys.readouterr().out
     sx = saved["results"]["sdxl_memory"]
     assert sx["shapes"] == "sdxl-mini" and sx["step_peak_gib"] > 0 and sx["fits_24gb"] is None
