@@ -34,3 +34,17 @@ def test_directory_appears_whole_or_not(tmp_path):
     with atomic.directory(tmp_path / "ckpt") as d:
         atomic.save_safetensors({"w": torch.ones(2)}, d / "w.safetensors")
     assert (tmp_path / "ckpt" / "w.safetensors").is_file()
+
+
+def test_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        target = atomic.write_text(tmp_path / "r.txt", "x")
+        with atomic.directory(tmp_path / "d"):
+            pass
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
