@@ -308,7 +308,7 @@ def invert(
     run_dir: Path,
     *,
     on_log: Callable[[int, dict], None] | None = None,
-    report: Callable[[int, float], None] | None = None,
+    report: Callable[[int, Trainer], None] | None = None,
     components: Components | None = None,
 ) -> InversionResult:
     """Train (or resume) the concept's vectors in `run_dir`; write the embedding files; return the result."""
@@ -355,8 +355,8 @@ def invert(
             bar.set_postfix(loss=f"{row['loss']:.4f}", m=m)
             if on_log is not None:
                 on_log(done, dict(row, active_vectors=m))
-            if report is not None:
-                report(done, row["loss"])
+            if report is not None:  # Optuna pruning: the caller decides what to measure (trial.py)
+                report(done, trainer)
         if ckpt_every and (done % ckpt_every == 0 or done == steps):
             save_checkpoint(run_dir, trainer, done, fp, window)
     bar.close()

@@ -165,3 +165,17 @@ def load_components(pretrained: str | ModelSource, precision: str = "fp32", devi
         source=source, tokenizers=tokenizers, text_encoders=encoders, unet=pipe.unet, vae=pipe.vae,
         scheduler=pipe.scheduler, dtype=dtype, device=dev, resolution=int(resolution),
     )
+
+
+def pipeline_from_components(comps: Components):
+    """A sampling pipeline over already-loaded (possibly training) components, sharing their weights."""
+    cls = pipeline_class(comps.source)
+    parts = dict(vae=comps.vae, text_encoder=comps.text_encoders[0], tokenizer=comps.tokenizers[0],
+                 unet=comps.unet, scheduler=comps.scheduler)
+    if comps.is_sdxl:
+        parts.update(text_encoder_2=comps.text_encoders[1], tokenizer_2=comps.tokenizers[1])
+    else:
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = cls(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -160,7 +160,7 @@ def current_trial_number() -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def report_hook() -> Callable[[int, float], None] | None:
+def report_hook() -> Callable[[int, float | tuple[float, ...]], None] | None:
     """Inside a job of an Optuna sweep: report(step, value) for pruning; None anywhere else.
 
     Reports the intermediate value to the trial and raises optuna.TrialPruned when the study's pruner
@@ -185,7 +185,11 @@ def report_hook() -> Callable[[int, float], None] | None:
         return None
     trial = optuna.Trial(study, trial_id)
 
-    def report(step: int, value: float) -> None:
+    objective = int(sweeper.get("objective", 0) or 0)
+
+    def report(step: int, value: float | tuple[float, ...]) -> None:
+        if isinstance(value, (tuple, list)):  # a trial's (image_similarity, text_similarity)
+            value = value[objective]
         trial.report(float(value), int(step))
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (intermediate value {value:.4g})")

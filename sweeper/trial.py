@@ -64,10 +64,11 @@ def run_trial(
     tracker = Tracker.from_config(cfg, run_dir)  # W&B view; never fails the trial
     on_log = _both(on_log, tracker.on_log)
     report = report if report is not None else report_hook()  # Optuna pruning inside a search
+    quick = _quick_evaluation(cfg, run_dir, report) if report is not None else None
     try:
         from sweeper.inversion import invert
 
-        result = invert(cfg, run_dir, on_log=on_log, report=report)
+        result = invert(cfg, run_dir, on_log=on_log, report=quick)
 
         if cfg.inversion.pivotal.enabled:
             from sweeper.pivotal import pivotal_tune
@@ -88,6 +89,35 @@ def run_trial(
     record.finish_run(run_dir)
     tracker.finish("completed")
     return scores
+
+
+def _quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable) -> Callable:
+    """For pruning: every `evaluation.quick.every` steps, evaluate the vectors as they are with a few
+    samples (no references, no CIs) and report (image_similarity, text_similarity) to Optuna, which
+    takes the study's objective. Values land in quick/step_<N>/metrics.json beside the run's record."""
+    from omegaconf import OmegaConf
+
+    from sweeper.evaluation import evaluate_pipeline, resolve_prompts
+    from sweeper.models import pipeline_from_components
+
+    quick = cfg.evaluation.quick
+    every, last = int(quick.every), int(cfg.inversion.steps)
+
+    def measure(step: int, trainer) -> None:
+        if step % every and step != last:
+            return
+        ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
+        ev.update(num_samples=int(quick.num_samples), steps=int(quick.steps), references=False, bootstrap=1,
+                  progress=False)
+        ev["prompts"] = resolve_prompts(ev["prompts"])[: int(quick.max_prompts)]
+        ev.pop("quick", None)
+        pipe = pipeline_from_components(trainer.comps)
+        metrics = evaluate_pipeline(pipe, str(cfg.inversion.placeholder), ev, trainer.images,
+                                    run_dir / "quick" / f"step_{step:06d}", model=str(cfg.model.pretrained),
+                                    device=trainer.comps.device)
+        report(step, (metrics["image_similarity"], metrics["text_similarity"]))
+
+    return measure
 
 
 def _both(a: Callable | None, b: Callable) -> Callable:

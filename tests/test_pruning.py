@@ -1,0 +1,34 @@
+"""Pruning with the real trial: the intermediate value Optuna sees is a quick evaluation of the vectors
+as they are (the study's objective, higher is better), not the training loss."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+from conftest import write_concept_images
+from sweep_app.cli import run_sweeper, tiny_overrides
+
+
+def test_quick_evaluation_is_what_the_pruner_sees(tmp_path, tiny_sd, tiny_judge):
+    images = write_concept_images(tmp_path / "img", n=3)
+    sweep = tmp_path / "sweeps" / "prune"
+    run_sweeper(
+        "-m", "search=pareto_random", "hydra.sweeper.study_name=prune", f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize", "hydra.sweeper.objective=1",
+        "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+        "data.n_images=2", "inversion.num_vectors=1", "inversion.per_image_tokens=false",
+        "evaluation.quick.every=2", "evaluation.quick.num_samples=2", "evaluation.quick.steps=2",
+        "evaluation.quick.max_prompts=2",
+        *tiny_overrides(tiny_sd, tiny_judge, images, steps=4),
+    )
+    trials = optuna.load_study(study_name="prune", storage=f"sqlite:///{sweep}/optuna.db").trials
+    assert len(trials) == 3
+    for t in trials:
+        assert t.intermediate_values, t
+        run = sweep / f"trial_{t.number:04d}"
+        for step, value in t.intermediate_values.items():
+            assert step in (2, 4)
+            quick = json.loads((run / "quick" / f"step_{step:06d}" / "metrics.json").read_text())
+            assert value == quick["text_similarity"]  # objective 1, not the loss
+            assert len(quick["per_prompt"]) == 2 and quick["num_samples"] == 2
