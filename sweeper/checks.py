@@ -83,16 +83,19 @@ def check_data(cfg: DictConfig) -> list:
 
 
 def load_tokenizers(source) -> list:
-    """The model's tokenizer(s) alone (no weights); [] where they cannot be had cheaply (a single file)."""
+    """The model's tokenizer(s) alone (no weights); a single file's come from model.config, [] without one."""
     from transformers import CLIPTokenizer
 
+    key, where = "model.pretrained", source.pretrained
     if source.kind == "file":
-        return []  # its tokenizer comes from a reference config; tokens.py checks it again after loading
+        if source.config is None:
+            return []  # diffusers' guessed config repo; tokens.py checks it again after loading
+        key, where = "model.config", source.config
     subfolders = ["tokenizer", "tokenizer_2"] if source.is_sdxl else ["tokenizer"]
     try:
-        return [CLIPTokenizer.from_pretrained(source.pretrained, subfolder=s) for s in subfolders]
+        return [CLIPTokenizer.from_pretrained(where, subfolder=s) for s in subfolders]
     except Exception as err:  # noqa: BLE001 - any failure here is the model folder's
-        raise ConfigError(f"model.pretrained={source.pretrained}: cannot load its tokenizer: {err}") from err
+        raise ConfigError(f"{key}={where}: cannot load its tokenizer: {err}") from err
 
 
 def check_tokens(cfg: DictConfig, tokenizers: list, n_images: int) -> None:
@@ -114,7 +117,7 @@ def check_config(cfg: DictConfig) -> None:
     images = check_data(cfg)
     _require(not OmegaConf.is_missing(cfg.model, "pretrained"), "model.pretrained is not set: a hub id or a local folder")
     try:
-        source = resolve_model(str(cfg.model.pretrained))
+        source = resolve_model(str(cfg.model.pretrained), cfg.model.get("config"))
     except ModelLoadError as err:
         raise ConfigError(str(err)) from err
     check_tokens(cfg, load_tokenizers(source), len(images))

@@ -4,6 +4,12 @@ One path for every source: `from_pretrained` for hub ids and folders, `from_sing
 `.safetensors`/`.ckpt`. SD 1.x/2.x have one text encoder, SDXL two; callers iterate over
 `Components.text_encoders` and never special-case the count.
 
+A single file holds weights only. diffusers takes the component configs and tokenizers from
+`model.config` (a local diffusers folder or hub id of the same architecture) or, without it, from the
+hub repo it guesses from the checkpoint's keys; offline, that guess cannot be fetched, so we say so
+before any weights load. `.ckpt` files are read with `weights_only=True`: a pickle that carries code
+is refused, never run.
+
 Dtypes: the UNet runs in the compute dtype; text encoders stay fp32 so the learned rows of the
 embedding matrix are fp32 master weights (autocast does the compute); the VAE stays fp32 under
 fp16, where SDXL's VAE overflows into NaN/black images. Whoever decodes casts latents to
@@ -13,6 +19,7 @@ fp16, where SDXL's VAE overflows into NaN/black images. Whoever decodes casts la
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +38,7 @@ class ModelSource:
     pretrained: str
     kind: str  # "folder" | "file" | "hub"
     is_sdxl: bool
+    config: str | None = None  # single files: the diffusers folder / hub id with their configs and tokenizers
 
 
 @dataclass
@@ -63,58 +71,142 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_model(pretrained: str) -> ModelSource:
-    """Find out what `pretrained` is without loading weights; raise a plain ModelLoadError if unusable."""
+def resolve_model(pretrained: str, config: str | None = None) -> ModelSource:
+    """Find out what `pretrained` is without loading weights; raise a plain ModelLoadError if unusable.
+
+    `config` (model.config) only applies to a single checkpoint file: the diffusers folder or hub id whose
+    component configs and tokenizers describe the file's architecture.
+    """
     if not pretrained:
         raise ModelLoadError("model.pretrained is empty: give a hub id, a local diffusers folder or a .safetensors/.ckpt file")
     path = Path(pretrained).expanduser()
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise ModelLoadError(f"model.pretrained={pretrained}: no such file")
-        return ModelSource(str(path), "file", _single_file_is_sdxl(path))
+        shapes = single_file_shapes(path)
+        is_sdxl = any(k.startswith("conditioner.embedders.1") for k in shapes)
+        return ModelSource(str(path), "file", is_sdxl, _single_file_config(str(path), shapes, is_sdxl, config))
+    if config:
+        raise ModelLoadError(
+            f"model.config={config}: only a single .safetensors/.ckpt checkpoint needs it; "
+            f"model.pretrained={pretrained} carries its own configs. Drop model.config (model.config=null)."
+        )
     if path.is_dir():
-        index = path / "model_index.json"
-        if not index.is_file():
-            raise ModelLoadError(
-                f"model.pretrained={pretrained}: folder has no model_index.json; give a diffusers pipeline folder"
-            )
-        return ModelSource(str(path), "folder", _index_is_sdxl(json.loads(index.read_text())))
+        return ModelSource(str(path), "folder", _folder_is_sdxl(path, "model.pretrained"))
     if pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
         raise ModelLoadError(f"model.pretrained={pretrained}: no such folder or file, and not a hub id (owner/name)")
     return ModelSource(pretrained, "hub", _index_is_sdxl(json.loads(Path(_hub_index(pretrained)).read_text())))
 
 
-def _hub_index(repo_id: str) -> str:
+def _folder_is_sdxl(path: Path, key: str) -> bool:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{key}={path}: folder has no model_index.json; give a diffusers pipeline folder")
+    return _index_is_sdxl(json.loads(index.read_text()))
+
+
+def _hub_index(repo_id: str, key: str = "model.pretrained") -> str:
     from huggingface_hub import hf_hub_download
 
     try:
         return hf_hub_download(repo_id, "model_index.json")
     except Exception as err:  # offline, unreachable, gated, missing: all end the same way for the user
-        reason = type(err).__name__
-        hint = (
-            "the Hugging Face Hub is unreachable (no network?) and the model is not in the local cache"
-            if "Connect" in reason or "LocalEntryNotFound" in reason or "Offline" in reason or "Timeout" in reason
-            else f"{reason}: {err}"
-        )
         raise ModelLoadError(
-            f"model.pretrained={repo_id}: cannot load it: {hint}. "
-            "Download it where there is network and pass the local folder as model.pretrained=/path/to/folder."
+            f"{key}={repo_id}: cannot load it: {_hub_reason(err)}. "
+            f"Download it where there is network and pass the local folder as {key}=/path/to/folder."
         ) from err
+
+
+def _hub_reason(err: Exception) -> str:
+    reason = type(err).__name__
+    if any(word in reason for word in ("Connect", "LocalEntryNotFound", "Offline", "Timeout")):
+        return "the Hugging Face Hub is unreachable (no network?) and the model is not in the local cache"
+    return f"{reason}: {err}"
+
+
+def single_file_shapes(path: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors as shape-only meta tensors (no weights read); a .ckpt's "state_dict" unwrapped.
+
+    A .ckpt is unpickled with weights_only=True: one that holds anything but tensors and plain containers
+    (a pickle can carry code) is refused here, before anything else runs.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        try:
+            state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):  # a legacy (pre-zip) torch.save file cannot be memory-mapped
+                raise
+            state = torch.load(path, map_location="meta", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ModelLoadError(
+            f"model.pretrained={path}: refused: this .ckpt pickles objects other than tensors, and unpickling them "
+            "could run code. Only plain state dicts are read (torch.load weights_only=True); convert it to "
+            f".safetensors in a sandbox you trust, or use the model's .safetensors release. ({str(err).splitlines()[0]})"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt, not a checkpoint
+        raise ModelLoadError(f"model.pretrained={path}: cannot read this checkpoint file: {err}") from err
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise ModelLoadError(f"model.pretrained={path}: no state dict of tensors in this file")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _single_file_config(pretrained: str, shapes: dict, is_sdxl: bool, config: str | None) -> str | None:
+    """model.config checked (exists, same family as the file); without it, diffusers' guess must be fetchable."""
+    if config:
+        path = Path(config).expanduser()
+        if path.is_dir():
+            config_sdxl = _folder_is_sdxl(path, "model.config")
+            config = str(path)
+        elif config.startswith((".", "/", "~")) or config.count("/") != 1:
+            raise ModelLoadError(f"model.config={config}: no such folder, and not a hub id (owner/name)")
+        else:
+            config_sdxl = _index_is_sdxl(json.loads(Path(_hub_index(config, "model.config")).read_text()))
+        if config_sdxl != is_sdxl:
+            family = {True: "SDXL (two text encoders)", False: "SD 1.x/2.x (one text encoder)"}
+            raise ModelLoadError(
+                f"model.config={config} describes {family[config_sdxl]} but model.pretrained={pretrained} is "
+                f"{family[is_sdxl]}: give a diffusers folder of the checkpoint's own architecture"
+            )
+        return config
+    guess = _diffusers_default_repo(shapes)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(guess or "stable-diffusion-v1-5/stable-diffusion-v1-5", "model_index.json")
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(single_file_hint(pretrained, guess, _hub_reason(err))) from err
+    return None
+
+
+def single_file_hint(pretrained: str, guess: str | None, reason: str) -> str:
+    return (
+        f"model.pretrained={pretrained} is a single checkpoint file: it holds weights but not the configs and "
+        f"tokenizers diffusers needs, which it would fetch from the hub repo {guess or '(unknown)'}, and {reason}: "
+        "pass model.config=<a local diffusers folder of the same architecture> (e.g. a downloaded copy of "
+        f"{guess or 'the base model'}: its model_index.json, */config.json, scheduler and tokenizer files suffice)."
+    )
+
+
+def _diffusers_default_repo(shapes: dict) -> str | None:
+    """The hub repo diffusers' from_single_file takes configs from when none is given (None: cannot tell)."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+    try:
+        return fetch_diffusers_config(shapes)["pretrained_model_name_or_path"]
+    except Exception:  # noqa: BLE001 - a model type whose detection reads values, not shapes
+        return None
 
 
 def _index_is_sdxl(index: dict) -> bool:
     return "text_encoder_2" in index and index.get("text_encoder_2", [None])[0] is not None
-
-
-def _single_file_is_sdxl(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return any(k.startswith("conditioner.embedders.1") for k in f.keys())
-    state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
-    state = state.get("state_dict", state)
-    return any(k.startswith("conditioner.embedders.1") for k in state)
 
 
 def pipeline_class(source: ModelSource) -> type:
@@ -123,9 +215,14 @@ def pipeline_class(source: ModelSource) -> type:
     return StableDiffusionXLPipeline if source.is_sdxl else StableDiffusionPipeline
 
 
-def load_pipeline(pretrained: str | ModelSource, precision: str = "fp32", device: str | None = None):
-    """The diffusers pipeline, loaded the one way a user's checkpoint is: for sampling and evaluation."""
-    source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(pretrained)
+def load_pipeline(
+    pretrained: str | ModelSource, precision: str = "fp32", device: str | None = None, config: str | None = None,
+):
+    """The diffusers pipeline, loaded the one way a user's checkpoint is: for sampling and evaluation.
+
+    `config` is model.config (single files only); a ModelSource already carries it.
+    """
+    source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(str(pretrained), config)
     dtype = resolve_dtype(precision)
     cls = pipeline_class(source)
     kwargs = {"torch_dtype": dtype}
@@ -133,11 +230,14 @@ def load_pipeline(pretrained: str | ModelSource, precision: str = "fp32", device
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         if source.kind == "file":
-            pipe = cls.from_single_file(source.pretrained, **kwargs)
+            pipe = cls.from_single_file(source.pretrained, config=source.config, **kwargs)
         else:
             pipe = cls.from_pretrained(source.pretrained, **kwargs)
     except Exception as err:
-        raise ModelLoadError(f"model.pretrained={source.pretrained}: loading failed: {err}") from err
+        if source.kind == "file" and source.config is None and "unreachable" in _hub_reason(err):
+            raise ModelLoadError(single_file_hint(source.pretrained, None, _hub_reason(err))) from err
+        using = f" with model.config={source.config}" if source.config else ""
+        raise ModelLoadError(f"model.pretrained={source.pretrained}: loading failed{using}: {err}") from err
     if dtype == torch.float16:
         pipe.vae.to(torch.float32)
     pipe.to(resolve_device(device))
@@ -145,9 +245,11 @@ def load_pipeline(pretrained: str | ModelSource, precision: str = "fp32", device
     return pipe
 
 
-def load_components(pretrained: str | ModelSource, precision: str = "fp32", device: str | None = None) -> Components:
+def load_components(
+    pretrained: str | ModelSource, precision: str = "fp32", device: str | None = None, config: str | None = None,
+) -> Components:
     """Frozen components for training: UNet in the compute dtype, text encoders fp32, VAE fp32 under fp16."""
-    source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(pretrained)
+    source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(str(pretrained), config)
     dtype = resolve_dtype(precision)
     dev = resolve_device(device)
     pipe = load_pipeline(source, "fp32", "cpu")
