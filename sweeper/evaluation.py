@@ -318,7 +318,7 @@ def evaluate_embedding(
     device = resolve_device(cfg.get("device"))
     if ev["precision"] == "auto":
         ev["precision"] = "fp16" if device.type == "cuda" else "fp32"
-    pipe = load_pipeline(str(cfg.model.pretrained), ev["precision"], str(device))
+    pipe = load_pipeline(str(cfg.model.pretrained), ev["precision"], str(device), config=cfg.model.get("config"))
     placeholder = load_into_pipeline(pipe, loaded, token)
     pivotal = _apply_pivotal(pipe, Path(embedding) / "pivotal") if ev["use_pivotal"] else None
     info = {"embedding": str(embedding), "num_vectors": loaded.num_vectors, "pivotal": pivotal, **(extra or {})}

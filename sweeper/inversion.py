@@ -320,7 +320,8 @@ def invert(
     torch.manual_seed(int(inv.seed))
     np.random.seed(int(inv.seed))
     random.seed(int(inv.seed))
-    comps = components or load_components(cfg.model.pretrained, inv.precision, cfg.get("device", "auto"))
+    comps = components or load_components(cfg.model.pretrained, inv.precision, cfg.get("device", "auto"),
+                                          config=cfg.model.get("config"))
     trainer = Trainer(cfg, comps, images)
     log.info("inversion: %d images, k=%d, effective lr %.3g (base %.3g, scale_lr=%s, batch %d x accum %d)",
              len(images), trainer.k, trainer.lr, inv.lr, inv.scale_lr, inv.batch_size, inv.grad_accum)

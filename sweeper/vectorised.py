@@ -55,7 +55,8 @@ def compatibility_key(cfg: DictConfig) -> tuple:
     """Trials with equal keys can run vectorised together."""
     piv = cfg.inversion.get("pivotal")
     return (
-        str(cfg.model.pretrained), str(cfg.inversion.precision), str(cfg.get("device", "auto")),
+        str(cfg.model.pretrained), str(cfg.model.get("config")), str(cfg.inversion.precision),
+        str(cfg.get("device", "auto")),
         str(Path(str(cfg.data.images)).expanduser().resolve()), str(cfg.data.property),
         bool(piv is not None and piv.get("enabled")),
     )
@@ -179,7 +180,7 @@ def invert_vectorised(cfgs: list[DictConfig], run_dirs: list[Path], *,
               for c in cfgs]
     first = cfgs[0]
     comps = components or load_components(first.model.pretrained, first.inversion.precision,
-                                          first.get("device", "auto"))
+                                          first.get("device", "auto"), config=first.model.get("config"))
     vt = VectorisedTrainer(cfgs, comps, images)
     n = len(cfgs)
     steps = [int(c.inversion.steps) for c in cfgs]
@@ -271,7 +272,8 @@ def run_trials(cfgs: list[DictConfig], run_dirs: list[Path], trial_numbers: list
     ev = check_evaluation(cfgs[ok[0]].evaluation)
     device = resolve_device(cfgs[ok[0]].get("device"))
     precision = ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    pipe = load_pipeline(str(cfgs[ok[0]].model.pretrained), precision, str(device))  # once for the group
+    pipe = load_pipeline(str(cfgs[ok[0]].model.pretrained), precision, str(device),  # once for the group
+                         config=cfgs[ok[0]].model.get("config"))
     for i, result in zip(ok, results):
         try:
             ev_i = check_evaluation(cfgs[i].evaluation)
