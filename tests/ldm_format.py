@@ -119,8 +119,9 @@ OPEN_CLIP_TOP = {"text_model.embeddings.token_embedding.weight": "token_embeddin
 
 
 def open_clip(state: dict, prefix: str) -> dict:
-    """HF CLIPTextModelWithProjection -> OpenCLIP text tower layout (fused q/k/v, transposed projection)."""
+    """HF CLIP text model -> OpenCLIP text tower layout (fused q/k/v, transposed projection)."""
     out = {}
+    state = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in state.items()}
     for k, v in state.items():
         if k in OPEN_CLIP_TOP:
             out[prefix + OPEN_CLIP_TOP[k]] = v
@@ -143,8 +144,9 @@ def open_clip(state: dict, prefix: str) -> dict:
     return out
 
 
-def ldm_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The whole pipeline folder as one LDM-layout state dict (SD 1.x or SDXL, from model_index.json)."""
+def ldm_state_dict(folder: str | Path, sd2: bool = False) -> dict[str, torch.Tensor]:
+    """The whole pipeline folder as one LDM-layout state dict (SD 1.x or SDXL, from model_index.json; `sd2`:
+    SD 2.x, whose one text encoder is OpenCLIP, written under cond_stage_model.model.)."""
     import json
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -163,15 +165,17 @@ def ldm_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         state.update(hf_clip(te, "conditioner.embedders.0.transformer."))
         te2 = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2").state_dict()
         state.update(open_clip(te2, "conditioner.embedders.1.model."))
+    elif sd2:
+        state.update(open_clip(te, "cond_stage_model.model."))
     else:
         state.update(hf_clip(te, "cond_stage_model.transformer."))
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
-def write_single_file(folder: str | Path, out: str | Path) -> Path:
+def write_single_file(folder: str | Path, out: str | Path, sd2: bool = False) -> Path:
     """`out` ending in .safetensors (flat) or .ckpt ({"state_dict": ...} as torch.save writes it)."""
     out = Path(out)
-    state = ldm_state_dict(folder)
+    state = ldm_state_dict(folder, sd2)
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -193,24 +197,28 @@ def _sd_vae(seed: int, sample_size: int):
     )
 
 
-def build_sd15_shaped(out: str | Path, seed: int = 0) -> Path:
+def build_sd15_shaped(out: str | Path, seed: int = 0, sd2: bool = False) -> Path:
     """A tiny pipeline folder with SD 1.5's topology: UNet 4 levels (CrossAttn x3 + Down), 2 layers each, channel
-    ratios 1:2:4:4 (so the same skip connections exist), SD's VAE; 64 px images."""
+    ratios 1:2:4:4 (so the same skip connections exist), SD's VAE; 64 px images. `sd2`: SD 2.x's variant (linear
+    transformer projections, a wider text encoder, v-prediction)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     from sweeper.tiny import _text_encoder, build_tokenizer
 
     tokenizer = build_tokenizer()
-    text_encoder = _text_encoder(len(tokenizer), 32, None, seed)
+    width = 48 if sd2 else 32
+    text_encoder = _text_encoder(len(tokenizer), width, None, seed)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 32, 32),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        attention_head_dim=2, norm_num_groups=4, cross_attention_dim=32,
+        attention_head_dim=(2, 2, 4, 4) if sd2 else 2, norm_num_groups=4, cross_attention_dim=width,
+        use_linear_projection=sd2,
     )
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+                              num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction" if sd2 else "epsilon")
     pipe = StableDiffusionPipeline(vae=_sd_vae(seed + 2, 64), text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -165,7 +165,7 @@ def test_cli_without_model_config_offline_fails_plainly_before_loading(sd15, tmp
 
 
 @pytest.mark.parametrize("case", ["sdxl-config-for-sd-file", "config-for-a-folder", "no-such-config",
-                                  "placeholder-in-config-vocab"])
+                                  "hub-config-offline", "placeholder-in-config-vocab"])
 def test_bad_model_config_is_named_before_any_model_work(case, sd15, tiny_sdxl, tmp_path):
     folder, file, _ = sd15
     images = write_concept_images(tmp_path / "concept", n=2)
@@ -176,6 +176,8 @@ def test_bad_model_config_is_named_before_any_model_work(case, sd15, tiny_sdxl, 
                                 r"only a single .safetensors/.ckpt checkpoint needs it.*model.config=null"),
         "no-such-config": ([f"model.pretrained={file}", f"model.config={tmp_path}/nowhere"],
                            r"model.config=.*nowhere: no such folder"),
+        "hub-config-offline": ([f"model.pretrained={file}", "model.config=nobody-here/no-such-model"],
+                               r"model.config=nobody-here/no-such-model: cannot load it: .*no network.*model.config=/path"),
         "placeholder-in-config-vocab": ([f"model.pretrained={file}", f"model.config={folder}",
                                          "inversion.placeholder=dog"], r"token 'dog' is already in the tokenizer"),
     }[case]
@@ -199,3 +201,23 @@ def test_sdxl_single_file_loads_both_encoders(tmp_path):
                        ("text_encoder", ref.text_encoders[0], comps.text_encoders[0]),
                        ("text_encoder_2", ref.text_encoders[1], comps.text_encoders[1])):
         assert_same_weights(a, b, name)
+
+
+def test_sd2_single_file_with_an_openclip_text_encoder(tmp_path):
+    folder = build_sd15_shaped(tmp_path / "diffusers", sd2=True)
+    file = write_single_file(folder, tmp_path / "sd2.safetensors", sd2=True)
+    state_keys = set(load_file(str(file)))
+    assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in state_keys
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in state_keys)
+    ref, comps = load_components(str(folder), "fp32", "cpu"), load_components(str(file), "fp32", "cpu", config=str(folder))
+    assert not comps.is_sdxl and comps.scheduler.config.prediction_type == "v_prediction"
+    for name, a, b in (("unet", ref.unet, comps.unet), ("vae", ref.vae, comps.vae),
+                       ("text_encoder", ref.text_encoders[0], comps.text_encoders[0])):
+        assert_same_weights(a, b, name)
+    images = write_concept_images(tmp_path / "concept", n=2)
+    common = [f"data.images={images}", "inversion.init_word=cat", "inversion.steps=2", "inversion.batch_size=1",
+              "inversion.grad_accum=1", "inversion.checkpoint_every=0", "device=cpu"]
+    a = invert(compose_config(f"model.pretrained={file}", f"model.config={folder}", *common), tmp_path / "file",
+               components=comps)
+    b = invert(compose_config(f"model.pretrained={folder}", *common), tmp_path / "folder", components=ref)
+    assert a.vectors[0].shape == (1, 48) and torch.equal(a.vectors[0], b.vectors[0])
