@@ -177,10 +177,12 @@ def _single_file_config(pretrained: str, shapes: dict, is_sdxl: bool, config: st
             )
         return config
     guess = _diffusers_default_repo(shapes)
+    if guess is None:
+        return None  # diffusers reads values to tell; load_pipeline words an offline failure the same way
     from huggingface_hub import hf_hub_download
 
     try:
-        hf_hub_download(guess or "stable-diffusion-v1-5/stable-diffusion-v1-5", "model_index.json")
+        hf_hub_download(guess, "model_index.json")
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(single_file_hint(pretrained, guess, _hub_reason(err))) from err
     return None
