@@ -50,7 +50,8 @@ def check_inversion_keys(inv: DictConfig) -> None:
     _require(0 <= _number(inv, "per_image_p", p) <= 1, f"{p}.per_image_p={inv.per_image_p}: must be in [0, 1]")
     _require(_number(inv, "log_every", p, int) >= 1, f"{p}.log_every={inv.log_every}: must be >= 1")
     _number(inv, "seed", p, int)
-    _require(inv.precision in PRECISIONS, f"{p}.precision={inv.precision!r}: choose one of {sorted(PRECISIONS)}")
+    _require(inv.precision in (*PRECISIONS, "auto"),
+             f"{p}.precision={inv.precision!r}: choose auto or one of {sorted(PRECISIONS)}")
     if inv.get("progressive_every") is not None:
         _require(_number(inv, "progressive_every", p, int) >= 1,
                  f"{p}.progressive_every={inv.progressive_every}: must be >= 1 step, or null for off")

@@ -43,3 +43,12 @@ def test_unreachable_hub_says_no_network(monkeypatch):
 def test_folder_without_index_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="model_index.json"):
         resolve_model(str(tmp_path))
+
+
+def test_auto_precision_is_fp32_on_cpu(tiny_sd):
+    from sweeper.models import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert load_components(str(tiny_sd), "auto", "cpu").unet.dtype == torch.float32
+    with pytest.raises(ValueError, match="auto"):
+        resolve_dtype("fp8")
