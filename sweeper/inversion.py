@@ -342,11 +342,18 @@ def invert(
         log.info("resuming from %s", ckpt)
     rows = read_history(run_dir, start)
 
+    bad = 0  # consecutive non-finite losses
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="inversion", dynamic_ncols=True, mininterval=1)
     for step in bar:
         m = tokens.active_count(step, trainer.k, inv.progressive_every)
         out = trainer.step(m)
         done = step + 1
+        bad = 0 if np.isfinite(out["loss"]) else bad + 1
+        if bad > (10 if trainer.scaler.is_enabled() else 0):  # fp16's scaler skips a few overflowing steps
+            raise FloatingPointError(
+                f"non-finite loss ({out['loss']}) at step {done}: lower inversion.lr "
+                f"(effective {trainer.lr:.3g}) or use inversion.precision=bf16/fp32"
+            )
         window.append(out["loss"])
         if done % log_every == 0 or done == steps:
             row = {"step": done, "loss": float(np.mean(window)), "lr": trainer.lr, **trainer.distances()}

@@ -168,3 +168,11 @@ def test_v_prediction_models_train(tiny_sd, concept_images, tmp_path):
         losses[name] = [float(r["loss"]) for r in read_csv(tmp_path / name / "history.csv")]
         assert res.trainer.noise_scheduler.config.prediction_type == {"v": "v_prediction", "eps": "epsilon"}[name]
     assert all(x > 0 for x in losses["v"]) and losses["v"] != losses["eps"]  # same draws, another target
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_error(tiny_sd, concept_images, tmp_path):
+    # 0 * inf: the first step's objective is NaN, its gradient turns the vector into NaN, the next loss is NaN
+    cfg = make_cfg(tiny_sd, concept_images, "inversion.reg_weight=inf")
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at step [0-9]+: lower inversion.lr"):
+        invert(cfg, tmp_path / "nan")
+    assert not (tmp_path / "nan" / "learned_embeds.safetensors").exists()
