@@ -100,6 +100,9 @@ def test_shipped_weights_load_like_sd15_and_fit_the_budget():
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     comps = load_components(str(WEIGHTS / "pipeline"), "fp32", "cpu")
     assert comps.resolution == 32 and len(comps.tokenizers[0]) == len(build_tokenizer())
+    from diffusers import DDIMScheduler
+
+    assert DDIMScheduler.from_config(pipe.scheduler.config).config.clip_sample is False  # as SD 1.5 ships it
     img = pipe("a photo of a red star", num_inference_steps=3, generator=torch.Generator().manual_seed(0),
                output_type="np").images
     assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()

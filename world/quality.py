@@ -133,21 +133,21 @@ def grid(images: np.ndarray, cols: int, scale: int = 3) -> np.ndarray:
     return g.repeat(scale, 0).repeat(scale, 1)
 
 
-def main(weights: str | Path = WEIGHTS) -> dict:
+def main(weights: str | Path = WEIGHTS, steps: int = 50) -> dict:
     from PIL import Image
 
     weights = Path(weights)
     t0 = time.time()
     judge = judge_accuracy(weights / "judge")
     t1 = time.time()
-    following, images, specs = prompt_following(weights / "pipeline", weights / "judge")
+    following, images, specs = prompt_following(weights / "pipeline", weights / "judge", steps=steps)
     t2 = time.time()
     report = {"judge_zero_shot": judge, "prompt_following": following, "bars": BARS,
               "passes": {k: all(v[a] >= BARS[k][a] for a in ATTRIBUTES)
                          for k, v in (("judge", judge), ("prompt_following", following))},
               "n_held_out_combos": len(specs), "seconds": {"judge": t1 - t0, "prompt_following": t2 - t1}}
     atomic.write_json(weights / "quality.json", report)
-    figures = Path(__file__).parent / "figures"
+    figures = Path(__file__).parent / "figures" if weights.resolve() == WEIGHTS.resolve() else weights / "figures"
     img = Image.fromarray(grid(images[:48], 12))
     atomic._write_via(figures / "prompt_following.png", lambda tmp: img.save(tmp, format="png"))
     atomic.write_text(figures / "prompt_following.txt",

@@ -5,6 +5,7 @@
     judge      transformers CLIPModel, contrastive, its own tokenizer              -> WORK/judge/
     generator  UNet2DConditionModel + CLIPTextModel trained jointly on cached      -> WORK/generator/
                latents (10% caption dropout for classifier-free guidance)
+    generator2 a second cosine cycle from those weights (warm restart)           -> WORK/generator2/
     concepts   the held-out concepts' images (5 each)                              -> world/concepts/<name>/
     assemble   StableDiffusionPipeline.save_pretrained + the judge folder          -> OUT/pipeline, OUT/judge
     quality    judge zero-shot accuracy and prompt following (world.quality)       -> OUT/quality.json
@@ -23,6 +24,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +38,12 @@ from world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
 CONFIG = dict(
     seed=0, n_train=30_000, batch=32,
     vae_steps=800, vae_lr=2e-3, vae_kl=1e-6,
-    judge_steps=1500, judge_batch=128, judge_lr=1e-3,
-    gen_steps=2000, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0,
+    judge_steps=2000, judge_batch=128, judge_lr=1e-3,
+    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0,
 )
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-STAGES = ["data", "judge", "vae", "generator", "concepts", "assemble", "quality"]
+STAGES = ["data", "judge", "vae", "generator", "generator2", "concepts", "assemble", "quality"]
 CONCEPTS_DIR = Path(__file__).parent / "concepts"
 
 
@@ -169,6 +171,21 @@ def compatible(facts: list[dict], specs: list[draw.Spec]) -> torch.Tensor:
     return torch.tensor([[float(all(getattr(s, k) == v for k, v in f.items())) for f in facts] for s in specs])
 
 
+def hard_negative(spec: draw.Spec, rng: np.random.Generator) -> draw.Spec:
+    """`spec` with one attribute changed (shape half of the time): the caption a judge must not match.
+
+    Random batches rarely hold two images that differ only in shape, so without these the judge learns
+    colour, texture and background and hardly looks at shapes.
+    """
+    attr = "shape" if rng.random() < 0.5 else ["colour", "texture", "background"][rng.integers(3)]
+    values = {"shape": [*draw.SHAPES, *draw.SECRET_SHAPES], "colour": list(draw.COLOURS),
+              "texture": draw.TEXTURES, "background": list(draw.BACKGROUNDS)}[attr]
+    if spec.style == "sketch" and attr in ("texture", "background"):
+        attr, values = "colour", list(draw.COLOURS)
+    others = [v for v in values if v != getattr(spec, attr)]
+    return replace(spec, **{attr: others[rng.integers(len(others))]})
+
+
 def train_judge(work: Path, cfg: dict) -> None:
     images, specs = load_data(work, cfg)
     tokenizer = build_tokenizer(judge=True)
@@ -185,14 +202,16 @@ def train_judge(work: Path, cfg: dict) -> None:
         idx = torch.randint(len(images), (b,), generator=gen)
         batch_specs = [specs[i] for i in idx.tolist()]
         texts, facts = zip(*(draw.caption_facts(s, rng, judge=True, drop=0.15) for s in batch_specs))
-        tok = ids(list(texts))
+        hard = [draw.caption_facts(hard_negative(s, rng), rng, judge=True, drop=0.0) for s in batch_specs]
+        tok = ids([*texts, *(t for t, _ in hard)])
         tok = tok[:, : int((tok != ids.pad).sum(1).max()) + 1]
         pix = judge_pixels(images[idx]) + 0.05 * torch.randn((b, 3, draw.SIZE, draw.SIZE), generator=gen)
         out = model(input_ids=tok, pixel_values=pix)
-        target = compatible(list(facts), batch_specs)
+        target = compatible([*facts, *(f for _, f in hard)], batch_specs)  # [b, 2b]
         logits = out.logits_per_image
+        t2i = target[:, :b]  # captions of the batch's own images: each matches at least its image
         loss = 0.5 * (-(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-                      - (target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
+                      - (t2i / t2i.sum(0, keepdim=True) * logits[:, :b].log_softmax(0)).sum(0).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -243,9 +262,12 @@ def build_unet():
 def build_scheduler():
     from diffusers import PNDMScheduler
 
-    # SD 1.5's scheduler and betas; evaluation swaps in DDIM from this config like for any SD model.
-    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    # SD 1.5's scheduler config, clip_sample=false included: DDIM/DDPM built from it would otherwise
+    # clip x0 predictions to [-1, 1], which destroys latents of unit variance.
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    scheduler.register_to_config(clip_sample=False)
+    return scheduler
 
 
 @torch.no_grad()
@@ -258,8 +280,10 @@ def cache_latents(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(means), torch.cat(stds)
 
 
-def train_generator(work: Path, cfg: dict, ckpt_every: int) -> None:
-    from diffusers import AutoencoderKL
+def train_generator(work: Path, cfg: dict, ckpt_every: int, cycle: int = 1) -> None:
+    """Cycle 1 trains from scratch; cycle 2 is a warm restart (fresh AdamW and cosine) from cycle 1."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     images, specs = load_data(work, cfg)
     vae = AutoencoderKL.from_pretrained(work / "vae").eval()
@@ -268,15 +292,21 @@ def train_generator(work: Path, cfg: dict, ckpt_every: int) -> None:
     scale = vae.config.scaling_factor
     tokenizer = build_tokenizer()
     ids = FastIds(tokenizer)
-    torch.manual_seed(cfg["seed"] + 3)
-    unet, text_encoder = build_unet().train(), build_text_encoder(len(tokenizer)).train()
+    seed = cfg["seed"] + 2 + cycle
+    torch.manual_seed(seed)
+    if cycle == 1:
+        unet, text_encoder = build_unet().train(), build_text_encoder(len(tokenizer)).train()
+    else:
+        unet = UNet2DConditionModel.from_pretrained(work / "generator" / "unet").train()
+        text_encoder = CLIPTextModel.from_pretrained(work / "generator" / "text_encoder").train()
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg["gen_lr"], weight_decay=0.01)
     alphas = build_scheduler().alphas_cumprod
     snr = alphas / (1 - alphas)
-    gen = torch.Generator().manual_seed(cfg["seed"] + 3)
-    rng = np.random.default_rng(cfg["seed"] + 3)
-    start, ckpt = 0, work / "generator_ckpt.pt"
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    name = "generator" if cycle == 1 else f"generator{cycle}"
+    start, ckpt = 0, work / f"{name}_ckpt.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -287,7 +317,7 @@ def train_generator(work: Path, cfg: dict, ckpt_every: int) -> None:
         start = state["step"]
         log(f"generator: resumed at step {start}")
     ids.check([draw.caption(s, np.random.default_rng(0)) for s in specs[:200]] + [""])
-    t0, b, total = time.time(), cfg["batch"], cfg["gen_steps"]
+    t0, b, total = time.time(), cfg["batch"], cfg["gen_steps" if cycle == 1 else f"gen_steps{cycle}"]
     for step in range(start, total):
         set_lr(opt, lr_at(step, total, cfg["gen_lr"], warmup=200))
         idx = torch.randint(len(images), (b,), generator=gen)
@@ -307,12 +337,12 @@ def train_generator(work: Path, cfg: dict, ckpt_every: int) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 100 == 0 or step == total - 1:
-            log(f"generator step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+            log(f"{name} step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % ckpt_every == 0 and step + 1 < total:
             atomic.torch_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                                "opt": opt.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
                                "step": step + 1}, ckpt)
-    with atomic.directory(work / "generator") as tmp:
+    with atomic.directory(work / name) as tmp:
         unet.eval().save_pretrained(tmp / "unet")
         text_encoder.eval().save_pretrained(tmp / "text_encoder")
         atomic.write_json(tmp / "stats.json", {"seconds_this_run": time.time() - t0, "steps": total})
@@ -338,8 +368,8 @@ def assemble(work: Path, out: Path) -> None:
 
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(work / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(work / "generator" / "text_encoder"),
-        tokenizer=build_tokenizer(), unet=UNet2DConditionModel.from_pretrained(work / "generator" / "unet"),
+        text_encoder=CLIPTextModel.from_pretrained(work / "generator2" / "text_encoder"),
+        tokenizer=build_tokenizer(), unet=UNet2DConditionModel.from_pretrained(work / "generator2" / "unet"),
         scheduler=build_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     with atomic.directory(out / "pipeline") as tmp:
@@ -357,6 +387,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (1: reproducible; the judge trains in a second process)")
     parser.add_argument("--ckpt-every", type=int, default=500)
+    parser.add_argument("--quality-steps", type=int, default=50, help="DDIM steps of the prompt-following figure")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"override training settings (development only): {sorted(CONFIG)}")
     args = parser.parse_args()
@@ -369,7 +400,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     done = {"data": args.work / "data.npz", "vae": args.work / "vae", "judge": args.work / "judge",
-            "generator": args.work / "generator"}
+            "generator": args.work / "generator", "generator2": args.work / "generator2"}
     t0 = time.time()
     judge_job = None
     for stage in STAGES:
@@ -392,8 +423,8 @@ def main() -> None:
             train_vae(args.work, cfg)
         elif stage == "judge":
             train_judge(args.work, cfg)
-        elif stage == "generator":
-            train_generator(args.work, cfg, args.ckpt_every)
+        elif stage in ("generator", "generator2"):
+            train_generator(args.work, cfg, args.ckpt_every, cycle=1 if stage == "generator" else 2)
         elif stage == "concepts":
             write_concepts()
         elif stage == "assemble":
@@ -401,7 +432,7 @@ def main() -> None:
         else:
             from world.quality import main as quality
 
-            quality(args.out)
+            quality(args.out, steps=args.quality_steps)
         log(f"stage {stage} done in {time.time() - s0:.0f}s")
     log(f"total {time.time() - t0:.0f}s")
 
