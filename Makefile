@@ -28,23 +28,21 @@ $(TINY)/model_index.json: | $(STAMP)
 
 tiny: $(TINY)/model_index.json
 
-# The demo: a short inversion + evaluation on small random components and procedural concept images
-# built here (a plumbing check, not a meaningful embedding), in outputs/demo/.
-DEMO_JUDGE := .cache/tiny-judge
-DEMO_IMAGES := .cache/demo-images
-$(DEMO_JUDGE)/config.json: | $(STAMP)
-	$(BIN)/python -m sweeper.tiny .cache/tiny-sd-scratch --judge $(DEMO_JUDGE) --images $(DEMO_IMAGES)
-	rm -rf .cache/tiny-sd-scratch
-
-demo: $(STAMP) $(TINY)/model_index.json $(DEMO_JUDGE)/config.json
-	rm -rf outputs/demo
-	$(BIN)/python -m sweeper model.pretrained=$(TINY) data.images=$(DEMO_IMAGES) \
-	  inversion.init_word=toy inversion.num_vectors=2 inversion.steps=40 inversion.batch_size=2 \
-	  inversion.grad_accum=1 inversion.log_every=10 inversion.checkpoint_every=20 \
-	  evaluation/prompts=paper_examples evaluation.judge=$(DEMO_JUDGE) evaluation.num_samples=2 \
-	  evaluation.steps=5 evaluation.bootstrap=100 evaluation.cache_dir=.cache/demo-references \
-	  hydra.run.dir=outputs/demo
-	@echo "demo outputs in outputs/demo/: learned_embeds*.safetensors, history.csv, metrics.json, samples/, status.json"
+# The demo: the paper's Fig. 10a configurations (ours, high/low LR, 2-/3-word, progressive, regularisation,
+# per-image tokens) x 2 seeds = 16 trials on the embedded world (model=toy: shipped weights, no training,
+# no network), two at a time on the CPU, then the tradeoff plot and report from the run folders.
+DEMO_CONCEPT ?= toy_arrow
+DEMO_STEPS ?= 200
+DEMO_OUT ?= outputs/demo
+FIG10 := ours,high_lr,low_lr,two_word,three_word,progressive,regularisation,per_image
+demo: $(STAMP)
+	rm -rf $(DEMO_OUT)
+	OMP_NUM_THREADS=1 $(BIN)/python -m sweeper -m model=toy data=$(DEMO_CONCEPT) evaluation=toy \
+	  '+experiment/fig10@_global_=$(FIG10)' inversion.seed=0,1 inversion.steps=$(DEMO_STEPS) \
+	  inversion.batch_size=4 inversion.grad_accum=1 inversion.log_every=20 inversion.checkpoint_every=100 \
+	  evaluation.num_samples=8 evaluation.progress=false hydra/launcher=joblib_cpu hydra.sweep.dir=$(DEMO_OUT)
+	$(BIN)/python -m analysis $(DEMO_OUT) --out $(DEMO_OUT)/analysis
+	@echo "demo: run folders in $(DEMO_OUT)/<n>/, tradeoff plot and report in $(DEMO_OUT)/analysis/ (report.html)"
 
 # System packages the tests need: Chromium opens report.html (tests/test_report_browser.py).
 # Installed only when /usr/bin/chromium is missing (Debian/Ubuntu apt; sudo when not root).
