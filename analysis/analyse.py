@@ -101,24 +101,12 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     tracker = Tracker.from_config(cfg, out)
     if not tracker.active:
         return False
-    try:  # Tracker.log keeps numbers only; a table goes to its run directly, guarded the same way
-        tracker.run.log({"runs": _wandb_table(df)})
-    except Exception as e:  # noqa: BLE001 - tracking never fails the analysis
-        log.warning("W&B table failed (%s: %s); runs.csv has everything", type(e).__name__, e)
-    tracker.log_images({k: Path(v) for k, v in images.items()})
+    keep = [c for c in df.columns if not c.startswith(("per_prompt.", "protocol.", "seeds."))]
+    tracker.log_table("runs", df[keep])
+    tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
     done = df[df["status"] == "completed"]
     best = {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")} if len(done) else {}
     tracker.summary({"runs_total": len(df), "runs_completed": len(done),
                      "runs_failed": int((df["status"] == "failed").sum()), **best})
     tracker.finish("completed")
     return True
-
-
-def _wandb_table(df: pd.DataFrame):
-    import wandb
-
-    keep = [c for c in df.columns if not c.startswith(("per_prompt.", "protocol.", "seeds."))]
-    # W&B tables want one type per column: numbers stay numbers, everything else becomes text
-    clean = pd.DataFrame({c: (df[c] if pd.api.types.is_numeric_dtype(df[c]) else df[c].astype(str).where(df[c].notna(), ""))
-                          for c in keep})
-    return wandb.Table(dataframe=clean)

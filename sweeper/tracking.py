@@ -111,14 +111,26 @@ class Tracker:
         self.log(values, step=step)
 
     @_safe
-    def log_images(self, images: dict[str, Path]) -> None:
+    def log_images(self, images: dict[str, Path], prefix: str = "samples") -> None:
         if not self._log_images:
             return
         import wandb
 
         present = {k: Path(p) for k, p in images.items() if Path(p).is_file()}
         if present:
-            self.run.log({f"samples/{k}": wandb.Image(str(p), caption=k) for k, p in present.items()})
+            self.run.log({f"{prefix}/{k}": wandb.Image(str(p), caption=k) for k, p in present.items()})
+
+    @_safe
+    def log_table(self, name: str, df: Any) -> None:
+        """A pandas DataFrame as a W&B Table; W&B wants one type per column, so non-numbers become text."""
+        import pandas as pd
+        import wandb
+
+        clean = pd.DataFrame({
+            c: df[c] if pd.api.types.is_numeric_dtype(df[c]) else df[c].astype(str).where(df[c].notna(), "")
+            for c in df.columns
+        })
+        self.run.log({name: wandb.Table(dataframe=clean)})
 
     @_safe
     def log_artifact(self, name: str, paths: list[Path], type: str = "embeddings") -> None:
