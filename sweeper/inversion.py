@@ -154,9 +154,11 @@ class Trainer:
         text = " ".join(self.concept_tokens[:m])
         return [data.format_prompt(ex.template, text, ex.image_token) for ex in examples]
 
-    def unet_loss(self, examples: list[data.Example], m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Denoising MSE on a batch of examples; also the input ids, to see which tokens were used."""
+    def draw(self, m: int) -> dict:
+        """Every random draw of one micro-batch, from the trainer's generator in a fixed order (resume and the
+        vectorised trainer rely on that order): examples, latents, noise, timesteps; plus the noisy input."""
         comps, gen = self.comps, self.generator
+        examples = self.sampler.sample(int(self.cfg.inversion.batch_size), gen)
         latents = self.cache.sample([2 * ex.image_index + int(ex.flip) for ex in examples], gen)
         noise = torch.randn(latents.shape, generator=gen).to(comps.device)
         steps = self.noise_scheduler.config.num_train_timesteps
@@ -166,10 +168,16 @@ class Trainer:
         target = {"epsilon": noise, "sample": latents}.get(kind)
         if target is None:
             target = self.noise_scheduler.get_velocity(latents, noise, t)
+        return {"noisy": noisy, "t": t, "target": target, "prompts": self.prompts(examples, m)}
+
+    def unet_loss(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoising MSE on one drawn micro-batch; also the input ids, to see which tokens were used."""
+        comps, d = self.comps, self.draw(m)
         with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
-            hidden, added, ids = self.encode_prompts(self.prompts(examples, m))
-            pred = comps.unet(noisy.to(comps.unet.dtype), t, hidden.to(comps.unet.dtype), added_cond_kwargs=added).sample
-        return F.mse_loss(pred.float(), target.float()), ids
+            hidden, added, ids = self.encode_prompts(d["prompts"])
+            pred = comps.unet(d["noisy"].to(comps.unet.dtype), d["t"], hidden.to(comps.unet.dtype),
+                              added_cond_kwargs=added).sample
+        return F.mse_loss(pred.float(), d["target"].float()), ids
 
     def reg_loss(self, m: int) -> torch.Tensor:
         """Squared L2 distance of each active concept vector from its init (per-image tokens are free)."""
@@ -181,18 +189,21 @@ class Trainer:
         inv = self.cfg.inversion
         accum, used, total = int(inv.grad_accum), torch.zeros(0, dtype=torch.long), 0.0
         for _ in range(accum):
-            examples = self.sampler.sample(int(inv.batch_size), self.generator)
-            loss, ids = self.unet_loss(examples, m)
+            loss, ids = self.unet_loss(m)
             objective = loss + float(inv.reg_weight) * self.reg_loss(m) if inv.reg_weight else loss
             self.scaler.scale(objective / accum).backward()
             used = torch.cat([used, ids.unique().cpu()])
             total += loss.item() / accum
+        return self.apply_step(used, total)
+
+    def apply_step(self, used: torch.Tensor, total: float) -> dict:
+        """After backward: drop the grads of vectors no prompt used, record grad norms, step, zero."""
         present = set(used.tolist())
-        grad_norms = []
         for s in self.splices:
             for p, token_id in zip(s.params, s.rows.ids):
                 if token_id not in present:
                     p.grad = None  # AdamW skips it: no decay, no momentum for an unused vector
+        grad_norms = []
         for i in range(self.k):
             grads = [s.params[i].grad for s in self.splices]
             grad_norms.append(0.0 if grads[0] is None else float(sum(g.float().norm() ** 2 for g in grads) ** 0.5))

@@ -56,7 +56,7 @@ def pivotal_tune(
 
     rows, window = [], []
     for step in tqdm(range(steps), desc="pivotal", dynamic_ncols=True, mininterval=1):
-        loss, _ = trainer.unet_loss(trainer.sampler.sample(int(inv.batch_size), trainer.generator), trainer.k)
+        loss, _ = trainer.unet_loss(trainer.k)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

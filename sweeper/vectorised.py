@@ -11,8 +11,8 @@ How: every trial is a `sweeper.inversion.Trainer` on the SAME components. Each a
 placeholder tokens to the shared tokenizer (renamed "<concept>#i" inside the process when trials
 share a name; the files carry the configured name) and splices its own fp32 vectors into the shared
 embedding output. A step draws each trial's examples, latents, noise and timesteps from that trial's
-own generator in exactly the order `Trainer.unet_loss` does, concatenates the trials' batches along
-the batch dimension for one text-encoder and one UNet call, and splits the prediction back into one
+own generator through `Trainer.draw` (the single trainer's own draws, in its order), concatenates
+the trials' batches along the batch dimension for one text-encoder and one UNet call, and splits the prediction back into one
 loss per trial. Batch elements never interact in these models (GroupNorm and attention are
 per-sample), and the trials' parameters are disjoint, so each trial's gradient, optimizer step and
 final embedding equal those of running it alone, up to floating-point summation order (tested).
@@ -108,21 +108,6 @@ class VectorisedTrainer:
                     s.lookup = torch.cat([s.lookup, s.lookup.new_full((grow,), -1)])
         self.comps = comps
 
-    def _draw(self, t: Trainer, m: int) -> dict:
-        """One micro-batch of trial `t`: the draws of Trainer.unet_loss, from t's generator, in its order."""
-        inv, gen, dev = t.cfg.inversion, t.generator, self.comps.device
-        examples = t.sampler.sample(int(inv.batch_size), gen)
-        latents = t.cache.sample([2 * ex.image_index + int(ex.flip) for ex in examples], gen)
-        noise = torch.randn(latents.shape, generator=gen).to(dev)
-        steps = t.noise_scheduler.config.num_train_timesteps
-        ts = torch.randint(0, steps, (len(examples),), generator=gen).to(dev)
-        noisy = t.noise_scheduler.add_noise(latents, noise, ts)
-        kind = t.noise_scheduler.config.prediction_type
-        target = {"epsilon": noise, "sample": latents}.get(kind)
-        if target is None:
-            target = t.noise_scheduler.get_velocity(latents, noise, ts)
-        return {"noisy": noisy, "t": ts, "target": target, "prompts": t.prompts(examples, m)}
-
     def step(self, active: list[int], ms: list[int]) -> dict[int, dict]:
         """One optimizer step of each trial in `active` (m = its active vector count); returns its logs."""
         comps, unet = self.comps, self.comps.unet
@@ -131,7 +116,7 @@ class VectorisedTrainer:
         totals = dict.fromkeys(active, 0.0)
         for a in range(max(accums.values())):
             now = [i for i in active if a < accums[i]]
-            draws = [self._draw(self.trainers[i], m) for i, m in zip(active, ms) if i in now]
+            draws = [self.trainers[i].draw(m) for i, m in zip(active, ms) if i in now]
             with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
                 hidden, added, ids = self.trainers[0].encode_prompts([p for d in draws for p in d["prompts"]])
                 noisy = torch.cat([d["noisy"] for d in draws]).to(unet.dtype)
@@ -148,24 +133,7 @@ class VectorisedTrainer:
                 used[i].append(ids[sl].unique().cpu())
                 totals[i] += loss.item() / accums[i]
             objective.backward()
-        return {i: self._apply(self.trainers[i], torch.cat(used[i]), totals[i]) for i in active}
-
-    @staticmethod
-    def _apply(t: Trainer, used: torch.Tensor, total: float) -> dict:
-        """The end of Trainer.step: drop unused vectors' grads, record grad norms, step, zero."""
-        present = set(used.tolist())
-        for s in t.splices:
-            for p, token_id in zip(s.params, s.rows.ids):
-                if token_id not in present:
-                    p.grad = None
-        grad_norms = []
-        for i in range(t.k):
-            grads = [s.params[i].grad for s in t.splices]
-            grad_norms.append(0.0 if grads[0] is None else float(sum(g.float().norm() ** 2 for g in grads) ** 0.5))
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
-        t.optimizer.zero_grad(set_to_none=True)
-        return {"loss": total, "grad_norms": grad_norms}
+        return {i: self.trainers[i].apply_step(torch.cat(used[i]), totals[i]) for i in active}
 
 
 def invert_vectorised(cfgs: list[DictConfig], run_dirs: list[Path], *,
