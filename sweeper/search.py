@@ -160,21 +160,24 @@ def current_trial_number() -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def report_hook() -> Callable[[int, float | tuple[float, ...]], None] | None:
+def report_hook(number: int | None = None, hydra_cfg: Any = None) -> Callable[[int, float | tuple[float, ...]], None] | None:
     """Inside a job of an Optuna sweep: report(step, value) for pruning; None anywhere else.
+
+    `number` / `hydra_cfg`: the trial number and the job's `hydra` config, for a launcher that runs several
+    jobs in one process (vectorised); by default the current job's (TI_OPTUNA_TRIAL, HydraConfig).
 
     Reports the intermediate value to the trial and raises optuna.TrialPruned when the study's pruner
     says the trial is hopeless. Optuna prunes single-objective studies only: in a multi-objective study
     there is no hook (None). The value must be better in the study's direction (higher when maximizing).
     """
-    number = current_trial_number()
+    number = current_trial_number() if number is None else int(number)
     if number is None:
         return None
     import optuna
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    hc = HydraConfig.get()
+    hc = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
     sweeper, sweep_dir = hc.sweeper, str(hc.sweep.dir)
     storage = make_storage(sweeper.get("storage"), sweep_dir)
     study_name = sweeper.get("study_name") or Path(sweep_dir).name

@@ -69,7 +69,8 @@ class Tracker:
         self._log_embeddings = log_embeddings
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, run_dir: str | Path) -> Tracker:
+    def from_config(cls, cfg: DictConfig, run_dir: str | Path, *, concurrent: bool = False) -> Tracker:
+        """A W&B run for the trial in `run_dir`; `concurrent`: beside other open runs (vectorised trials)."""
         t = OmegaConf.select(cfg, "tracking", default=None)
         if t is None or not t.get("enabled", False) or t.get("mode") == "disabled":
             return cls(None)
@@ -88,7 +89,7 @@ class Tracker:
                 tags=list(t.get("tags") or []),
                 config=_plain_config(cfg),
                 dir=str(wandb_dir),
-                reinit="finish_previous",
+                reinit="create_new" if concurrent else "finish_previous",
                 settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
             )
         except Exception as e:  # noqa: BLE001
@@ -145,6 +146,14 @@ class Tracker:
         for f in files:
             art.add_file(str(f), name=f.name)
         self.run.log_artifact(art)
+
+    def log_result(self, run_dir: Path, metrics: dict) -> None:
+        """A finished trial: its two objectives, metrics.json as the summary, sample grids, embedding files."""
+        run_dir = Path(run_dir)
+        self.log({"image_similarity": metrics["image_similarity"], "text_similarity": metrics["text_similarity"]})
+        self.summary(metrics)
+        self.log_images({p.stem: p for p in sorted((run_dir / "samples").glob("*.png"))})
+        self.log_artifact(f"embeddings-{run_dir.name}", sorted(run_dir.glob("*embeds*.safetensors")))
 
     @_safe
     def summary(self, values: dict) -> None:

@@ -64,7 +64,7 @@ def run_trial(
     tracker = Tracker.from_config(cfg, run_dir)  # W&B view; never fails the trial
     on_log = _both(on_log, tracker.on_log)
     report = report if report is not None else report_hook()  # Optuna pruning inside a search
-    quick = _quick_evaluation(cfg, run_dir, report) if report is not None else None
+    quick = quick_evaluation(cfg, run_dir, report) if report is not None else None
     try:
         from sweeper.inversion import invert
 
@@ -78,10 +78,7 @@ def run_trial(
         metrics = evaluate_run(cfg, run_dir, result.training_images)  # writes metrics.json, samples/
         scores = (metrics["image_similarity"], metrics["text_similarity"])
         log.info("trial done: %s", run_dir)
-        tracker.log({"image_similarity": scores[0], "text_similarity": scores[1]})
-        tracker.summary(metrics)
-        tracker.log_images({p.stem: p for p in sorted((run_dir / "samples").glob("*.png"))})
-        tracker.log_artifact(f"embeddings-{run_dir.name}", sorted(run_dir.glob("*embeds*.safetensors")))
+        tracker.log_result(run_dir, metrics)
     except BaseException as err:
         record.finish_run(run_dir, err)
         tracker.finish("failed")
@@ -91,7 +88,7 @@ def run_trial(
     return scores
 
 
-def _quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable) -> Callable:
+def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable) -> Callable:
     """For pruning: every `evaluation.quick.every` steps, evaluate the vectors as they are with a few
     samples (no references, no CIs) and report (image_similarity, text_similarity) to Optuna, which
     takes the study's objective. Values land in quick/step_<N>/metrics.json beside the run's record."""

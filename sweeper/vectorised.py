@@ -17,18 +17,24 @@ loss per trial. Batch elements never interact in these models (GroupNorm and att
 per-sample), and the trials' parameters are disjoint, so each trial's gradient, optimizer step and
 final embedding equal those of running it alone, up to floating-point summation order (tested).
 Checkpoints are the single trainer's, so a vectorised run resumes alone or in a group alike.
+
+A trial of the group ends alone, as it would alone: a non-finite loss (FloatingPointError), or an
+Optuna pruner stopping it after a quick evaluation, fails or prunes that trial and drops it from the
+batch; the others go on unchanged (tested). Each trial has its own W&B run (tracking config).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from sweeper import data, tokens
 from sweeper.inversion import (
@@ -136,9 +142,20 @@ class VectorisedTrainer:
         return {i: self.trainers[i].apply_step(torch.cat(used[i]), totals[i]) for i in active}
 
 
-def invert_vectorised(cfgs: list[DictConfig], run_dirs: list[Path], *,
-                      components: Components | None = None) -> list[InversionResult]:
-    """`inversion.invert` for N compatible trials at once: history, checkpoints, embedding files per run."""
+def invert_vectorised(
+    cfgs: list[DictConfig],
+    run_dirs: list[Path],
+    *,
+    components: Components | None = None,
+    on_logs: list[Callable[[int, dict], None] | None] | None = None,
+    reports: list[Callable[[int, Trainer], None] | None] | None = None,
+) -> list[InversionResult | Exception]:
+    """`inversion.invert` for N compatible trials at once: history, checkpoints, embedding files per run.
+
+    `on_logs[i]` / `reports[i]` are trial i's `invert` callbacks (W&B curves; pruning). Entry i of the
+    result is trial i's InversionResult, or the exception that ended it alone (non-finite loss, pruned,
+    a failing callback); such a trial writes no embedding file, like `invert` raising.
+    """
     from sweeper.embeddings_io import save_learned_embeds
 
     if len(cfgs) != len(run_dirs):
@@ -165,25 +182,53 @@ def invert_vectorised(cfgs: list[DictConfig], run_dirs: list[Path], *,
             starts[i], windows[i], resumed[i] = int(state["step"]), list(state["loss_window"]), int(state["step"])
         rows.append(read_history(run_dir, starts[i]))
     log.info("vectorised: %d trials, steps %s", n, steps)
+    on_logs, reports = on_logs or [None] * n, reports or [None] * n
+    errors: list[Exception | None] = [None] * n
+    bad = [0] * n  # consecutive non-finite losses per trial
 
-    for step in range(min(starts), max(steps)):
-        active = [i for i in range(n) if starts[i] <= step < steps[i]]
+    bar = tqdm(range(min(starts), max(steps)), initial=min(starts), total=max(steps), desc=f"inversion x{n}",
+               dynamic_ncols=True, mininterval=1)
+    for step in bar:
+        active = [i for i in range(n) if errors[i] is None and starts[i] <= step < steps[i]]
+        if not active:
+            continue
         ms = [tokens.active_count(step, vt.trainers[i].k, cfgs[i].inversion.progressive_every) for i in active]
         outs = vt.step(active, ms)
         done = step + 1
-        for i in active:
+        for i, m in zip(active, ms):
             inv, t = cfgs[i].inversion, vt.trainers[i]
+            bad[i] = 0 if np.isfinite(outs[i]["loss"]) else bad[i] + 1
+            if bad[i] > (10 if t.scaler.is_enabled() else 0):  # the same rule as `invert`
+                errors[i] = FloatingPointError(
+                    f"non-finite loss ({outs[i]['loss']}) at step {done}: lower inversion.lr "
+                    f"(effective {t.lr:.3g}) or use inversion.precision=bf16/fp32")
+                log.warning("vectorised trial %d stopped: %s", i, errors[i])
+                continue
             windows[i].append(outs[i]["loss"])
             if done % int(inv.log_every) == 0 or done == steps[i]:
-                rows[i].append({"step": done, "loss": float(np.mean(windows[i])), "lr": t.lr, **t.distances()})
+                row = {"step": done, "loss": float(np.mean(windows[i])), "lr": t.lr, **t.distances()}
+                rows[i].append(row)
                 write_history(run_dirs[i], rows[i])
                 windows[i] = []
+                try:
+                    if on_logs[i] is not None:
+                        on_logs[i](done, dict(row, active_vectors=m))
+                    if reports[i] is not None:
+                        reports[i](done, t)
+                except Exception as err:  # noqa: BLE001 - pruned (optuna.TrialPruned) or failed: this trial only
+                    errors[i] = err
+                    log.info("vectorised trial %d stopped at step %d: %s: %s", i, done, type(err).__name__, err)
+                    continue
             every = int(inv.checkpoint_every or 0)
             if every and (done % every == 0 or done == steps[i]):
                 save_checkpoint(run_dirs[i], t, done, fps[i], windows[i])
+    bar.close()
 
-    results = []
+    results: list[InversionResult | Exception] = []
     for i, (cfg, t) in enumerate(zip(cfgs, vt.trainers)):
+        if errors[i] is not None:
+            results.append(errors[i])
+            continue
         name = vt.placeholders[i]
         vectors = [s.vectors()[: t.k].cpu() for s in t.splices]
         per_image = None
@@ -198,14 +243,20 @@ def invert_vectorised(cfgs: list[DictConfig], run_dirs: list[Path], *,
     return results
 
 
-def run_trials(cfgs: list[DictConfig], run_dirs: list[Path], trial_numbers: list[int | None] | None = None,
-               ) -> list[tuple[float, float] | BaseException]:
+def run_trials(
+    cfgs: list[DictConfig],
+    run_dirs: list[Path],
+    trial_numbers: list[int | None] | None = None,
+    reports: list[Callable[[int, float | tuple[float, float]], None] | None] | None = None,
+) -> list[tuple[float, float] | BaseException]:
     """`trial.run_trial` for N compatible trials: checks, one vectorised inversion, evaluation on one pipeline.
 
     Returns one entry per trial: its (image_similarity, text_similarity), or the exception that failed it
-    (a bad config fails only its own trial; a failed group inversion fails every trial of the group).
-    Each run folder ends as `run_trial` leaves it: config.yaml, status.json, history.csv, embeddings,
-    metrics.json, samples/.
+    (a bad config, a non-finite loss or a pruner stops only its own trial; a failing group inversion
+    fails every trial of the group). `reports[i]` is trial i's Optuna report hook (search.report_hook):
+    the trial is then quick-evaluated for pruning exactly as `run_trial` does. Each run folder ends as
+    `run_trial` leaves it (config.yaml, status.json, history.csv, embeddings, metrics.json, samples/),
+    and each trial has its own W&B run.
     """
     from sweeper import record
     from sweeper.checks import check_config
@@ -213,9 +264,12 @@ def run_trials(cfgs: list[DictConfig], run_dirs: list[Path], trial_numbers: list
     from sweeper.evaluation import check_config as check_evaluation
     from sweeper.evaluation import evaluate_pipeline
     from sweeper.models import load_pipeline, resolve_device
+    from sweeper.tracking import Tracker
+    from sweeper.trial import quick_evaluation
 
     run_dirs = [Path(r) for r in run_dirs]
     numbers = trial_numbers or [None] * len(cfgs)
+    reports = reports or [None] * len(cfgs)
     out: list = [None] * len(cfgs)
     ok = []
     for i, cfg in enumerate(cfgs):
@@ -228,21 +282,36 @@ def run_trials(cfgs: list[DictConfig], run_dirs: list[Path], trial_numbers: list
         record.start_run(run_dirs[i], cfg, trial_number=numbers[i])
         if out[i] is not None:
             record.finish_run(run_dirs[i], out[i])
-    if not ok:
-        return out
+    trackers = {i: Tracker.from_config(cfgs[i], run_dirs[i], concurrent=True) for i in ok}
+
+    def fail(i: int, err: BaseException) -> None:
+        record.finish_run(run_dirs[i], err)
+        trackers[i].finish("failed")
+        out[i] = err
+
     try:
-        results = invert_vectorised([cfgs[i] for i in ok], [run_dirs[i] for i in ok])
+        results = invert_vectorised(
+            [cfgs[i] for i in ok], [run_dirs[i] for i in ok],
+            on_logs=[trackers[i].on_log for i in ok],
+            reports=[quick_evaluation(cfgs[i], run_dirs[i], reports[i]) if reports[i] else None for i in ok])
     except Exception as err:  # noqa: BLE001
         for i in ok:
-            record.finish_run(run_dirs[i], err)
-            out[i] = err
+            fail(i, err)
+        return out
+    inverted = dict(zip(ok, results))
+    for i, result in inverted.items():
+        if isinstance(result, Exception):
+            fail(i, result)
+    ok = [i for i in ok if out[i] is None]
+    if not ok:
         return out
     ev = check_evaluation(cfgs[ok[0]].evaluation)
     device = resolve_device(cfgs[ok[0]].get("device"))
     precision = ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     pipe = load_pipeline(str(cfgs[ok[0]].model.pretrained), precision, str(device),  # once for the group
                          config=cfgs[ok[0]].model.get("config"))
-    for i, result in zip(ok, results):
+    for i in ok:
+        result = inverted[i]
         try:
             ev_i = check_evaluation(cfgs[i].evaluation)
             ev_i["precision"] = precision
@@ -252,7 +321,7 @@ def run_trials(cfgs: list[DictConfig], run_dirs: list[Path], trial_numbers: list
                 metrics = evaluate_pipeline(
                     pipe, token, ev_i, result.training_images, run_dirs[i], model=str(cfgs[i].model.pretrained),
                     extra={"embedding": str(run_dirs[i]), "num_vectors": loaded.num_vectors,
-                           "vectorised_group": len(ok)}, device=device)
+                           "vectorised_group": len(results)}, device=device)
             finally:
                 for tok, enc in ((pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None),
                                                                        getattr(pipe, "text_encoder_2", None))):
@@ -260,8 +329,9 @@ def run_trials(cfgs: list[DictConfig], run_dirs: list[Path], trial_numbers: list
                         pipe.unload_textual_inversion(
                             tokens.placeholder_tokens(token, loaded.num_vectors), tokenizer=tok, text_encoder=enc)
             out[i] = (metrics["image_similarity"], metrics["text_similarity"])
+            trackers[i].log_result(run_dirs[i], metrics)
             record.finish_run(run_dirs[i])
+            trackers[i].finish("completed")
         except Exception as err:  # noqa: BLE001
-            record.finish_run(run_dirs[i], err)
-            out[i] = err
+            fail(i, err)
     return out

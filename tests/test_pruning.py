@@ -32,3 +32,28 @@ def test_quick_evaluation_is_what_the_pruner_sees(tmp_path, tiny_sd, tiny_judge)
             quick = json.loads((run / "quick" / f"step_{step:06d}" / "metrics.json").read_text())
             assert value == quick["text_similarity"]  # objective 1, not the loss
             assert len(quick["per_prompt"]) == 2 and quick["num_samples"] == 2
+
+
+def test_optuna_sweep_on_the_vectorised_launcher_prunes_each_trial(tmp_path, tiny_sd, tiny_judge):
+    """search=... with hydra/launcher=vectorised: one group per batch, each trial reports under its own number."""
+    images = write_concept_images(tmp_path / "img", n=3)
+    sweep = tmp_path / "sweeps" / "vprune"
+    out = run_sweeper(
+        "-m", "search=pareto_random", "hydra/launcher=vectorised", "hydra.sweeper.study_name=vprune",
+        f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.direction=maximize", "hydra.sweeper.objective=1",
+        "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=2.0",  # similarities are <= 1: all pruned
+        "data.n_images=2", "inversion.per_image_tokens=false",
+        "evaluation.quick.every=2", "evaluation.quick.num_samples=2", "evaluation.quick.steps=2",
+        "evaluation.quick.max_prompts=1",
+        *tiny_overrides(tiny_sd, tiny_judge, images, steps=4),
+    )
+    assert "as 1 vectorised group(s)" in out.stdout + out.stderr
+    trials = optuna.load_study(study_name="vprune", storage=f"sqlite:///{sweep}/optuna.db").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    for t in trials:
+        run = sweep / f"trial_{t.number:04d}"
+        status = json.loads((run / "status.json").read_text())
+        assert status["trial_number"] == t.number and "TrialPruned" in status["error"]
+        quick = json.loads((run / "quick" / "step_000002" / "metrics.json").read_text())
+        assert t.intermediate_values == {2: quick["text_similarity"]}

@@ -112,3 +112,54 @@ def test_hydra_vectorised_launcher_runs_a_multirun_as_one_group(tiny_sd, tiny_ju
         assert json.loads((run / "status.json").read_text())["status"] == "completed"
         assert json.loads((run / "metrics.json").read_text())["vectorised_group"] == 4
         assert (run / "learned_embeds.safetensors").is_file() and (run / "history.csv").is_file()
+
+
+def test_a_non_finite_trial_stops_alone_and_the_others_are_unchanged(tiny_sd, images, tmp_path):
+    # reg_weight=inf: 0 * inf makes the first objective NaN (as in test_inversion's single-trial case)
+    cfgs = [make_cfg(tiny_sd, images, TRIALS[0]), make_cfg(tiny_sd, images, ["inversion.reg_weight=inf"])]
+    alone = invert(cfgs[0], tmp_path / "alone", components=load_components(str(tiny_sd)))
+    outs = invert_vectorised(cfgs, [tmp_path / "vec0", tmp_path / "vec1"])
+    assert isinstance(outs[1], FloatingPointError) and "non-finite loss" in str(outs[1])
+    assert not (tmp_path / "vec1" / "learned_embeds.safetensors").exists()
+    torch.testing.assert_close(outs[0].vectors[0], alone.vectors[0], atol=1e-5, rtol=0)
+
+
+def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge, images, tmp_path):
+    """Trial 0 completes, 1 is pruned by its report hook, 2 hits a non-finite loss; each has its own W&B run."""
+    import json
+
+    import optuna
+    from sweep_app.cli import tiny_overrides
+
+    from sweeper.vectorised import run_trials
+
+    base = tiny_overrides(tiny_sd, tiny_judge, images, tracking="wandb") + [
+        "tracking.mode=offline", "evaluation.quick.every=2", "evaluation.quick.num_samples=2",
+        "evaluation.quick.steps=2", "evaluation.quick.max_prompts=1"]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfgs = [compose("config", overrides=base + extra)
+                for extra in (["inversion.lr=1e-3"], ["inversion.lr=2e-3"], ["inversion.reg_weight=inf"])]
+    seen = []
+
+    def prune(step, values):
+        seen.append((step, values))
+        raise optuna.TrialPruned(f"pruned at step {step}")
+
+    dirs = [tmp_path / f"trial_{i}" for i in range(3)]
+    outs = run_trials(cfgs, dirs, [10, 11, 12], reports=[None, prune, None])
+    assert len(outs[0]) == 2 and isinstance(outs[1], optuna.TrialPruned) and isinstance(outs[2], FloatingPointError)
+    assert [s for s, _ in seen] == [2]  # trial 1 was quick-evaluated at step 2 and stopped there
+    quick = json.loads((dirs[1] / "quick" / "step_000002" / "metrics.json").read_text())
+    assert seen[0][1] == (quick["image_similarity"], quick["text_similarity"])
+    status = [json.loads((d / "status.json").read_text()) for d in dirs]
+    assert [s["status"] for s in status] == ["completed", "failed", "failed"]
+    assert [s["trial_number"] for s in status] == [10, 11, 12]
+    assert "TrialPruned" in status[1]["error"] and "non-finite loss" in status[2]["error"]
+    assert not (dirs[1] / "metrics.json").exists() and not (dirs[2] / "metrics.json").exists()
+    assert json.loads((dirs[0] / "metrics.json").read_text())["vectorised_group"] == 3
+    for d in dirs:  # one offline W&B run per trial, named after its folder
+        runs = list((d / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, (d, runs)
+        data = next(runs[0].glob("run-*.wandb")).read_bytes()
+        assert d.name.encode() in data and b"loss" in data
+    assert b"image_similarity" in next(next((dirs[0] / "wandb").glob("offline-run-*")).glob("run-*.wandb")).read_bytes()

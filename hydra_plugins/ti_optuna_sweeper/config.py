@@ -63,6 +63,17 @@ class HyperbandPrunerConfig:
 
 
 @dataclass
+class ThresholdPrunerConfig:
+    """Prune a trial whose quick evaluation falls below `lower` (or above `upper`), e.g. a collapsed concept."""
+
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: float | None = None
+    upper: float | None = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.ti_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     defaults: list = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "nop"}])
@@ -107,6 +118,7 @@ cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider=
 for name, node in [("tpe", TPESamplerConfig), ("nsgaii", NSGAIISamplerConfig),
                    ("random", RandomSamplerConfig), ("grid", GridSamplerConfig)]:
     cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="ti_optuna_sweeper")
-for name, node in [("nop", NopPrunerConfig), ("median", MedianPrunerConfig), ("hyperband", HyperbandPrunerConfig)]:
+for name, node in [("nop", NopPrunerConfig), ("median", MedianPrunerConfig), ("hyperband", HyperbandPrunerConfig),
+                   ("threshold", ThresholdPrunerConfig)]:
     cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="ti_optuna_sweeper")
 cs.store(group="hydra/launcher", name="joblib_gpus", node=JoblibGpusLauncherConf, provider="ti_optuna_sweeper")

@@ -44,6 +44,7 @@ class VectorisedLauncher(Launcher):
         return sweep_config, task, run_dir
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from sweeper.search import report_hook
         from sweeper.vectorised import group_compatible, run_trials
 
         setup_globals()
@@ -56,8 +57,12 @@ class VectorisedLauncher(Launcher):
         for group in groups:
             for i in group:
                 log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])))
+            # Under the Optuna sweeper each job carries its trial number (hydra.job.env_set): the run folder
+            # records it and, in a single-objective study, the trial reports to the pruner as it would alone.
+            numbers = [_optuna_number(jobs[i][0]) for i in group]
+            reports = [report_hook(n, jobs[i][0].hydra) if n is not None else None for n, i in zip(numbers, group)]
             outs = run_trials([jobs[i][1] for i in group], [jobs[i][2] for i in group],
-                              [initial_job_idx + i for i in group])
+                              [initial_job_idx + i if n is None else n for n, i in zip(numbers, group)], reports)
             for i, out in zip(group, outs):
                 sweep_config, task, run_dir = jobs[i]
                 failed = isinstance(out, BaseException)
@@ -67,3 +72,10 @@ class VectorisedLauncher(Launcher):
                     status=JobStatus.FAILED if failed else JobStatus.COMPLETED, _return_value=out,
                 )
         return returns
+
+
+def _optuna_number(sweep_config: DictConfig) -> int | None:
+    from sweeper.search import TRIAL_ENV
+
+    value = OmegaConf.select(sweep_config, f"hydra.job.env_set.{TRIAL_ENV}", default=None)
+    return int(value) if value not in (None, "") else None
