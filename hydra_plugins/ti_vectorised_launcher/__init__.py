@@ -7,6 +7,7 @@ precision, device, concept folder and data.property, with no pivotal tuning, run
 sweeper.vectorised.run_trials: one batched UNet forward/backward per step for the whole group, then
 evaluation on one loaded pipeline. Other jobs run in groups of one, the same way. Each job keeps its
 own run folder (hydra.sweep.dir/hydra.sweep.subdir) and returns its (image_similarity, text_similarity).
+Under the Optuna sweeper each job records its Optuna trial number and reports to the study's pruner.
 """
 
 from dataclasses import dataclass
