@@ -73,11 +73,24 @@ def bench_trainer(args, ctx) -> dict:
     cases = {"reference": lambda: [ref.step() for _ in range(args.steps)],
              "trainer": lambda: [trainer.step(1) for _ in range(args.steps)],
              "trainer+channels_last": lambda: [trainer_nhwc.step(1) for _ in range(args.steps)]}
+    compile_s = None
+    # inversion.compile=true: the same trainer with a torch.compile'd UNet (a private copy); CUDA only, as the
+    # trainer allows it (on a CPU inductor's backward was measured wrong, so its speed would mean nothing).
+    if args.compile and args.device.type == "cuda":
+        cc = dataclasses.replace(own_text_side(ctx["comps"]), unet=copy.deepcopy(ctx["comps"].unet))
+        trainer_cc = Trainer(trainer_cfg(args, ctx["images"], ["inversion.compile=true"]), cc, ctx["paths"])
+        compile_s = harness.timed(lambda: [trainer_cc.step(1) for _ in range(2)], args.device)  # compiles
+        cases["trainer+compile"] = lambda: [trainer_cc.step(1) for _ in range(args.steps)]
     times = harness.interleaved(cases, args.device, args.repeats)
     out = {"trainer+channels_last": {"step_s": harness.median(times["trainer+channels_last"]) / args.steps,
                                      "times_s": times["trainer+channels_last"]}}
     out["trainer+channels_last"]["speedup_over_reference"] = (
         harness.median(times["reference"]) / harness.median(times["trainer+channels_last"]))
+    if compile_s is not None:
+        step_s = harness.median(times["trainer+compile"]) / args.steps
+        out["trainer+compile"] = {"step_s": step_s, "times_s": times["trainer+compile"], "compile_s": compile_s,
+                                  "speedup_over_reference": harness.median(times["reference"])
+                                  / harness.median(times["trainer+compile"])}
     for name, step in (("reference", ref.step), ("trainer", lambda: trainer.step(1))):
         per_step = harness.median(times[name]) / args.steps
         flops = harness.count_flops(step)

@@ -50,6 +50,7 @@ def check_inversion_keys(inv: DictConfig) -> None:
     _require(0 <= _number(inv, "per_image_p", p) <= 1, f"{p}.per_image_p={inv.per_image_p}: must be in [0, 1]")
     _require(_number(inv, "log_every", p, int) >= 1, f"{p}.log_every={inv.log_every}: must be >= 1")
     _number(inv, "seed", p, int)
+    _require(isinstance(inv.get("compile", False), bool), f"{p}.compile={inv.get('compile')!r}: must be true or false")
     _require(inv.precision in (*PRECISIONS, "auto"),
              f"{p}.precision={inv.precision!r}: choose auto or one of {sorted(PRECISIONS)}")
     if inv.get("progressive_every") is not None:
@@ -115,6 +116,14 @@ def check_tokens(cfg: DictConfig, tokenizers: list, n_images: int) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for any input that cannot run; loads no model weights and writes nothing."""
     check_inversion_keys(cfg.inversion)
+    if cfg.inversion.get("compile"):
+        from sweeper.models import resolve_device
+
+        device = resolve_device(cfg.get("device", "auto"))
+        # Measured (torch 2.13, inductor on CPU): the compiled UNet's gradient with respect to the text
+        # context is off by up to a third of its largest entry against eager and float64 (aot_eager is exact).
+        _require(device.type == "cuda", f"inversion.compile=true on {device}: torch.compile's CPU backward gives "
+                 "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false")
     images = check_data(cfg)
     _require(not OmegaConf.is_missing(cfg.model, "pretrained"), "model.pretrained is not set: a hub id or a local folder")
     try:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
 # Keys that may change between a run and its resumption (train longer, log differently).
-RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "pivotal")
+RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "pivotal", "compile")
 
 
 class ResumeError(RuntimeError):
@@ -117,6 +117,8 @@ class Trainer:
         )
         self.cache = LatentCache(comps.vae, [data.load_image(p, comps.resolution) for p in images], comps.device)
         self.noise_scheduler = DDPMScheduler.from_config(comps.scheduler.config)
+        # torch.compile pays back its compile time only on long runs, and on CUDA only (checks.py): off by default.
+        self.unet = torch.compile(comps.unet) if inv.get("compile") else comps.unet
         self.generator = torch.Generator().manual_seed(int(inv.seed))
         self.lr = float(inv.lr) * (int(inv.batch_size) * int(inv.grad_accum) if inv.scale_lr else 1)
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=float(inv.weight_decay))
@@ -175,8 +177,8 @@ class Trainer:
         comps, d = self.comps, self.draw(m)
         with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
             hidden, added, ids = self.encode_prompts(d["prompts"])
-            pred = comps.unet(d["noisy"].to(comps.unet.dtype), d["t"], hidden.to(comps.unet.dtype),
-                              added_cond_kwargs=added).sample
+            pred = self.unet(d["noisy"].to(comps.unet.dtype), d["t"], hidden.to(comps.unet.dtype),
+                             added_cond_kwargs=added).sample
         return F.mse_loss(pred.float(), d["target"].float()), ids
 
     def reg_loss(self, m: int) -> torch.Tensor:

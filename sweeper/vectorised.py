@@ -126,8 +126,8 @@ class VectorisedTrainer:
             with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
                 hidden, added, ids = self.trainers[0].encode_prompts([p for d in draws for p in d["prompts"]])
                 noisy = torch.cat([d["noisy"] for d in draws]).to(unet.dtype)
-                pred = unet(noisy, torch.cat([d["t"] for d in draws]), hidden.to(unet.dtype),
-                            added_cond_kwargs=added).sample
+                pred = self.trainers[0].unet(noisy, torch.cat([d["t"] for d in draws]), hidden.to(unet.dtype),
+                                             added_cond_kwargs=added).sample
             objective, start = 0.0, 0
             for i, d in zip(now, draws):
                 t, inv, sl = self.trainers[i], self.trainers[i].cfg.inversion, slice(start, start + len(d["t"]))

@@ -41,6 +41,8 @@ CASES = [
     ("lr-not-positive", ["inversion.lr=0"], None, r"inversion.lr=0: the learning rate must be > 0"),
     ("steps-below-1", ["inversion.steps=0"], None, r"inversion.steps=0: need at least 1 step"),
     ("batch-below-1", ["inversion.batch_size=0"], None, r"inversion.batch_size=0: need a batch of at least 1"),
+    ("compile-not-bool", ["inversion.compile=yes"], None, r"inversion.compile='yes': must be true or false"),
+    ("compile-on-cpu", ["inversion.compile=true"], None, r"inversion.compile=true on cpu: torch.compile's CPU backward"),
     ("model-missing", ["model.pretrained={tmp}/no-model"], None, r"model.pretrained=.*no-model: no such folder"),
     ("hub-unreachable", ["model.pretrained=nobody-here/no-such-model"], None, r"no network"),
 ]

@@ -176,3 +176,4 @@ def test_non_finite_loss_stops_the_run_with_a_clear_error(tiny_sd, concept_image
     with pytest.raises(FloatingPointError, match="non-finite loss .* at step [0-9]+: lower inversion.lr"):
         invert(cfg, tmp_path / "nan")
     assert not (tmp_path / "nan" / "learned_embeds.safetensors").exists()
+
