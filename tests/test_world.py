@@ -137,25 +137,28 @@ def following() -> dict:
 
 
 CHANCE = {"colour": 1 / 6, "shape": 1 / 6, "texture": 1 / 4, "background": 1 / 5}
-# Measured on the shipped weights by `make world` (world/weights/quality.json): judge shape 65.3% (bar 90%);
-# prompt following shape 38.9% (bar 60%), background 70.8% (bar 80%). The bars stay as the issue sets them.
+# The bars stay as the issue sets them; the ones the shipped weights miss (measured by `make world`, see
+# world/weights/quality.json and README "The embedded world") are xfail(strict=True), so meeting one fails the
+# suite until it is moved here.
+MISSED = {"judge": set(), "prompt_following": {"shape"}}
 NOT_MET = "the shipped world misses this bar (see world/weights/quality.json and README 'The embedded world')"
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_MET)
-def test_shipped_judge_zero_shot_accuracy_meets_the_bars(judge_acc):
+def _bars(kind: str) -> list:
     from world.quality import BARS
 
-    for attr, bar in BARS["judge"].items():
-        assert judge_acc[attr] >= bar, f"judge {attr} accuracy {judge_acc[attr]:.1%} < {bar:.0%}: {judge_acc}"
+    return [pytest.param(attr, bar, marks=pytest.mark.xfail(strict=True, reason=NOT_MET) if attr in MISSED[kind]
+                         else ()) for attr, bar in BARS[kind].items()]
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_MET)
-def test_shipped_pipeline_prompt_following_meets_the_bars(following):
-    from world.quality import BARS
+@pytest.mark.parametrize(("attr", "bar"), _bars("judge"))
+def test_shipped_judge_zero_shot_accuracy_meets_the_bar(judge_acc, attr, bar):
+    assert judge_acc[attr] >= bar, f"judge {attr} accuracy {judge_acc[attr]:.1%} < {bar:.0%}: {judge_acc}"
 
-    for attr, bar in BARS["prompt_following"].items():
-        assert following[attr] >= bar, f"prompt following {attr} {following[attr]:.1%} < {bar:.0%}: {following}"
+
+@pytest.mark.parametrize(("attr", "bar"), _bars("prompt_following"))
+def test_shipped_pipeline_prompt_following_meets_the_bar(following, attr, bar):
+    assert following[attr] >= bar, f"prompt following {attr} {following[attr]:.1%} < {bar:.0%}: {following}"
 
 
 def test_shipped_world_is_far_above_chance(judge_acc, following):

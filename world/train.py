@@ -3,9 +3,13 @@
     data       render the fixed training set once (uint8 images + specs)          -> WORK/data.npz
     vae        AutoencoderKL, 32 px <-> 4x16x16 latents; scaling_factor = 1/std    -> WORK/vae/
     judge      transformers CLIPModel, contrastive, its own tokenizer              -> WORK/judge/
+    judge2     a second cycle from those weights that adds the zero-shot task itself: -> WORK/judge2/
+               each image against its caption with one attribute swapped for every other value
     generator  UNet2DConditionModel + CLIPTextModel trained jointly on cached      -> WORK/generator/
                latents (10% caption dropout for classifier-free guidance)
     generator2 a second cosine cycle from those weights (warm restart)           -> WORK/generator2/
+    generator3 a short third cycle with offset noise, so that samples can be dark  -> WORK/generator3/
+               ("at night") or bright when sampling starts from pure noise
     concepts   the held-out concepts' images (5 each)                              -> world/concepts/<name>/
     assemble   StableDiffusionPipeline.save_pretrained + the judge folder          -> OUT/pipeline, OUT/judge
     quality    judge zero-shot accuracy and prompt following (world.quality)       -> OUT/quality.json
@@ -38,12 +42,12 @@ from world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
 CONFIG = dict(
     seed=0, n_train=30_000, batch=32,
     vae_steps=800, vae_lr=2e-3, vae_kl=1e-6,
-    judge_steps=2000, judge_batch=128, judge_lr=1e-3,
-    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0,
+    judge_steps=2000, judge_batch=128, judge_lr=1e-3, judge2_steps=1500, judge2_lr=8e-4, judge2_shape_p=0.6,
+    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0, gen_steps3=1000, gen_lr3=4e-4, gen_offset_noise3=0.1,
 )
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-STAGES = ["data", "judge", "vae", "generator", "generator2", "concepts", "assemble", "quality"]
+STAGES = ["data", "judge", "judge2", "vae", "generator", "generator2", "generator3", "concepts", "assemble", "quality"]
 CONCEPTS_DIR = Path(__file__).parent / "concepts"
 
 
@@ -186,41 +190,87 @@ def hard_negative(spec: draw.Spec, rng: np.random.Generator) -> draw.Spec:
     return replace(spec, **{attr: others[rng.integers(len(others))]})
 
 
-def train_judge(work: Path, cfg: dict) -> None:
+VARIANT_VALUES = {"shape": [*draw.SHAPES, *draw.SECRET_SHAPES], "colour": list(draw.COLOURS),
+                  "texture": draw.TEXTURES, "background": list(draw.BACKGROUNDS)}
+
+
+def variant_captions(spec: draw.Spec, attr: str, seed: int) -> tuple[list[str], int] | None:
+    """One caption of `spec` per value of `attr` (same words otherwise), and the true value's index.
+
+    None when the caption drawn does not state `attr` (then every variant would read the same).
+    """
+    values = VARIANT_VALUES[attr]
+    texts = []
+    for v in values:
+        text, facts = draw.caption_facts(replace(spec, **{attr: v}), np.random.default_rng(seed), judge=True,
+                                         drop=0.15)
+        if facts.get(attr) != v:
+            return None
+        texts.append(text)
+    return texts, values.index(getattr(spec, attr))
+
+
+def train_judge(work: Path, cfg: dict, cycle: int = 1) -> None:
+    """Cycle 1: contrastive from scratch. Cycle 2 continues from WORK/judge and adds the zero-shot task.
+
+    Random batches rarely hold two images that differ in one attribute only, so contrastive training alone
+    learns colour, texture and background and hardly looks at shapes (65% zero-shot). Cycle 2 adds, for
+    each image, a cross-entropy over its caption with one attribute (shape half of the time) set to every
+    value: the task `world.quality` measures, on training images only (held-out combinations never occur).
+    """
+    from transformers import CLIPModel
+
     images, specs = load_data(work, cfg)
     tokenizer = build_tokenizer(judge=True)
     ids = FastIds(tokenizer)
-    rng = np.random.default_rng(cfg["seed"] + 2)
+    seed = cfg["seed"] + (2 if cycle == 1 else 12)
+    rng = np.random.default_rng(seed)
     ids.check([draw.caption(s, rng, judge=True) for s in specs[:200]])
-    torch.manual_seed(cfg["seed"] + 2)
-    model = build_judge(len(tokenizer)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["judge_lr"], weight_decay=0.05)
-    gen = torch.Generator().manual_seed(cfg["seed"] + 2)
-    t0, b = time.time(), cfg["judge_batch"]
-    for step in range(cfg["judge_steps"]):
-        set_lr(opt, lr_at(step, cfg["judge_steps"], cfg["judge_lr"], warmup=200))
+    torch.manual_seed(seed)
+    model = (build_judge(len(tokenizer)) if cycle == 1 else CLIPModel.from_pretrained(work / "judge")).train()
+    steps, base_lr = (cfg["judge_steps"], cfg["judge_lr"]) if cycle == 1 else (cfg["judge2_steps"], cfg["judge2_lr"])
+    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    t0, b, name = time.time(), cfg["judge_batch"], "judge" if cycle == 1 else "judge2"
+    for step in range(steps):
+        set_lr(opt, lr_at(step, steps, base_lr, warmup=200 if cycle == 1 else 50))
         idx = torch.randint(len(images), (b,), generator=gen)
         batch_specs = [specs[i] for i in idx.tolist()]
         texts, facts = zip(*(draw.caption_facts(s, rng, judge=True, drop=0.15) for s in batch_specs))
         hard = [draw.caption_facts(hard_negative(s, rng), rng, judge=True, drop=0.0) for s in batch_specs]
-        tok = ids([*texts, *(t for t, _ in hard)])
+        variants = []
+        if cycle == 2:
+            for i, s in enumerate(batch_specs):
+                attrs = ["colour", "shape"] if s.style == "sketch" else ["colour", "texture", "background", "shape"]
+                attr = "shape" if rng.random() < cfg["judge2_shape_p"] else attrs[rng.integers(len(attrs) - 1)]
+                found = variant_captions(s, attr, int(rng.integers(2**31)))
+                if found is not None:
+                    variants.append((i, *found))
+        all_texts = [*texts, *(t for t, _ in hard), *(t for _, vs, _ in variants for t in vs)]
+        tok = ids(all_texts)
         tok = tok[:, : int((tok != ids.pad).sum(1).max()) + 1]
         pix = judge_pixels(images[idx]) + 0.05 * torch.randn((b, 3, draw.SIZE, draw.SIZE), generator=gen)
         out = model(input_ids=tok, pixel_values=pix)
         target = compatible([*facts, *(f for _, f in hard)], batch_specs)  # [b, 2b]
         logits = out.logits_per_image
         t2i = target[:, :b]  # captions of the batch's own images: each matches at least its image
-        loss = 0.5 * (-(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+        loss = 0.5 * (-(target / target.sum(1, keepdim=True) * logits[:, : 2 * b].log_softmax(1)).sum(1).mean()
                       - (t2i / t2i.sum(0, keepdim=True) * logits[:, :b].log_softmax(0)).sum(0).mean())
+        if variants:
+            col, ce = 2 * b, []
+            for i, vs, true in variants:
+                ce.append(F.cross_entropy(logits[i, col : col + len(vs)][None], torch.tensor([true])))
+                col += len(vs)
+            loss = loss + torch.stack(ce).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 100 == 0 or step == cfg["judge_steps"] - 1:
-            log(f"judge step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-    with atomic.directory(work / "judge") as tmp:
+        if step % 100 == 0 or step == steps - 1:
+            log(f"{name} step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    with atomic.directory(work / name) as tmp:
         save_judge(model.eval(), tokenizer, tmp)
         atomic.write_json(tmp / "stats.json", {"seconds": time.time() - t0})
 
@@ -281,7 +331,7 @@ def cache_latents(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def train_generator(work: Path, cfg: dict, ckpt_every: int, cycle: int = 1) -> None:
-    """Cycle 1 trains from scratch; cycle 2 is a warm restart (fresh AdamW and cosine) from cycle 1."""
+    """Cycle 1 trains from scratch; cycle c > 1 is a warm restart (fresh AdamW and cosine) from cycle c - 1."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -297,10 +347,12 @@ def train_generator(work: Path, cfg: dict, ckpt_every: int, cycle: int = 1) -> N
     if cycle == 1:
         unet, text_encoder = build_unet().train(), build_text_encoder(len(tokenizer)).train()
     else:
-        unet = UNet2DConditionModel.from_pretrained(work / "generator" / "unet").train()
-        text_encoder = CLIPTextModel.from_pretrained(work / "generator" / "text_encoder").train()
+        previous = work / ("generator" if cycle == 2 else f"generator{cycle - 1}")
+        unet = UNet2DConditionModel.from_pretrained(previous / "unet").train()
+        text_encoder = CLIPTextModel.from_pretrained(previous / "text_encoder").train()
     params = [*unet.parameters(), *text_encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg["gen_lr"], weight_decay=0.01)
+    base_lr = cfg.get(f"gen_lr{cycle}", cfg["gen_lr"])
+    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.01)
     alphas = build_scheduler().alphas_cumprod
     snr = alphas / (1 - alphas)
     gen = torch.Generator().manual_seed(seed)
@@ -319,12 +371,17 @@ def train_generator(work: Path, cfg: dict, ckpt_every: int, cycle: int = 1) -> N
     ids.check([draw.caption(s, np.random.default_rng(0)) for s in specs[:200]] + [""])
     t0, b, total = time.time(), cfg["batch"], cfg["gen_steps" if cycle == 1 else f"gen_steps{cycle}"]
     for step in range(start, total):
-        set_lr(opt, lr_at(step, total, cfg["gen_lr"], warmup=200))
+        set_lr(opt, lr_at(step, total, base_lr, warmup=200 if cycle < 3 else 50))
         idx = torch.randint(len(images), (b,), generator=gen)
         texts = [draw.caption(specs[i], rng) if rng.random() >= cfg["caption_dropout"] else ""
                  for i in idx.tolist()]
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
         noise = torch.randn(latents.shape, generator=gen)
+        if cycle == 3:
+            # Offset noise: at this schedule's last step a 4x16x16 latent keeps its mean (sqrt(alpha) ~ 0.07
+            # over 1024 values), so a model trained on plain noise reads the background from it and, sampling
+            # from pure noise, never draws "night". A per-channel offset teaches it to set the mean itself.
+            noise = noise + cfg["gen_offset_noise3"] * torch.randn((b, noise.shape[1], 1, 1), generator=gen)
         t = torch.randint(0, 1000, (b,), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
@@ -368,20 +425,21 @@ def assemble(work: Path, out: Path) -> None:
 
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(work / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(work / "generator2" / "text_encoder"),
-        tokenizer=build_tokenizer(), unet=UNet2DConditionModel.from_pretrained(work / "generator2" / "unet"),
+        text_encoder=CLIPTextModel.from_pretrained(work / "generator3" / "text_encoder"),
+        tokenizer=build_tokenizer(), unet=UNet2DConditionModel.from_pretrained(work / "generator3" / "unet"),
         scheduler=build_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     with atomic.directory(out / "pipeline") as tmp:
         pipe.save_pretrained(tmp)
     with atomic.directory(out / "judge") as tmp:
-        save_judge(CLIPModel.from_pretrained(work / "judge"), build_tokenizer(judge=True), tmp)
+        save_judge(CLIPModel.from_pretrained(work / "judge2"), build_tokenizer(judge=True), tmp)
     log(f"assembled {out / 'pipeline'} and {out / 'judge'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["all", *STAGES], default="all")
+    parser.add_argument("--stage", choices=["all", *STAGES, "judges"], default="all",
+                        help="one stage, or all that are not done yet ('judges': judge then judge2, if not done)")
     parser.add_argument("--work", type=Path, default=Path(".cache/world"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
     parser.add_argument("--threads", type=int, default=1,
@@ -400,20 +458,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     done = {"data": args.work / "data.npz", "vae": args.work / "vae", "judge": args.work / "judge",
-            "generator": args.work / "generator", "generator2": args.work / "generator2"}
+            "judge2": args.work / "judge2", "generator": args.work / "generator", "generator2": args.work / "generator2",
+            "generator3": args.work / "generator3"}
     t0 = time.time()
     judge_job = None
     for stage in STAGES:
-        if args.stage == "all" and stage == "judge" and not done["judge"].exists():
-            # The judge needs nothing from the generator: it trains beside it, in its own process.
-            cmd = [sys.executable, "-m", "world.train", "--stage", "judge", "--threads", str(args.threads),
-                   "--work", str(args.work), "--set", *args.set]
-            log(f"stage judge: in the background ({args.work / 'judge.log'})")
-            judge_job = subprocess.Popen(cmd, stdout=open(args.work / "judge.log", "w"), stderr=subprocess.STDOUT)
+        if args.stage == "all" and stage in ("judge", "judge2"):
+            if stage == "judge" and not done["judge2"].exists():
+                # The judges need nothing from the generator: they train beside it, in their own process.
+                cmd = [sys.executable, "-m", "world.train", "--stage", "judges", "--threads", str(args.threads),
+                       "--work", str(args.work), "--set", *args.set]
+                log(f"stages judge, judge2: in the background ({args.work / 'judge.log'})")
+                judge_job = subprocess.Popen(cmd, stdout=open(args.work / "judge.log", "w"), stderr=subprocess.STDOUT)
             continue
         if stage == "assemble" and judge_job is not None and judge_job.wait() != 0:
-            raise SystemExit(f"the judge stage failed: see {args.work / 'judge.log'}")
-        if args.stage not in ("all", stage) or (args.stage == "all" and stage in done and done[stage].exists()):
+            raise SystemExit(f"the judge stages failed: see {args.work / 'judge.log'}")
+        wanted = args.stage in ("all", stage) or (args.stage == "judges" and stage in ("judge", "judge2"))
+        if not wanted or (args.stage in ("all", "judges") and stage in done and done[stage].exists()):
             continue
         log(f"stage {stage}")
         s0 = time.time()
@@ -421,10 +482,10 @@ def main() -> None:
             load_data(args.work, cfg)
         elif stage == "vae":
             train_vae(args.work, cfg)
-        elif stage == "judge":
-            train_judge(args.work, cfg)
-        elif stage in ("generator", "generator2"):
-            train_generator(args.work, cfg, args.ckpt_every, cycle=1 if stage == "generator" else 2)
+        elif stage in ("judge", "judge2"):
+            train_judge(args.work, cfg, cycle=1 if stage == "judge" else 2)
+        elif stage in ("generator", "generator2", "generator3"):
+            train_generator(args.work, cfg, args.ckpt_every, cycle=int(stage[len("generator"):] or 1))
         elif stage == "concepts":
             write_concepts()
         elif stage == "assemble":
