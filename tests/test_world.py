@@ -166,3 +166,36 @@ def test_shipped_world_is_far_above_chance(judge_acc, following):
     for attr, chance in CHANCE.items():
         assert judge_acc[attr] >= 3 * chance, (attr, judge_acc)
         assert following[attr] >= 2 * chance, (attr, following)
+
+
+def test_make_world_runs_every_stage_end_to_end_at_toy_sizes(tmp_path):
+    """`python -m world.train` (what `make world` runs) with a few steps per stage: every stage, the judges
+    in their background process, resumable skipping, and weights that load through from_pretrained."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from world.quality import WorldJudge
+
+    work, out = tmp_path / "work", tmp_path / "world" / "weights"
+    tiny = ["n_train=96", "batch=4", "vae_steps=2", "judge_steps=2", "judge_batch=8", "judge2_steps=2",
+            "gen_steps=2", "gen_steps2=2", "gen_steps3=2"]
+    cmd = [sys.executable, "-m", "world.train", "--work", str(work), "--out", str(out), "--quality-steps", "2",
+           "--set", *tiny]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for stage in ("vae", "judge", "judge2", "generator", "generator2", "generator3"):
+        assert (work / stage / "stats.json").is_file(), stage
+    assert "judge2 step 1" in (work / "judge.log").read_text()  # the background process ran both judge cycles
+    quality = json.loads((out / "quality.json").read_text())
+    assert set(quality["judge_zero_shot"]) == {"colour", "shape", "texture", "background"}
+    assert sorted(p.name for p in (tmp_path / "world" / "concepts").iterdir()) == sorted(draw.CONCEPTS)
+    assert WorldJudge(out / "judge").texts(["a photo of a red star"]).shape[0] == 1
+    from sweeper.models import load_pipeline
+
+    assert load_pipeline(str(out / "pipeline"), "fp32", "cpu").unet.config.sample_size == draw.SIZE // 2
+    again = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "stage generator\n" not in again.stdout  # finished stages are skipped

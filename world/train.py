@@ -140,7 +140,8 @@ def train_vae(work: Path, cfg: dict) -> None:
             log(f"vae step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
     vae.eval()
     with torch.no_grad():
-        means = torch.cat([vae.encode(to_unit(images[i : i + 256])).latent_dist.mean for i in range(0, 4096, 256)])
+        means = torch.cat([vae.encode(to_unit(images[i : i + 256])).latent_dist.mean
+                           for i in range(0, min(4096, len(images)), 256)])
         vae.register_to_config(scaling_factor=float(1 / means.std()))
         test, _ = held_out_images(512, cfg["seed"] + 1)
         x = to_unit(test)
@@ -487,7 +488,8 @@ def main() -> None:
         elif stage in ("generator", "generator2", "generator3"):
             train_generator(args.work, cfg, args.ckpt_every, cycle=int(stage[len("generator"):] or 1))
         elif stage == "concepts":
-            write_concepts()
+            # beside the weights: world/concepts for the shipped world, OUT/../concepts for any other OUT
+            write_concepts(args.out.parent / "concepts")
         elif stage == "assemble":
             assemble(args.work, args.out)
         else:
