@@ -109,8 +109,8 @@ def test_shipped_weights_load_like_sd15_and_fit_the_budget():
 
 
 def test_shipped_judge_loads_and_its_processor_matches_training():
+    from world.judge import judge_pixels
     from world.quality import WorldJudge
-    from world.train import judge_pixels
 
     judge = WorldJudge(WEIGHTS / "judge")
     rng = np.random.default_rng(0)
