@@ -6,8 +6,7 @@
     sampler = PromptSampler(len(paths), cfg.data.property, image_tokens, per_image_p, flip_p)
     for ex in sampler.sample(batch_size, generator): format_prompt(ex.template, placeholder_text, ex.image_token)
 
-The template sets are the official textual_inversion code's (rinongal/textual_inversion,
-ldm/data/personalized.py and personalized_style.py), kept verbatim: their repeats weight the sampling.
+The template sets (sweeper/templates.py) are the official textual_inversion code's, kept verbatim.
 """
 
 from __future__ import annotations
@@ -20,6 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sweeper.templates import (
+    OBJECT_TEMPLATES,
+    OBJECT_TEMPLATES_WITH_IMAGE_TOKEN,
+    STYLE_TEMPLATES,
+    STYLE_TEMPLATES_WITH_IMAGE_TOKEN,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,139 +159,6 @@ def hflip(pixels: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------- templates
-
-# imagenet_templates_small (ldm/data/personalized.py), verbatim: 27 photo templates, then the same
-# with "an illustration" / "a depiction" in place of some photos (the repeats weight the sampling)
-OBJECT_TEMPLATES = [
-    "a photo of a {}",
-    "a rendering of a {}",
-    "a cropped photo of the {}",
-    "the photo of a {}",
-    "a photo of a clean {}",
-    "a photo of a dirty {}",
-    "a dark photo of the {}",
-    "a photo of my {}",
-    "a photo of the cool {}",
-    "a close-up photo of a {}",
-    "a bright photo of the {}",
-    "a cropped photo of a {}",
-    "a photo of the {}",
-    "a good photo of the {}",
-    "a photo of one {}",
-    "a close-up photo of the {}",
-    "a rendition of the {}",
-    "a photo of the clean {}",
-    "a rendition of a {}",
-    "a photo of a nice {}",
-    "a good photo of a {}",
-    "a photo of the nice {}",
-    "a photo of the small {}",
-    "a photo of the weird {}",
-    "a photo of the large {}",
-    "a photo of a cool {}",
-    "a photo of a small {}",
-    "an illustration of a {}",
-    "a rendering of a {}",
-    "a cropped photo of the {}",
-    "the photo of a {}",
-    "an illustration of a clean {}",
-    "an illustration of a dirty {}",
-    "a dark photo of the {}",
-    "an illustration of my {}",
-    "an illustration of the cool {}",
-    "a close-up photo of a {}",
-    "a bright photo of the {}",
-    "a cropped photo of a {}",
-    "an illustration of the {}",
-    "a good photo of the {}",
-    "an illustration of one {}",
-    "a close-up photo of the {}",
-    "a rendition of the {}",
-    "an illustration of the clean {}",
-    "a rendition of a {}",
-    "an illustration of a nice {}",
-    "a good photo of a {}",
-    "an illustration of the nice {}",
-    "an illustration of the small {}",
-    "an illustration of the weird {}",
-    "an illustration of the large {}",
-    "an illustration of a cool {}",
-    "an illustration of a small {}",
-    "a depiction of a {}",
-    "a rendering of a {}",
-    "a cropped photo of the {}",
-    "the photo of a {}",
-    "a depiction of a clean {}",
-    "a depiction of a dirty {}",
-    "a dark photo of the {}",
-    "a depiction of my {}",
-    "a depiction of the cool {}",
-    "a close-up photo of a {}",
-    "a bright photo of the {}",
-    "a cropped photo of a {}",
-    "a depiction of the {}",
-    "a good photo of the {}",
-    "a depiction of one {}",
-    "a close-up photo of the {}",
-    "a rendition of the {}",
-    "a depiction of the clean {}",
-    "a rendition of a {}",
-    "a depiction of a nice {}",
-    "a good photo of a {}",
-    "a depiction of the nice {}",
-    "a depiction of the small {}",
-    "a depiction of the weird {}",
-    "a depiction of the large {}",
-    "a depiction of a cool {}",
-    "a depiction of a small {}",
-]
-
-# imagenet_dual_templates_small (personalized.py): the first 27 object templates + " with {}"
-OBJECT_TEMPLATES_WITH_IMAGE_TOKEN = [t + " with {}" for t in OBJECT_TEMPLATES[:27]]
-
-# imagenet_templates_small (ldm/data/personalized_style.py), verbatim
-STYLE_TEMPLATES = [
-    "a painting in the style of {}",
-    "a rendering in the style of {}",
-    "a cropped painting in the style of {}",
-    "the painting in the style of {}",
-    "a clean painting in the style of {}",
-    "a dirty painting in the style of {}",
-    "a dark painting in the style of {}",
-    "a picture in the style of {}",
-    "a cool painting in the style of {}",
-    "a close-up painting in the style of {}",
-    "a bright painting in the style of {}",
-    "a cropped painting in the style of {}",
-    "a good painting in the style of {}",
-    "a close-up painting in the style of {}",
-    "a rendition in the style of {}",
-    "a nice painting in the style of {}",
-    "a small painting in the style of {}",
-    "a weird painting in the style of {}",
-    "a large painting in the style of {}",
-]
-
-# imagenet_dual_templates_small (personalized_style.py), verbatim
-STYLE_TEMPLATES_WITH_IMAGE_TOKEN = [
-    "a painting in the style of {} with {}",
-    "a rendering in the style of {} with {}",
-    "a cropped painting in the style of {} with {}",
-    "the painting in the style of {} with {}",
-    "a clean painting in the style of {} with {}",
-    "a dirty painting in the style of {} with {}",
-    "a dark painting in the style of {} with {}",
-    "a cool painting in the style of {} with {}",
-    "a close-up painting in the style of {} with {}",
-    "a bright painting in the style of {} with {}",
-    "a cropped painting in the style of {} with {}",
-    "a good painting in the style of {} with {}",
-    "a painting of one {} in the style of {}",
-    "a nice painting in the style of {} with {}",
-    "a small painting in the style of {} with {}",
-    "a weird painting in the style of {} with {}",
-    "a large painting in the style of {} with {}",
-]
 
 
 def templates_for(property: str, per_image: bool) -> list[str]:

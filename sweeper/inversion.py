@@ -15,12 +15,8 @@ every checkpoint, so a resumed run ends with the same embeddings as an uninterru
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import random
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,23 +25,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from sweeper import atomic, data, tokens
+from sweeper import data, tokens
+from sweeper.checkpoints import (
+    CHECKPOINTS,
+    ResumeError,
+    fingerprint,
+    latest_checkpoint,
+    read_history,
+    save_checkpoint,
+    write_history,
+)
 from sweeper.models import Components, load_components
 
 log = logging.getLogger(__name__)
-
-HISTORY = "history.csv"
-CHECKPOINTS = "checkpoints"
-# Keys that may change between a run and its resumption (train longer, log differently).
-RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "pivotal", "compile")
-
-
-class ResumeError(RuntimeError):
-    """The run folder holds checkpoints from a different configuration."""
-
 
 class Splice:
     """Learned rows of one text encoder, spliced into its token-embedding output."""
@@ -271,48 +266,6 @@ class InversionResult:
     training_images: list[Path]
     effective_lr: float
     resumed_from: int | None
-
-
-# ------------------------------------------------------------------------------- checkpoints, history
-def fingerprint(cfg: DictConfig) -> str:
-    inv = {k: v for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items() if k not in RESUMABLE_KEYS}
-    keep = {"model": OmegaConf.to_container(cfg.model, resolve=True),
-            "data": OmegaConf.to_container(cfg.data, resolve=True), "inversion": inv}
-    return json.dumps(keep, sort_keys=True, default=str)
-
-
-def latest_checkpoint(run_dir: Path, max_step: int) -> Path | None:
-    folder = Path(run_dir) / CHECKPOINTS
-    found = []
-    for d in folder.glob("step_*") if folder.is_dir() else []:
-        match = re.fullmatch(r"step_(\d+)", d.name)
-        if match and (d / "state.pt").is_file() and int(match.group(1)) <= max_step:
-            found.append((int(match.group(1)), d))
-    return max(found)[1] if found else None
-
-
-def save_checkpoint(run_dir: Path, trainer: Trainer, step: int, fp: str, window: list[float]) -> Path:
-    state = trainer.state_dict(step) | {"fingerprint": fp, "loss_window": list(window)}
-    target = Path(run_dir) / CHECKPOINTS / f"step_{step}"
-    with atomic.directory(target) as tmp:
-        torch.save(state, tmp / "state.pt")
-    return target
-
-
-def read_history(run_dir: Path, up_to: int) -> list[dict]:
-    path = Path(run_dir) / HISTORY
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to]
-
-
-def write_history(run_dir: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_text(Path(run_dir) / HISTORY, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ invert

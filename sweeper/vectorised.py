@@ -37,17 +37,16 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sweeper import data, tokens
-from sweeper.inversion import (
+from sweeper.checkpoints import (
     CHECKPOINTS,
-    InversionResult,
     ResumeError,
-    Trainer,
     fingerprint,
     latest_checkpoint,
     read_history,
     save_checkpoint,
     write_history,
 )
+from sweeper.inversion import InversionResult, Trainer
 from sweeper.models import Components, load_components
 
 log = logging.getLogger(__name__)
