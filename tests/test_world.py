@@ -147,7 +147,10 @@ NOT_MET = "the shipped world misses this bar (see world/weights/quality.json and
 def _bars(kind: str) -> list:
     from world.quality import BARS
 
-    return [pytest.param(attr, bar, marks=pytest.mark.xfail(strict=True, reason=NOT_MET) if attr in MISSED[kind]
+    # Pipeline shape is 59.7% against 60%: one sample of 72 short, so float differences between machines may
+    # tip it either way; that one is xfail without strict, every other miss would be strict.
+    return [pytest.param(attr, bar, marks=pytest.mark.xfail(strict=(kind, attr) != ("prompt_following", "shape"),
+                                                            reason=NOT_MET) if attr in MISSED[kind]
                          else ()) for attr, bar in BARS[kind].items()]
 
 

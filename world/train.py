@@ -8,8 +8,8 @@
     generator  UNet2DConditionModel + CLIPTextModel trained jointly on cached      -> WORK/generator/
                latents (10% caption dropout for classifier-free guidance)
     generator2 a second cosine cycle from those weights (warm restart)           -> WORK/generator2/
-    generator3 a short third cycle with offset noise, so that samples can be dark  -> WORK/generator3/
-               ("at night") or bright when sampling starts from pure noise
+    generator3 a third cycle with offset noise, so that samples can be dark      -> WORK/generator3/
+               ("at night") or bright when sampling starts from pure noise; on 2 threads
     concepts   the held-out concepts' images (5 each)                              -> world/concepts/<name>/
     assemble   StableDiffusionPipeline.save_pretrained + the judge folder          -> OUT/pipeline, OUT/judge
     quality    judge zero-shot accuracy and prompt following (world.quality)       -> OUT/quality.json
@@ -43,7 +43,8 @@ CONFIG = dict(
     seed=0, n_train=30_000, batch=32,
     vae_steps=800, vae_lr=2e-3, vae_kl=1e-6,
     judge_steps=2000, judge_batch=128, judge_lr=1e-3, judge2_steps=1500, judge2_lr=8e-4, judge2_shape_p=0.6,
-    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0, gen_steps3=1000, gen_lr3=4e-4, gen_offset_noise3=0.1,
+    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0, gen_steps3=3500, gen_lr3=4e-4, gen_offset_noise3=0.1,
+    gen3_threads=2,
 )
 STAGES = ["data", "judge", "judge2", "vae", "generator", "generator2", "generator3", "concepts", "assemble", "quality"]
 CONCEPTS_DIR = Path(__file__).parent / "concepts"
@@ -128,6 +129,10 @@ def main() -> None:
         elif stage in ("judge", "judge2"):
             train_judge(args.work, cfg, cycle=1 if stage == "judge" else 2)
         elif stage in ("generator", "generator2", "generator3"):
+            if stage == "generator3":
+                # By now the judges' process has finished: the last cycle takes both cores (a fixed thread
+                # count, so the same machine type still gives the same weights).
+                torch.set_num_threads(max(args.threads, cfg["gen3_threads"]))
             train_generator(args.work, cfg, args.ckpt_every, cycle=int(stage[len("generator"):] or 1))
         elif stage == "concepts":
             # beside the weights: world/concepts for the shipped world, OUT/../concepts for any other OUT
