@@ -193,6 +193,15 @@ class Trainer:
             total += loss.item() / accum
         return self.apply_step(used, total)
 
+    def count_non_finite(self, loss: float, bad: int, step: int) -> int:
+        """Consecutive non-finite losses after this one; raises FloatingPointError past the tolerance
+        (none in fp32/bf16; fp16's scaler skips a few overflowing steps on its own)."""
+        bad = 0 if np.isfinite(loss) else bad + 1
+        if bad > (10 if self.scaler.is_enabled() else 0):
+            raise FloatingPointError(f"non-finite loss ({loss}) at step {step}: lower inversion.lr "
+                                     f"(effective {self.lr:.3g}) or use inversion.precision=bf16/fp32")
+        return bad
+
     def apply_step(self, used: torch.Tensor, total: float) -> dict:
         """After backward: drop the grads of vectors no prompt used, record grad norms, step, zero."""
         present = set(used.tolist())
@@ -314,12 +323,7 @@ def invert(
         m = tokens.active_count(step, trainer.k, inv.progressive_every)
         out = trainer.step(m)
         done = step + 1
-        bad = 0 if np.isfinite(out["loss"]) else bad + 1
-        if bad > (10 if trainer.scaler.is_enabled() else 0):  # fp16's scaler skips a few overflowing steps
-            raise FloatingPointError(
-                f"non-finite loss ({out['loss']}) at step {done}: lower inversion.lr "
-                f"(effective {trainer.lr:.3g}) or use inversion.precision=bf16/fp32"
-            )
+        bad = trainer.count_non_finite(out["loss"], bad, done)
         window.append(out["loss"])
         if done % log_every == 0 or done == steps:
             row = {"step": done, "loss": float(np.mean(window)), "lr": trainer.lr, **trainer.distances()}

@@ -196,12 +196,11 @@ def invert_vectorised(
         done = step + 1
         for i, m in zip(active, ms):
             inv, t = cfgs[i].inversion, vt.trainers[i]
-            bad[i] = 0 if np.isfinite(outs[i]["loss"]) else bad[i] + 1
-            if bad[i] > (10 if t.scaler.is_enabled() else 0):  # the same rule as `invert`
-                errors[i] = FloatingPointError(
-                    f"non-finite loss ({outs[i]['loss']}) at step {done}: lower inversion.lr "
-                    f"(effective {t.lr:.3g}) or use inversion.precision=bf16/fp32")
-                log.warning("vectorised trial %d stopped: %s", i, errors[i])
+            try:
+                bad[i] = t.count_non_finite(outs[i]["loss"], bad[i], done)  # the rule of `invert`
+            except FloatingPointError as err:
+                errors[i] = err
+                log.warning("vectorised trial %d stopped: %s", i, err)
                 continue
             windows[i].append(outs[i]["loss"])
             if done % int(inv.log_every) == 0 or done == steps[i]:
