@@ -49,6 +49,20 @@ def test_training_data_never_holds_held_out_combos_and_generator_never_reads_sec
         assert all(getattr(s, k) == v for k, v in facts.items())
 
 
+def test_judge_targets_match_the_pairwise_definition():
+    from world.judge import compatible, hard_negative
+
+    _, specs = draw.render_dataset(300, 2, draw.held_out_combos())  # styles, sizes, companions, secret shapes
+    rng = np.random.default_rng(2)
+    facts = [draw.caption_facts(s, rng, judge=True, drop=0.15)[1] for s in specs]
+    facts += [draw.caption_facts(hard_negative(s, rng), rng, judge=True, drop=0.0)[1] for s in specs]
+    facts.append({})  # a caption stating nothing matches every image
+    pairwise = torch.tensor([[float(all(getattr(s, k) == v for k, v in f.items())) for f in facts] for s in specs])
+    got = compatible(facts, specs)
+    assert got.dtype == torch.float32 and torch.equal(got, pairwise)
+    assert 0 < pairwise.mean() < 0.5 and pairwise[:, -1].all()
+
+
 @pytest.mark.parametrize("judge", [False, True])
 def test_tokenizer_has_one_token_per_world_word_and_fast_ids_match(judge):
     tok = build_tokenizer(judge=judge)

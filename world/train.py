@@ -115,8 +115,13 @@ def main() -> None:
                 log(f"stages judge, judge2: in the background ({args.work / 'judge.log'})")
                 judge_job = subprocess.Popen(cmd, stdout=open(args.work / "judge.log", "w"), stderr=subprocess.STDOUT)
             continue
-        if stage == "assemble" and judge_job is not None and judge_job.wait() != 0:
-            raise SystemExit(f"the judge stages failed: see {args.work / 'judge.log'}")
+        if stage in ("generator3", "assemble") and judge_job is not None:
+            # Cycle 3 takes both cores, so it waits for the judges' process: starting it beside them would
+            # make the thread count, and with it the weights, depend on timing.
+            if judge_job.wait() != 0:
+                raise SystemExit(f"the judge stages failed: see {args.work / 'judge.log'}")
+            log(f"stages judge, judge2 done ({time.time() - t0:.0f}s since the start)")
+            judge_job = None
         wanted = args.stage in ("all", stage) or (args.stage == "judges" and stage in ("judge", "judge2"))
         if not wanted or (args.stage in ("all", "judges") and stage in done and done[stage].exists()):
             continue
@@ -130,7 +135,7 @@ def main() -> None:
             train_judge(args.work, cfg, cycle=1 if stage == "judge" else 2)
         elif stage in ("generator", "generator2", "generator3"):
             if stage == "generator3":
-                # By now the judges' process has finished: the last cycle takes both cores (a fixed thread
+                # The judges' process has finished (above): the last cycle takes both cores (a fixed thread
                 # count, so the same machine type still gives the same weights).
                 torch.set_num_threads(max(args.threads, cfg["gen3_threads"]))
             train_generator(args.work, cfg, args.ckpt_every, cycle=int(stage[len("generator"):] or 1))
