@@ -43,7 +43,7 @@ CONFIG = dict(
     seed=0, n_train=30_000, batch=32,
     vae_steps=800, vae_lr=2e-3, vae_kl=1e-6,
     judge_steps=2000, judge_batch=128, judge_lr=1e-3, judge2_steps=1500, judge2_lr=8e-4, judge2_shape_p=0.6,
-    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0, gen_steps3=3500, gen_lr3=4e-4, gen_offset_noise3=0.1,
+    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0, gen_steps3=4000, gen_lr3=4e-4, gen_offset_noise3=0.1,
     gen3_threads=2,
 )
 STAGES = ["data", "judge", "judge2", "vae", "generator", "generator2", "generator3", "concepts", "assemble", "quality"]
