@@ -151,21 +151,12 @@ def following() -> dict:
 
 
 CHANCE = {"colour": 1 / 6, "shape": 1 / 6, "texture": 1 / 4, "background": 1 / 5}
-# The bars stay as the issue sets them; the ones the shipped weights miss (measured by `make world`, see
-# world/weights/quality.json and README "The embedded world") are xfail(strict=True), so meeting one fails the
-# suite until it is moved here.
-MISSED = {"judge": set(), "prompt_following": {"shape"}}
-NOT_MET = "the shipped world misses this bar (see world/weights/quality.json and README 'The embedded world')"
 
 
 def _bars(kind: str) -> list:
     from world.quality import BARS
 
-    # Pipeline shape is 59.7% against 60%: one sample of 72 short, so float differences between machines may
-    # tip it either way; that one is xfail without strict, every other miss would be strict.
-    return [pytest.param(attr, bar, marks=pytest.mark.xfail(strict=(kind, attr) != ("prompt_following", "shape"),
-                                                            reason=NOT_MET) if attr in MISSED[kind]
-                         else ()) for attr, bar in BARS[kind].items()]
+    return list(BARS[kind].items())
 
 
 @pytest.mark.parametrize(("attr", "bar"), _bars("judge"))
@@ -176,6 +167,18 @@ def test_shipped_judge_zero_shot_accuracy_meets_the_bar(judge_acc, attr, bar):
 @pytest.mark.parametrize(("attr", "bar"), _bars("prompt_following"))
 def test_shipped_pipeline_prompt_following_meets_the_bar(following, attr, bar):
     assert following[attr] >= bar, f"prompt following {attr} {following[attr]:.1%} < {bar:.0%}: {following}"
+
+
+def test_shipped_quality_json_is_what_the_weights_give(judge_acc, following):
+    """world/weights/quality.json (written by `make world`, quoted in the README) matches a recomputation
+    from the shipped weights, up to two samples that float differences between CPUs could flip."""
+    import json
+
+    shipped = json.loads((WEIGHTS / "quality.json").read_text())
+    for attr in CHANCE:
+        assert abs(shipped["judge_zero_shot"][attr] - judge_acc[attr]) <= 2 / 360 + 1e-9, (attr, judge_acc)
+        assert abs(shipped["prompt_following"][attr] - following[attr]) <= 2 / 72 + 1e-9, (attr, following)
+    assert shipped["passes"] == {"judge": True, "prompt_following": True}
 
 
 def test_shipped_world_is_far_above_chance(judge_acc, following):
