@@ -79,8 +79,8 @@ plot: $(STAMP)
 
 # The embedded world (world/, README "The embedded world"): renders its data and trains, on the CPU, seeded
 # and staged (.cache/world/, resumable), the SD-format pipeline and the CLIP judge shipped in world/weights/,
-# then prints the quality figures (~1 hour on 2 cores, README "The embedded world"). The weights are in git:
-# `make demo` never needs this.
+# then prints the quality figures: 54 min on 2 cores, measured from scratch (README "The embedded world").
+# The weights are in git: `make demo` never needs this.
 world: $(STAMP)
 	$(BIN)/python -m world.train
 
