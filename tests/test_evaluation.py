@@ -12,17 +12,8 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from sweeper.evaluation import (
-    EvaluationConfigError,
-    Judge,
-    check_config,
-    concept_removed,
-    evaluate_run,
-    fill,
-    image_only_similarity,
-    image_similarity,
-    score,
-)
+from sweeper.clip_score import Judge, image_only_similarity, image_similarity, score
+from sweeper.evaluation import EvaluationConfigError, check_config, concept_removed, evaluate_run, fill
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "evaluation"
 SCHEMA_KEYS = {
