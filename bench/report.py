@@ -63,6 +63,13 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         for key in ("image_similarity", "text_similarity"):
             m = sa[key]
             out.append(("fast - paper", key, f"{m['diff']:+.4f} ({m['fast']:.4f} vs {m['paper']:.4f})"))
+        st = sa.get("techniques")
+        for name, c in (st or {}).get("cases", {}).items():
+            label = f"sampling: {name} ({st['images']} images, {st['steps']} steps)"
+            value = f"{c['images_per_s']:.3g}" + ("" if c["baseline"] is None else
+                    f" ('{c['baseline']}' is {c['technique_speedup']:.2f}x this; max pixel diff "
+                    f"{c['max_pixel_difference']:.0f})")
+            out.append((label, "images/s", value))
     ve = results.get("vectorised")
     if ve:
         label = f"{ve['trials']} trials (batch {ve['batch_per_trial']} each)"
@@ -191,9 +198,11 @@ NOTES = """## Notes
     to a third of its largest entry against eager and float64, while aot_eager is exact), so the CPU
     "technique: compile" row, when asked for, times a computation the trainer does not use.
   - measured, left to the owners: channels_last (also timed on the real trainer as a candidate row).
-  - sampling (sweeper/sampling.py, read from the code, not re-timed here): guidance runs as one batch
-    [uncond; cond], the unconditional embedding and each prompt's embedding are computed once per prompt,
-    not per batch ("text encoder only where tokens changed"); evaluation=fast samples in batches of 16.
+  - sampling (sweeper/sampling.py; bench/sampling_techniques.py times each switched off alone, the "sampling:"
+    rows, at evaluation=fast's steps and batch with DDIM): guidance as one [uncond; cond] batch, the
+    unconditional and each prompt's embedding computed once per prompt, not per batch ("text encoder only
+    where tokens changed"), batches of 16; diffusers' own `pipe()` is timed beside them. "max pixel diff" is
+    the largest difference from our samples (0-255): switching a technique off changes the speed only.
     In training every prompt carries the learned token, so the text encoder must run every step.
 - Vectorised = sweeper.vectorised.VectorisedTrainer: N trials share one UNet call per step; each trial's
   result equals running it alone (tests/test_vectorised.py). Trials/hour count training only.

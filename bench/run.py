@@ -3,7 +3,8 @@
 Sections (each a function returning rows for the table and figures for latest.json):
   trainer     reference loop (bench/reference.py) vs sweeper.inversion.Trainer, same components
   techniques  each technique alone over the reference (bench/techniques.py)
-  sampling    evaluation=paper vs evaluation=fast on one learned embedding: time ratio, metric difference
+  sampling    evaluation=paper vs evaluation=fast on one learned embedding: time ratio, metric difference;
+              each sampling technique switched off alone (bench/sampling_techniques.py)
   vectorised  N trials in one batched trainer (sweeper/vectorised.py) vs the same N trials one by one
 Defaults: CUDA -> SD 1.5 shapes, bf16, the real protocol sizes; CPU -> the `mini` shapes, fp32, and
 the evaluation protocol cut to 16/8 samples per prompt (see bench/shapes.py).
@@ -143,6 +144,7 @@ def bench_techniques(args, ctx) -> dict:
 def bench_sampling(args, ctx) -> dict:
     from diffusers import StableDiffusionPipeline
 
+    from bench import sampling_techniques
     from sweeper.evaluation import evaluate_pipeline
     from sweeper.tiny import build_tiny_clip
 
@@ -179,6 +181,7 @@ def bench_sampling(args, ctx) -> dict:
         times[name] = harness.timed(lambda name=name: run(name), args.device)
     paper, fast = results["paper"], results["fast"]
     n_prompts = 1 + len(paper["per_prompt"])
+    techniques = sampling_techniques.measure(pipe, protocols["fast"], args.device, args.repeats)
     per_prompt_paper = times["paper"] / n_prompts * (PAPER_TRIAL["samples"] / paper["num_samples"])
     return {
         "paper_s": times["paper"], "fast_s": times["fast"], "time_ratio": times["paper"] / times["fast"],
@@ -188,7 +191,7 @@ def bench_sampling(args, ctx) -> dict:
                              "diff": fast["image_similarity"] - paper["image_similarity"]},
         "text_similarity": {"paper": paper["text_similarity"], "fast": fast["text_similarity"],
                             "diff": fast["text_similarity"] - paper["text_similarity"]},
-        "paper_s_per_prompt_at_64": per_prompt_paper,
+        "paper_s_per_prompt_at_64": per_prompt_paper, "techniques": techniques,
     }
 
 

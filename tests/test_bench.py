@@ -119,6 +119,14 @@ def test_python_m_bench_writes_report(tmp_path, capsys):
     assert tr["reference"]["flops_per_step"] > tr["trainer"]["flops_per_step"] > 0  # the VAE encode is gone
     sa = saved["results"]["sampling"]
     assert sa["paper_protocol"]["sampler"] == "ddim" and sa["fast_protocol"]["sampler"] == "dpmsolver++"
+    cases = sa["techniques"]["cases"]
+    assert set(cases) == {"ours", "small batches (4)", "guidance two passes", "text per batch (batch 4)",
+                          "diffusers pipe() (batch 4)"}
+    assert cases["ours"]["baseline"] is None and all(c["images_per_s"] > 0 for c in cases.values())
+    two = cases["guidance two passes"]
+    assert two["technique_speedup"] == pytest.approx(cases["ours"]["images_per_s"] / two["images_per_s"])
+    # switching a technique off changes the speed, never the samples (diffusers' own loop included)
+    assert all(c["max_pixel_difference"] <= 2 for c in cases.values()), cases
     text = md.read_text()
     assert saved["device"] in text and "| trainer / reference |" in text and "## Targets" in text
     trainer_target = next(t for t in saved["targets"] if t["target"].startswith("trainer >="))
