@@ -116,8 +116,8 @@ def main() -> None:
                 judge_job = subprocess.Popen(cmd, stdout=open(args.work / "judge.log", "w"), stderr=subprocess.STDOUT)
             continue
         if stage in ("generator3", "assemble") and judge_job is not None:
-            # Cycle 3 takes both cores, so it waits for the judges' process: starting it beside them would
-            # make the thread count, and with it the weights, depend on timing.
+            # Cycle 3 takes both cores, so it waits for the judges' process: its two threads beside the judges'
+            # one would oversubscribe two cores and slow both (the weights would not change: thread counts are fixed).
             if judge_job.wait() != 0:
                 raise SystemExit(f"the judge stages failed: see {args.work / 'judge.log'}")
             log(f"stages judge, judge2 done ({time.time() - t0:.0f}s since the start)")
