@@ -85,8 +85,8 @@ BASELINE = {"small batches (4)": "ours", "guidance two passes": "ours", "text pe
 
 
 def _pixels(image) -> np.ndarray:
-    x = np.asarray(image, dtype=np.float32)
-    return x if np.asarray(image).dtype == np.uint8 else x * 255  # pipe(output_type="np") gives [0, 1] floats
+    x = np.asarray(image)  # PIL (uint8) from our sampler; [0, 1] floats from pipe(output_type="np")
+    return x.astype(np.float32) if x.dtype == np.uint8 else x.astype(np.float32) * 255
 
 
 def max_pixel_difference(a: list, b: list) -> float:
