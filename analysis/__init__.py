@@ -1,6 +1,6 @@
 """Reads run folders only (never W&B, never the models) and draws: runs.csv, plots, report.html.
 
-    python -m analysis SWEEP_DIR... [--out DIR] [--wandb]
+python -m analysis SWEEP_DIR... [--out DIR] [--wandb]
 """
 
 from analysis.load import StoreError, family, find_runs, load_run, load_runs

@@ -9,15 +9,27 @@ from analysis.load import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis", description=(
-        "Turn sweep folders (run folders with config.yaml, metrics.json, ...) into runs.csv, the tradeoff "
-        "and diagnostic plots (PNG + SVG) and a self-contained report.html."))
+    p = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description=(
+            "Turn sweep folders (run folders with config.yaml, metrics.json, ...) into runs.csv, the tradeoff "
+            "and diagnostic plots (PNG + SVG) and a self-contained report.html."
+        ),
+    )
     p.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="sweep folder(s); several are merged")
-    p.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/analysis, or "
-                   "./analysis-merged for several sweeps)")
-    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None, help="log the table and "
-                   "plots to the sweep's W&B summary run (default: when the sweep's runs had tracking on; "
-                   "--wandb forces it, offline if tracking was off; --no-wandb never)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: SWEEP_DIR/analysis, or ./analysis-merged for several sweeps)",
+    )
+    p.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log the table and "
+        "plots to the sweep's W&B summary run (default: when the sweep's runs had tracking on; "
+        "--wandb forces it, offline if tracking was off; --no-wandb never)",
+    )
     p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
     args = p.parse_args(argv)
 

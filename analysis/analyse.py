@@ -27,8 +27,13 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "run"
 
 
-def analyse(sweep_dirs: list[str | Path], out: str | Path | None = None, *, wandb: bool | None = None,
-            max_grids: int | None = None) -> dict[str, Any]:
+def analyse(
+    sweep_dirs: list[str | Path],
+    out: str | Path | None = None,
+    *,
+    wandb: bool | None = None,
+    max_grids: int | None = None,
+) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
     "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
     "tracked": bool}. wandb: None = log when the sweep's runs had tracking on; True = always; False = never."""
@@ -70,8 +75,14 @@ def analyse(sweep_dirs: list[str | Path], out: str | Path | None = None, *, wand
         curve_pngs[run] = plots.save(fig, out / "curves", _slug(run), svg=False, dpi=120)[0]
 
     files["report.html"] = write_report(df, titles, out, curve_pngs, notes, max_grids=max_grids)
-    result = {"runs": df, "files": files, "tradeoff": tradeoff, "distance": distance, "dataset_size": sizes,
-              "out": out}
+    result = {
+        "runs": df,
+        "files": files,
+        "tradeoff": tradeoff,
+        "distance": distance,
+        "dataset_size": sizes,
+        "out": out,
+    }
     images = {Path(p).stem: p for p in titles.values()}
     result["tracked"] = wandb is not False and log_to_tracking(df, images, out, force=bool(wandb))
     return result
@@ -105,8 +116,18 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     tracker.log_table("runs", df[keep])
     tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
     done = df[df["status"] == "completed"]
-    best = {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")} if len(done) else {}
-    tracker.summary({"runs_total": len(df), "runs_completed": len(done),
-                     "runs_failed": int((df["status"] == "failed").sum()), **best})
+    best = (
+        {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")}
+        if len(done)
+        else {}
+    )
+    tracker.summary(
+        {
+            "runs_total": len(df),
+            "runs_completed": len(done),
+            "runs_failed": int((df["status"] == "failed").sum()),
+            **best,
+        }
+    )
     tracker.finish("completed")
     return True

@@ -32,12 +32,28 @@ FAMILY_DEFAULTS: dict[str, Any] = {
 }
 
 FIRST_COLUMNS = [
-    "run", "sweep", "concept", "family", "status", "error",
-    "image_similarity", "text_similarity",
-    "image_similarity_ci_low", "image_similarity_ci_high",
-    "text_similarity_ci_low", "text_similarity_ci_high",
-    "final_dist_l2", "final_dist_cos", "final_loss", "last_step",
-    "wall_time_s", "trial_number", "started_at", "finished_at", "load_error", "run_dir",
+    "run",
+    "sweep",
+    "concept",
+    "family",
+    "status",
+    "error",
+    "image_similarity",
+    "text_similarity",
+    "image_similarity_ci_low",
+    "image_similarity_ci_high",
+    "text_similarity_ci_low",
+    "text_similarity_ci_high",
+    "final_dist_l2",
+    "final_dist_cos",
+    "final_loss",
+    "last_step",
+    "wall_time_s",
+    "trial_number",
+    "started_at",
+    "finished_at",
+    "load_error",
+    "run_dir",
 ]
 
 
@@ -139,7 +155,9 @@ def family(cfg: dict[str, Any], defaults: dict[str, Any] | None = None, level: i
     return ", ".join(parts) or "ours"
 
 
-def plot_families(df: pd.DataFrame, max_families: int = 10, defaults: dict[str, Any] | None = None) -> pd.Series:
+def plot_families(
+    df: pd.DataFrame, max_families: int = 10, defaults: dict[str, Any] | None = None
+) -> pd.Series:
     """One family per row for colours/markers: the finest level with at most `max_families` families."""
     d = _project_defaults() if defaults is None else defaults
     rows = df.to_dict("records")
@@ -157,8 +175,10 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     .hydra/config.yaml."""
     root = Path(sweep_dir)
     if not root.is_dir():
-        raise StoreError(f"sweep folder {root} does not exist or is not a folder: pass the folder Hydra "
-                         f"wrote (hydra.sweep.dir, e.g. multirun/<date>/<time>) or a single run folder")
+        raise StoreError(
+            f"sweep folder {root} does not exist or is not a folder: pass the folder Hydra "
+            f"wrote (hydra.sweep.dir, e.g. multirun/<date>/<time>) or a single run folder"
+        )
     found = set()
     for name in ("config.yaml", "status.json", "metrics.json"):
         for f in root.rglob(name):
@@ -219,8 +239,16 @@ def load_run(run_dir: str | Path, sweep: str = "", defaults: dict[str, Any] | No
     # is where the run was written, possibly on another machine; ours is where it is read from now)
     row: dict[str, Any] = {(f"config.{k}" if k in FIRST_COLUMNS else k): v for k, v in flat_cfg.items()}
     if isinstance(metrics, dict):
-        row.update({(f"metrics.{k}" if k in FIRST_COLUMNS and not k.startswith(("image_sim", "text_sim")) else k): v
-                    for k, v in _metrics_columns(metrics).items()})
+        row.update(
+            {
+                (
+                    f"metrics.{k}"
+                    if k in FIRST_COLUMNS and not k.startswith(("image_sim", "text_sim"))
+                    else k
+                ): v
+                for k, v in _metrics_columns(metrics).items()
+            }
+        )
     row.update({"run_dir": str(run_dir), "sweep": sweep})
     images = flat_cfg.get("data.images")
     row["concept"] = Path(str(images).rstrip("/")).name if images else "unknown"
@@ -231,8 +259,12 @@ def load_run(run_dir: str | Path, sweep: str = "", defaults: dict[str, Any] | No
         row[key] = status.get(key) if isinstance(status, dict) else None
     if isinstance(hist, pd.DataFrame) and len(hist):
         last = hist.iloc[-1]
-        for src, dst in (("dist_l2_mean", "final_dist_l2"), ("dist_cos_mean", "final_dist_cos"),
-                         ("loss", "final_loss"), ("step", "last_step")):
+        for src, dst in (
+            ("dist_l2_mean", "final_dist_l2"),
+            ("dist_cos_mean", "final_dist_cos"),
+            ("loss", "final_loss"),
+            ("step", "last_step"),
+        ):
             if src in hist.columns:
                 row[dst] = last[src]
     row["load_error"] = "; ".join(errors) or None
@@ -243,13 +275,17 @@ def sweep_label(sweep_dir: str | Path) -> str:
     return str(Path(sweep_dir)).rstrip("/") or "."
 
 
-def load_runs(sweep_dirs: list[str | Path] | str | Path, defaults: dict[str, Any] | None = None) -> pd.DataFrame:
+def load_runs(
+    sweep_dirs: list[str | Path] | str | Path, defaults: dict[str, Any] | None = None
+) -> pd.DataFrame:
     """Every run under one or more sweep folders (merged) -> DataFrame, FIRST_COLUMNS first.
     `run` is "<sweep>/<path inside the sweep>", unique across merged sweeps."""
     if isinstance(sweep_dirs, (str, Path)):
         sweep_dirs = [sweep_dirs]
     if not sweep_dirs:
-        raise StoreError("no sweep folder given: pass one or more folders, e.g. `python -m analysis multirun/...`")
+        raise StoreError(
+            "no sweep folder given: pass one or more folders, e.g. `python -m analysis multirun/...`"
+        )
     defaults = _project_defaults() if defaults is None else defaults
     rows = []
     for sd in sweep_dirs:
@@ -260,8 +296,10 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path, defaults: dict[str, Any
             row["run"] = label if rel == "." else f"{label}/{rel}"
             rows.append(row)
     if not rows:
-        raise StoreError(f"no run folder (a folder with config.yaml, status.json or metrics.json) under "
-                         f"{', '.join(map(str, sweep_dirs))}: is this the sweep folder Hydra wrote?")
+        raise StoreError(
+            f"no run folder (a folder with config.yaml, status.json or metrics.json) under "
+            f"{', '.join(map(str, sweep_dirs))}: is this the sweep folder Hydra wrote?"
+        )
     df = pd.DataFrame(rows)
     for col in FIRST_COLUMNS:
         if col not in df.columns:

@@ -23,12 +23,22 @@ from analysis.load import completed, plot_families  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from sweeper.atomic import save_figure  # noqa: E402
 
-STYLE = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "legend.fontsize": 6,
-         "xtick.labelsize": 6, "ytick.labelsize": 6, "axes.linewidth": 0.6, "lines.linewidth": 0.8}
+STYLE = {
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "legend.fontsize": 6,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 0.8,
+}
 COLUMN_IN = 3.3
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
-OBJECTIVES = {"image_similarity": "image similarity (reconstruction)",
-              "text_similarity": "text similarity (editability)"}
+OBJECTIVES = {
+    "image_similarity": "image similarity (reconstruction)",
+    "text_similarity": "text similarity (editability)",
+}
 REFERENCES = {"image_only": ("image only", "*"), "prompt_only": ("prompt only", "X")}
 
 
@@ -84,9 +94,21 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
             x, y = sub["image_similarity"].to_numpy(float), sub["text_similarity"].to_numpy(float)
             for fam, grp in sub.groupby("family", sort=False):
                 colour, marker = styles[fam]
-                ax.errorbar(grp["image_similarity"], grp["text_similarity"], xerr=_ci_err(grp, "image_similarity"),
-                            yerr=_ci_err(grp, "text_similarity"), fmt=marker, color=colour, ms=3.5, mew=0.5,
-                            mec="white", elinewidth=0.5, capsize=1.2, label=fam, zorder=3)
+                ax.errorbar(
+                    grp["image_similarity"],
+                    grp["text_similarity"],
+                    xerr=_ci_err(grp, "image_similarity"),
+                    yerr=_ci_err(grp, "text_similarity"),
+                    fmt=marker,
+                    color=colour,
+                    ms=3.5,
+                    mew=0.5,
+                    mec="white",
+                    elinewidth=0.5,
+                    capsize=1.2,
+                    label=fam,
+                    zorder=3,
+                )
             front = pareto_front(x, y)
             if len(front) > 1:
                 ax.plot(x[front], y[front], "--", color="0.25", lw=0.7, zorder=2, label="Pareto front")
@@ -104,7 +126,9 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
             ax.set_ylim(ax.get_ylim())
             # what to label: the front first (it matters most), then the rest; each family once
             on_front = set(front.tolist())
-            order = list(front) + ([i for i in range(len(sub)) if i not in on_front] if len(sub) < label_all_below else [])
+            order = list(front) + (
+                [i for i in range(len(sub)) if i not in on_front] if len(sub) < label_all_below else []
+            )
             seen, lab_xy, lab_txt = set(), [], []
             for i in order:
                 fam = sub["family"].iloc[i]
@@ -116,8 +140,10 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 lab_xy.append((rx, ry))
                 lab_txt.append(REFERENCES[key][0])
             bars = []
-            for col, other, horizontal in (("image_similarity", "text_similarity", True),
-                                           ("text_similarity", "image_similarity", False)):
+            for col, other, horizontal in (
+                ("image_similarity", "text_similarity", True),
+                ("text_similarity", "image_similarity", False),
+            ):
                 err = _ci_err(sub, col)
                 if err is not None:
                     for v, o, lo, hi in zip(sub[col], sub[other], *err):
@@ -125,8 +151,11 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                         bars.append(seg)
             pending.append((ax, lab_xy, lab_txt, list(zip(x, y)) + list(refs.values()), bars))
             data["concepts"][concept] = {
-                "runs": sub["run"].tolist(), "x": x.tolist(), "y": y.tolist(),
-                "family": sub["family"].tolist(), "front": [sub["run"].iloc[i] for i in front],
+                "runs": sub["run"].tolist(),
+                "x": x.tolist(),
+                "y": y.tolist(),
+                "family": sub["family"].tolist(),
+                "front": [sub["run"].iloc[i] for i in front],
                 "references": refs,
             }
         handles, labels = [], []
@@ -141,10 +170,19 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 labels.append(name)
         fig.tight_layout()
         for ncol in range(min(3, len(labels)), 0, -1):  # as many columns as fit the figure's width
-            leg = fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-                             ncol=ncol, fontsize=6, handletextpad=0.3, columnspacing=0.8,
-                             title="families coarsened (runs.csv has each run's own)" if coarse else None,
-                             title_fontsize=6)
+            leg = fig.legend(
+                handles,
+                labels,
+                loc="upper center",
+                bbox_to_anchor=(0.5, 0.0),
+                frameon=False,
+                ncol=ncol,
+                fontsize=6,
+                handletextpad=0.3,
+                columnspacing=0.8,
+                title="families coarsened (runs.csv has each run's own)" if coarse else None,
+                title_fontsize=6,
+            )
             if ncol == 1 or leg.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width:
                 break
             leg.remove()
@@ -158,8 +196,12 @@ def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:
     if lo not in grp or hi not in grp:
         return None
     v = grp[col].to_numpy(float)
-    err = np.vstack([v - pd.to_numeric(grp[lo], errors="coerce").to_numpy(float),
-                     pd.to_numeric(grp[hi], errors="coerce").to_numpy(float) - v])
+    err = np.vstack(
+        [
+            v - pd.to_numeric(grp[lo], errors="coerce").to_numpy(float),
+            pd.to_numeric(grp[hi], errors="coerce").to_numpy(float) - v,
+        ]
+    )
     return np.clip(np.nan_to_num(err, nan=0.0), 0, None)
 
 
@@ -188,14 +230,26 @@ def distance_plot(df: pd.DataFrame, dist: str = "final_dist_l2") -> tuple[Figure
             data[obj] = {}
             for i, (concept, grp) in enumerate(done.groupby("concept")):
                 d, v = grp[dist].to_numpy(float), grp[obj].to_numpy(float)
-                rho, p = (spearmanr(d, v) if len(d) >= 3 and np.ptp(d) > 0 and np.ptp(v) > 0
-                          else (float("nan"), float("nan")))
+                rho, p = (
+                    spearmanr(d, v)
+                    if len(d) >= 3 and np.ptp(d) > 0 and np.ptp(v) > 0
+                    else (float("nan"), float("nan"))
+                )
                 rho, p = float(rho), float(p)
                 data[obj][concept] = {"rho": rho, "p": p, "n": len(d)}
                 ptxt = "p < 0.001" if p < 1e-3 else f"p = {p:.2g}"
-                rtxt = f"ρ = {rho:.2f} ({ptxt}, n = {len(d)})" if np.isfinite(rho) else f"ρ n/a (n = {len(d)})"
-                ax.scatter(d, v, s=10, marker=MARKERS[i % len(MARKERS)], label=f"{concept}: {rtxt}",
-                           edgecolors="white", linewidths=0.4)
+                rtxt = (
+                    f"ρ = {rho:.2f} ({ptxt}, n = {len(d)})" if np.isfinite(rho) else f"ρ n/a (n = {len(d)})"
+                )
+                ax.scatter(
+                    d,
+                    v,
+                    s=10,
+                    marker=MARKERS[i % len(MARKERS)],
+                    label=f"{concept}: {rtxt}",
+                    edgecolors="white",
+                    linewidths=0.4,
+                )
             ax.set_xlabel("L2 distance from init (final, mean over vectors)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.25, lw=0.4)
@@ -223,8 +277,14 @@ def dataset_size_plot(df: pd.DataFrame) -> tuple[Figure, dict] | tuple[None, dic
                 mean = grp.groupby("n")[obj].mean()
                 data[obj][concept] = mean.to_dict()
                 ax.scatter(grp["n"], grp[obj], s=6, alpha=0.4, color=f"C{i}", linewidths=0)
-                ax.plot(mean.index, mean.values, marker=MARKERS[i % len(MARKERS)], ms=3, color=f"C{i}",
-                        label=concept)
+                ax.plot(
+                    mean.index,
+                    mean.values,
+                    marker=MARKERS[i % len(MARKERS)],
+                    ms=3,
+                    color=f"C{i}",
+                    label=concept,
+                )
             ax.set_xlabel("training images (data.n_images)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.25, lw=0.4)
@@ -273,14 +333,25 @@ def curves_overlay(df: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Figu
             lab = fam[run] if fam[run] not in shown else None
             shown.add(fam[run])
             if "loss" in h:
-                a1.plot(h["step"], h["loss"].rolling(max(1, len(h) // 20), min_periods=1).mean(),
-                        color=colour, lw=0.6, label=lab)
+                a1.plot(
+                    h["step"],
+                    h["loss"].rolling(max(1, len(h) // 20), min_periods=1).mean(),
+                    color=colour,
+                    lw=0.6,
+                    label=lab,
+                )
             if "dist_l2_mean" in h:
                 a2.plot(h["step"], h["dist_l2_mean"], color=colour, lw=0.6)
         a1.set(xlabel="step", ylabel="loss (smoothed)")
         a2.set(xlabel="step", ylabel="L2 from init (mean)")
         fig.tight_layout()
         if len(shown) <= 24:
-            fig.legend(*a1.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                       frameon=False, ncol=4, fontsize=6)
+            fig.legend(
+                *a1.get_legend_handles_labels(),
+                loc="upper center",
+                bbox_to_anchor=(0.5, 0.0),
+                frameon=False,
+                ncol=4,
+                fontsize=6,
+            )
     return fig

@@ -20,11 +20,21 @@ from sweeper.atomic import write_text
 THUMB_PX = 384  # sample grids are downscaled: a 64-sample 512 px grid is ~20 MB as a PNG
 
 TABLE_COLUMNS = [
-    ("run", "run"), ("concept", "concept"), ("family", "family"), ("status", "status"),
-    ("image_similarity", "image sim."), ("text_similarity", "text sim."),
-    ("final_dist_l2", "L2 from init"), ("final_loss", "final loss"), ("last_step", "steps"),
-    ("wall_time_s", "wall time (s)"), ("inversion.lr", "lr"), ("inversion.num_vectors", "vectors"),
-    ("data.n_images", "images"), ("sweep", "sweep"), ("error", "error"),
+    ("run", "run"),
+    ("concept", "concept"),
+    ("family", "family"),
+    ("status", "status"),
+    ("image_similarity", "image sim."),
+    ("text_similarity", "text sim."),
+    ("final_dist_l2", "L2 from init"),
+    ("final_loss", "final loss"),
+    ("last_step", "steps"),
+    ("wall_time_s", "wall time (s)"),
+    ("inversion.lr", "lr"),
+    ("inversion.num_vectors", "vectors"),
+    ("data.n_images", "images"),
+    ("sweep", "sweep"),
+    ("error", "error"),
 ]
 
 CSS = """
@@ -110,9 +120,13 @@ def runs_table(df: pd.DataFrame) -> str:
     body = []
     for _, row in df.iterrows():
         cells = "".join(_cell(row, c) for c, _ in cols)
-        body.append(f'<tr class="run {html.escape(str(row["status"]))}" id="{_anchor(row["run"])}">{cells}</tr>')
-    return (f'<table class="sortable" id="runs"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+        body.append(
+            f'<tr class="run {html.escape(str(row["status"]))}" id="{_anchor(row["run"])}">{cells}</tr>'
+        )
+    return (
+        f'<table class="sortable" id="runs"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _anchor(run: str) -> str:
@@ -131,8 +145,10 @@ def _failed(df: pd.DataFrame) -> str:
         except (OSError, ValueError):
             pass
         tb_html = f"<details><summary>traceback</summary><pre>{html.escape(tb)}</pre></details>" if tb else ""
-        items.append(f'<li><a href="#{_anchor(row["run"])}">{html.escape(row["run"])}</a>: '
-                     f'<span class="err">{html.escape(str(row["error"] or "(no error recorded)"))}</span>{tb_html}</li>')
+        items.append(
+            f'<li><a href="#{_anchor(row["run"])}">{html.escape(row["run"])}</a>: '
+            f'<span class="err">{html.escape(str(row["error"] or "(no error recorded)"))}</span>{tb_html}</li>'
+        )
     return f"<ul>{''.join(items)}</ul>"
 
 
@@ -140,33 +156,50 @@ def _run_sections(df: pd.DataFrame, curve_pngs: dict[str, Path], out_dir: Path, 
     parts = []
     for _, row in df.iterrows():
         run_dir = Path(row["run_dir"])
-        grids = sorted((run_dir / "samples").glob("*.png"), key=lambda p: (p.stem != "reconstruction", p.name))
+        grids = sorted(
+            (run_dir / "samples").glob("*.png"), key=lambda p: (p.stem != "reconstruction", p.name)
+        )
         shown = grids if max_grids is None else grids[:max_grids]
         imgs = "".join(
             f'<a href="{html.escape(os.path.relpath(p, out_dir))}"><img alt="{html.escape(p.stem)}" '
-            f'title="{html.escape(p.stem)}" src="{data_uri(p, THUMB_PX)}"></a>' for p in shown)
-        more = f"<p>{len(grids) - len(shown)} more grids in {html.escape(str(run_dir / 'samples'))}</p>" \
-            if len(shown) < len(grids) else ""
+            f'title="{html.escape(p.stem)}" src="{data_uri(p, THUMB_PX)}"></a>'
+            for p in shown
+        )
+        more = (
+            f"<p>{len(grids) - len(shown)} more grids in {html.escape(str(run_dir / 'samples'))}</p>"
+            if len(shown) < len(grids)
+            else ""
+        )
         curve = curve_pngs.get(row["run"])
         curve_html = f'<img alt="curves" src="{data_uri(curve)}" style="width:520px">' if curve else ""
         status = html.escape(str(row["status"]))
-        parts.append(f'<details class="runsec"><summary><b>{html.escape(row["run"])}</b> — {html.escape(row["family"])} '
-                     f'— {status}</summary>{curve_html}<div class="grids">{imgs or "<p>no samples yet</p>"}</div>'
-                     f'{more}</details>')
+        parts.append(
+            f'<details class="runsec"><summary><b>{html.escape(row["run"])}</b> — {html.escape(row["family"])} '
+            f'— {status}</summary>{curve_html}<div class="grids">{imgs or "<p>no samples yet</p>"}</div>'
+            f"{more}</details>"
+        )
     return "".join(parts)
 
 
-def write_report(df: pd.DataFrame, plots: dict[str, Path], out_dir: str | Path,
-                 curve_pngs: dict[str, Path] | None = None, notes: list[str] | None = None,
-                 max_grids: int | None = None) -> Path:
+def write_report(
+    df: pd.DataFrame,
+    plots: dict[str, Path],
+    out_dir: str | Path,
+    curve_pngs: dict[str, Path] | None = None,
+    notes: list[str] | None = None,
+    max_grids: int | None = None,
+) -> Path:
     """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG."""
     out_dir = Path(out_dir)
     counts = df["status"].value_counts().to_dict()
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     concepts = ", ".join(sorted(map(str, df["concept"].unique())))
     sweeps = "".join(f"<li><code>{html.escape(s)}</code></li>" for s in sorted(df["sweep"].unique()))
-    figs = "".join(f'<h3>{html.escape(t)}</h3><img alt="{html.escape(t)}" src="{data_uri(p)}">'
-                   for t, p in plots.items() if p is not None)
+    figs = "".join(
+        f'<h3>{html.escape(t)}</h3><img alt="{html.escape(t)}" src="{data_uri(p)}">'
+        for t, p in plots.items()
+        if p is not None
+    )
     note_html = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes or [])
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Textual-inversion sweep report</title>

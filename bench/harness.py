@@ -39,8 +39,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(cases: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5,
-                warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(
+    cases: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
     """Seconds per call of each case, measured A, B, A, B, ... after `warmup` untimed rounds."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")

@@ -27,23 +27,52 @@ import torch.nn.functional as F
 from sweeper.models import Components
 
 IMAGENET_TEMPLATES_SMALL = [
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
-    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}",
-    "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}", "a photo of one {}",
-    "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}",
-    "a rendition of a {}", "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}",
-    "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
-    "a photo of a cool {}", "a photo of a small {}",
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
 ]
 
 
 class ReferenceLoop:
     """One textual-inversion run, diffusers-example style. `step()` is one optimisation step."""
 
-    def __init__(self, components: Components, images: torch.Tensor | list, *, placeholder: str = "<ref>",
-                 init_word: str = "toy", num_vectors: int = 1, batch_size: int = 4, lr: float = 5e-3,
-                 flip_p: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        components: Components,
+        images: torch.Tensor | list,
+        *,
+        placeholder: str = "<ref>",
+        init_word: str = "toy",
+        num_vectors: int = 1,
+        batch_size: int = 4,
+        lr: float = 5e-3,
+        flip_p: float = 0.5,
+        seed: int = 0,
+    ):
         from diffusers import DDPMScheduler
 
         if components.is_sdxl:
@@ -82,7 +111,7 @@ class ReferenceLoop:
         self.optimizer = torch.optim.AdamW([embeds], lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         self.orig_embeds = embeds.detach().clone()
         self.keep = torch.ones(len(self.tokenizer), dtype=torch.bool, device=self.device)
-        self.keep[min(self.placeholder_ids): max(self.placeholder_ids) + 1] = False
+        self.keep[min(self.placeholder_ids) : max(self.placeholder_ids) + 1] = False
 
     def _load(self, i: int, flip: bool) -> torch.Tensor:
         """The example's TextualInversionDataset.__getitem__ image path (PIL; mirror instead of torchvision)."""
@@ -109,8 +138,16 @@ class ReferenceLoop:
         return images, self._tokenize(prompts)
 
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
-        ids = [self.tokenizer(p, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
-                              return_tensors="pt").input_ids[0] for p in prompts]  # one call per example
+        ids = [
+            self.tokenizer(
+                p,
+                padding="max_length",
+                truncation=True,
+                max_length=self.tokenizer.model_max_length,
+                return_tensors="pt",
+            ).input_ids[0]
+            for p in prompts
+        ]  # one call per example
         return torch.stack(ids).to(self.device)
 
     def step(self) -> float:
@@ -119,8 +156,13 @@ class ReferenceLoop:
         latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample(self.gen).detach()
         latents = (latents * self.vae.config.scaling_factor).to(weight_dtype)
         noise = torch.randn(latents.shape, generator=self.gen, device=self.device, dtype=latents.dtype)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=self.gen, device=self.device).long()
+        timesteps = torch.randint(
+            0,
+            self.noise_scheduler.config.num_train_timesteps,
+            (latents.shape[0],),
+            generator=self.gen,
+            device=self.device,
+        ).long()
         noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
         encoder_hidden_states = self.text_encoder(input_ids)[0].to(weight_dtype)
         model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states).sample

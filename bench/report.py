@@ -22,61 +22,101 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     sx = results.get("sdxl_memory")
     if sx:
         label = f"SDXL trial ({sx['shapes']}, {sx['resolution']} px, batch 1, {sx['precision']})"
-        out += [(label, "latent-cache build peak GiB", f"{sx['latent_cache_peak_gib']:.2f}"),
-                (label, "training-step peak GiB", f"{sx['step_peak_gib']:.2f}"), (label, "s/step", _f(sx["step_s"]))]
+        out += [
+            (label, "latent-cache build peak GiB", f"{sx['latent_cache_peak_gib']:.2f}"),
+            (label, "training-step peak GiB", f"{sx['step_peak_gib']:.2f}"),
+            (label, "s/step", _f(sx["step_s"])),
+        ]
         if "checkpointed_step_peak_gib" in sx:
-            out += [(label, "step peak GiB, gradient checkpointing", f"{sx['checkpointed_step_peak_gib']:.2f}"),
-                    (label, "s/step, gradient checkpointing", _f(sx["checkpointed_step_s"]))]
+            out += [
+                (label, "step peak GiB, gradient checkpointing", f"{sx['checkpointed_step_peak_gib']:.2f}"),
+                (label, "s/step, gradient checkpointing", _f(sx["checkpointed_step_s"])),
+            ]
     tr = results.get("trainer")
     if tr:
         for side in ("reference", "trainer"):
             r = tr[side]
             label = f"{side} (batch {r['batch']}, {r['precision']})"
-            out += [(label, "image-passes/s", _f(r["image_passes_per_s"])), (label, "s/step", _f(r["step_s"])),
-                    (label, "achieved TFLOP/s", _f(r["achieved_tflops"])),
-                    (label, "peak memory GiB (excess over start)", f"{r['peak_gib']:.2f} ({r['delta_gib']:.2f})")]
+            out += [
+                (label, "image-passes/s", _f(r["image_passes_per_s"])),
+                (label, "s/step", _f(r["step_s"])),
+                (label, "achieved TFLOP/s", _f(r["achieved_tflops"])),
+                (label, "peak memory GiB (excess over start)", f"{r['peak_gib']:.2f} ({r['delta_gib']:.2f})"),
+            ]
             if "utilisation" in r:
                 out.append((label, "utilisation of peak", f"{100 * r['utilisation']:.1f}%"))
         out.append(("trainer / reference", "speedup (image-passes/s ratio)", f"{tr['speedup']:.2f}x"))
         if "trainer+channels_last" in tr:
-            out.append(("trainer + channels_last UNet (candidate) / reference", "speedup",
-                        f"{tr['trainer+channels_last']['speedup_over_reference']:.2f}x"))
+            out.append(
+                (
+                    "trainer + channels_last UNet (candidate) / reference",
+                    "speedup",
+                    f"{tr['trainer+channels_last']['speedup_over_reference']:.2f}x",
+                )
+            )
         if "trainer+compile" in tr:
             cc = tr["trainer+compile"]
-            out += [("trainer, inversion.compile=true / reference", "speedup", f"{cc['speedup_over_reference']:.2f}x"),
-                    ("trainer, inversion.compile=true", "compile time s (first 2 steps)", _f(cc["compile_s"]))]
+            out += [
+                (
+                    "trainer, inversion.compile=true / reference",
+                    "speedup",
+                    f"{cc['speedup_over_reference']:.2f}x",
+                ),
+                ("trainer, inversion.compile=true", "compile time s (first 2 steps)", _f(cc["compile_s"])),
+            ]
         big = tr.get("trainer_big_batch")
         if big:
             label = f"trainer (batch {big['batch']})"
-            out += [(label, "image-passes/s", _f(big["image_passes_per_s"])),
-                    (label, "achieved TFLOP/s", _f(big["achieved_tflops"])),
-                    (label, "utilisation of peak", "-" if big["utilisation"] is None else f"{100 * big['utilisation']:.1f}%"),
-                    (label, "peak memory GiB", f"{big['peak_gib']:.2f}")]
+            out += [
+                (label, "image-passes/s", _f(big["image_passes_per_s"])),
+                (label, "achieved TFLOP/s", _f(big["achieved_tflops"])),
+                (
+                    label,
+                    "utilisation of peak",
+                    "-" if big["utilisation"] is None else f"{100 * big['utilisation']:.1f}%",
+                ),
+                (label, "peak memory GiB", f"{big['peak_gib']:.2f}"),
+            ]
     for name, r in (results.get("techniques") or {}).items():
         if name != "reference":
             out.append((f"technique: {name}", "speedup over reference", f"{r['speedup']:.2f}x"))
     sa = results.get("sampling")
     if sa:
-        out += [("evaluation=paper", f"s ({sa['prompts']} prompts x {sa['paper_samples']} samples)", _f(sa["paper_s"])),
-                ("evaluation=fast", f"s ({sa['prompts']} prompts x {sa['fast_samples']} samples)", _f(sa["fast_s"])),
-                ("paper / fast", "time ratio", f"{sa['time_ratio']:.2f}x")]
+        out += [
+            (
+                "evaluation=paper",
+                f"s ({sa['prompts']} prompts x {sa['paper_samples']} samples)",
+                _f(sa["paper_s"]),
+            ),
+            (
+                "evaluation=fast",
+                f"s ({sa['prompts']} prompts x {sa['fast_samples']} samples)",
+                _f(sa["fast_s"]),
+            ),
+            ("paper / fast", "time ratio", f"{sa['time_ratio']:.2f}x"),
+        ]
         for key in ("image_similarity", "text_similarity"):
             m = sa[key]
             out.append(("fast - paper", key, f"{m['diff']:+.4f} ({m['fast']:.4f} vs {m['paper']:.4f})"))
         st = sa.get("techniques")
         for name, c in (st or {}).get("cases", {}).items():
             label = f"sampling: {name} ({st['images']} images, {st['steps']} steps)"
-            value = f"{c['images_per_s']:.3g}" + ("" if c["baseline"] is None else
-                    f" ('{c['baseline']}' is {c['technique_speedup']:.2f}x this; max pixel diff "
-                    f"{c['max_pixel_difference']:.0f})")
+            value = f"{c['images_per_s']:.3g}" + (
+                ""
+                if c["baseline"] is None
+                else f" ('{c['baseline']}' is {c['technique_speedup']:.2f}x this; max pixel diff "
+                f"{c['max_pixel_difference']:.0f})"
+            )
             out.append((label, "images/s", value))
     ve = results.get("vectorised")
     if ve:
         label = f"{ve['trials']} trials (batch {ve['batch_per_trial']} each)"
-        out += [(label, "trials/hour sequential (5000-step training)", _f(ve["trials_per_hour_sequential"])),
-                (label, "trials/hour vectorised (5000-step training)", _f(ve["trials_per_hour_vectorised"])),
-                (label, "vectorised / sequential", f"{ve['speedup']:.2f}x"),
-                (label, "vectorised peak memory GiB (excess)", f"{ve['peak_gib']:.2f} ({ve['delta_gib']:.2f})")]
+        out += [
+            (label, "trials/hour sequential (5000-step training)", _f(ve["trials_per_hour_sequential"])),
+            (label, "trials/hour vectorised (5000-step training)", _f(ve["trials_per_hour_vectorised"])),
+            (label, "vectorised / sequential", f"{ve['speedup']:.2f}x"),
+            (label, "vectorised peak memory GiB (excess)", f"{ve['peak_gib']:.2f} ({ve['delta_gib']:.2f})"),
+        ]
     return out
 
 
@@ -85,7 +125,10 @@ def paper_trial_estimate(results: dict) -> float | None:
     tr, sa = results.get("trainer"), results.get("sampling")
     if not tr or not sa or tr["trainer"]["batch"] != PAPER_TRIAL["batch_size"]:
         return None
-    return PAPER_TRIAL["steps"] * tr["trainer"]["step_s"] + (1 + PAPER_TRIAL["prompts"]) * sa["paper_s_per_prompt_at_64"]
+    return (
+        PAPER_TRIAL["steps"] * tr["trainer"]["step_s"]
+        + (1 + PAPER_TRIAL["prompts"]) * sa["paper_s_per_prompt_at_64"]
+    )
 
 
 def targets(args, results: dict) -> list[dict]:
@@ -94,32 +137,62 @@ def targets(args, results: dict) -> list[dict]:
     tr = results.get("trainer")
     if tr:
         goal = 3.0 if cuda else 2.0
-        out.append({"target": f"trainer >= {goal:g}x reference ({'GPU' if cuda else 'CPU'})",
-                    "value": f"{tr['speedup']:.2f}x", "met": tr["speedup"] >= goal})
+        out.append(
+            {
+                "target": f"trainer >= {goal:g}x reference ({'GPU' if cuda else 'CPU'})",
+                "value": f"{tr['speedup']:.2f}x",
+                "met": tr["speedup"] >= goal,
+            }
+        )
         if "trainer+compile" in tr:
             cc = tr["trainer+compile"]
-            out.append({"target": f"trainer with inversion.compile=true >= {goal:g}x reference",
-                        "value": f"{cc['speedup_over_reference']:.2f}x (after {cc['compile_s']:.0f} s of compiling)",
-                        "met": cc["speedup_over_reference"] >= goal})
+            out.append(
+                {
+                    "target": f"trainer with inversion.compile=true >= {goal:g}x reference",
+                    "value": f"{cc['speedup_over_reference']:.2f}x (after {cc['compile_s']:.0f} s of compiling)",
+                    "met": cc["speedup_over_reference"] >= goal,
+                }
+            )
     big = (tr or {}).get("trainer_big_batch")
     if cuda and big and big["utilisation"] is not None:
-        out.append({"target": ">= 45% of 800 TFLOP/s, training step at batch >= 16 (H100)",
-                    "value": f"{100 * big['utilisation']:.1f}% at batch {big['batch']}", "met": big["utilisation"] >= 0.45})
+        out.append(
+            {
+                "target": ">= 45% of 800 TFLOP/s, training step at batch >= 16 (H100)",
+                "value": f"{100 * big['utilisation']:.1f}% at batch {big['batch']}",
+                "met": big["utilisation"] >= 0.45,
+            }
+        )
     else:
-        out.append({"target": ">= 45% of 800 TFLOP/s, training step at batch >= 16 (H100)",
-                    "value": "not measurable on this device", "met": None})
+        out.append(
+            {
+                "target": ">= 45% of 800 TFLOP/s, training step at batch >= 16 (H100)",
+                "value": "not measurable on this device",
+                "met": None,
+            }
+        )
     est = paper_trial_estimate(results)
-    out.append({"target": "paper-protocol trial <= 4 min on one H100",
-                "value": "-" if est is None else f"{est:.0f} s estimated at these shapes",
-                "met": (est <= 240) if cuda and est is not None and args.profile == "sd15" else None})
+    out.append(
+        {
+            "target": "paper-protocol trial <= 4 min on one H100",
+            "value": "-" if est is None else f"{est:.0f} s estimated at these shapes",
+            "met": (est <= 240) if cuda and est is not None and args.profile == "sd15" else None,
+        }
+    )
     sx = results.get("sdxl_memory")
     if sx and sx["shapes"] == "sdxl":
         best = min(sx["step_peak_gib"], sx.get("checkpointed_step_peak_gib", float("inf")))
         value = f"step {best:.1f} GiB, latent cache {sx['latent_cache_peak_gib']:.1f} GiB"
     else:
-        value = "needs CUDA and the full SDXL shapes" + (f" (sdxl-mini here: {sx['step_peak_gib']:.2f} GiB)" if sx else "")
-    out.append({"target": "SDXL 1024 px trial fits in 24 GB", "value": value,
-                "met": sx.get("fits_24gb") if sx and sx["shapes"] == "sdxl" else None})
+        value = "needs CUDA and the full SDXL shapes" + (
+            f" (sdxl-mini here: {sx['step_peak_gib']:.2f} GiB)" if sx else ""
+        )
+    out.append(
+        {
+            "target": "SDXL 1024 px trial fits in 24 GB",
+            "value": value,
+            "met": sx.get("fits_24gb") if sx and sx["shapes"] == "sdxl" else None,
+        }
+    )
     return out
 
 
@@ -133,11 +206,11 @@ def why_missed(results: dict) -> str:
     return f"""
 ### Why the trainer's ratio is what it is
 
-Per step the reference does {ref['flops_per_step'] / 1e9:.3g} GFLOP and the trainer {ours['flops_per_step'] / 1e9:.3g}
+Per step the reference does {ref["flops_per_step"] / 1e9:.3g} GFLOP and the trainer {ours["flops_per_step"] / 1e9:.3g}
 (the VAE encode is what the latent cache removes), so removing waste alone can give at most {ceiling:.2f}x when
-both sides run at the same FLOP rate. Measured: {tr['speedup']:.2f}x, because what remains (text encoder and
-UNet forward + backward) runs at {ours['achieved_tflops'] * 1e3:.3g} GFLOP/s against the reference's
-{ref['achieved_tflops'] * 1e3:.3g} (the VAE's large convolutions are the most efficient work on a CPU).
+both sides run at the same FLOP rate. Measured: {tr["speedup"]:.2f}x, because what remains (text encoder and
+UNet forward + backward) runs at {ours["achieved_tflops"] * 1e3:.3g} GFLOP/s against the reference's
+{ref["achieved_tflops"] * 1e3:.3g} (the VAE's large convolutions are the most efficient work on a CPU).
 Going further means making the UNet pass itself faster (bf16 on hardware with bf16 units, torch.compile,
 channels_last where it pays), not removing more work. At SD 1.5 shapes on a GPU the VAE is ~45% of the
 reference's compute and bf16 against fp32 multiplies the rest (DESIGN.md, "Cost model").
@@ -218,13 +291,19 @@ def write(args, results: dict) -> dict:
     tgts = targets(args, results)
     tr, ve = results.get("trainer") or {}, results.get("vectorised") or {}
     summary = {
-        "device": device, "date": date, "profile": args.profile, "precision": args.precision,
-        "trainer_speedup": tr.get("speedup"), "trial_vectorised_speedup": ve.get("speedup"),
+        "device": device,
+        "date": date,
+        "profile": args.profile,
+        "precision": args.precision,
+        "trainer_speedup": tr.get("speedup"),
+        "trial_vectorised_speedup": ve.get("speedup"),
         "peak_memory_gib": (tr.get("trainer") or {}).get("own_peak_gib"),
         "sampling_time_ratio": (results.get("sampling") or {}).get("time_ratio"),
-        "paper_trial_estimate_s": paper_trial_estimate(results), "targets": tgts,
-        "settings": {k: (str(v) if k == "device" else v) for k, v in vars(args).items()
-                     if k not in ("out", "json")},
+        "paper_trial_estimate_s": paper_trial_estimate(results),
+        "targets": tgts,
+        "settings": {
+            k: (str(v) if k == "device" else v) for k, v in vars(args).items() if k not in ("out", "json")
+        },
         "results": results,
     }
     print(f"\nbenchmarks on {device}\n")
@@ -232,7 +311,9 @@ def write(args, results: dict) -> dict:
     for a, b, c in rows(results):
         print(f"  {a:<{width}}  {b:<45} {c}")
     for t in tgts:
-        print(f"  target: {t['target']}: {t['value']} -> {({True: 'met', False: 'MISSED', None: 'n/a'})[t['met']]}")
+        print(
+            f"  target: {t['target']}: {t['value']} -> {({True: 'met', False: 'MISSED', None: 'n/a'})[t['met']]}"
+        )
     atomic.write_text(args.out, markdown(args, results, device, date, tgts))
     atomic.write_json(args.json, summary)
     print(f"\nwrote {args.out} and {args.json}")

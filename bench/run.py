@@ -38,8 +38,11 @@ def compose(overrides: list[str]):
 
 def own_text_side(comps):
     """The components with a private tokenizer and text encoder (trainers add tokens); UNet, VAE shared."""
-    return dataclasses.replace(comps, tokenizers=[copy.deepcopy(t) for t in comps.tokenizers],
-                               text_encoders=[copy.deepcopy(e) for e in comps.text_encoders])
+    return dataclasses.replace(
+        comps,
+        tokenizers=[copy.deepcopy(t) for t in comps.tokenizers],
+        text_encoders=[copy.deepcopy(e) for e in comps.text_encoders],
+    )
 
 
 def write_images(folder: Path, n: int, resolution: int) -> list[Path]:
@@ -55,8 +58,17 @@ def write_images(folder: Path, n: int, resolution: int) -> list[Path]:
 
 
 def trainer_cfg(args, images: Path, extra: list[str] = ()):
-    return compose([f"data.images={images}", "inversion.init_word=toy", f"inversion.batch_size={args.batch}",
-                    "inversion.grad_accum=1", f"inversion.precision={args.precision}", "tracking=none", *extra])
+    return compose(
+        [
+            f"data.images={images}",
+            "inversion.init_word=toy",
+            f"inversion.batch_size={args.batch}",
+            "inversion.grad_accum=1",
+            f"inversion.precision={args.precision}",
+            "tracking=none",
+            *extra,
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -71,9 +83,11 @@ def bench_trainer(args, ctx) -> dict:
     nhwc = dataclasses.replace(own_text_side(ctx["comps"]), unet=copy.deepcopy(ctx["comps"].unet))
     nhwc.unet.to(memory_format=torch.channels_last)
     trainer_nhwc = Trainer(trainer_cfg(args, ctx["images"]), nhwc, ctx["paths"])
-    cases = {"reference": lambda: [ref.step() for _ in range(args.steps)],
-             "trainer": lambda: [trainer.step(1) for _ in range(args.steps)],
-             "trainer+channels_last": lambda: [trainer_nhwc.step(1) for _ in range(args.steps)]}
+    cases = {
+        "reference": lambda: [ref.step() for _ in range(args.steps)],
+        "trainer": lambda: [trainer.step(1) for _ in range(args.steps)],
+        "trainer+channels_last": lambda: [trainer_nhwc.step(1) for _ in range(args.steps)],
+    }
     compile_s = None
     # inversion.compile=true: the same trainer with a torch.compile'd UNet (a private copy); CUDA only, as the
     # trainer allows it (on a CPU inductor's backward was measured wrong, so its speed would mean nothing).
@@ -83,41 +97,72 @@ def bench_trainer(args, ctx) -> dict:
         compile_s = harness.timed(lambda: [trainer_cc.step(1) for _ in range(2)], args.device)  # compiles
         cases["trainer+compile"] = lambda: [trainer_cc.step(1) for _ in range(args.steps)]
     times = harness.interleaved(cases, args.device, args.repeats)
-    out = {"trainer+channels_last": {"step_s": harness.median(times["trainer+channels_last"]) / args.steps,
-                                     "times_s": times["trainer+channels_last"]}}
-    out["trainer+channels_last"]["speedup_over_reference"] = (
-        harness.median(times["reference"]) / harness.median(times["trainer+channels_last"]))
+    out = {
+        "trainer+channels_last": {
+            "step_s": harness.median(times["trainer+channels_last"]) / args.steps,
+            "times_s": times["trainer+channels_last"],
+        }
+    }
+    out["trainer+channels_last"]["speedup_over_reference"] = harness.median(
+        times["reference"]
+    ) / harness.median(times["trainer+channels_last"])
     if compile_s is not None:
         step_s = harness.median(times["trainer+compile"]) / args.steps
-        out["trainer+compile"] = {"step_s": step_s, "times_s": times["trainer+compile"], "compile_s": compile_s,
-                                  "speedup_over_reference": harness.median(times["reference"])
-                                  / harness.median(times["trainer+compile"])}
+        out["trainer+compile"] = {
+            "step_s": step_s,
+            "times_s": times["trainer+compile"],
+            "compile_s": compile_s,
+            "speedup_over_reference": harness.median(times["reference"])
+            / harness.median(times["trainer+compile"]),
+        }
     for name, step in (("reference", ref.step), ("trainer", lambda: trainer.step(1))):
         per_step = harness.median(times[name]) / args.steps
         flops = harness.count_flops(step)
         mem = harness.peak_memory(step, args.device)
-        out[name] = {"step_s": per_step, "image_passes_per_s": args.batch / per_step, "flops_per_step": flops,
-                     "achieved_tflops": flops / per_step / 1e12, "peak_gib": mem["peak_gib"],
-                     "delta_gib": mem["delta_gib"], "batch": args.batch, "precision":
-                     "fp32" if name == "reference" else args.precision, "times_s": times[name]}
+        out[name] = {
+            "step_s": per_step,
+            "image_passes_per_s": args.batch / per_step,
+            "flops_per_step": flops,
+            "achieved_tflops": flops / per_step / 1e12,
+            "peak_gib": mem["peak_gib"],
+            "delta_gib": mem["delta_gib"],
+            "batch": args.batch,
+            "precision": "fp32" if name == "reference" else args.precision,
+            "times_s": times[name],
+        }
         if args.peak_flops:
             out[name]["utilisation"] = flops / per_step / args.peak_flops
     out["speedup"] = out["reference"]["step_s"] / out["trainer"]["step_s"]
     # The trainer's own footprint. On CUDA other benchmark components are resident too, so count its
     # components' weights plus its allocation peak over the start; on CPU, the process RSS peak.
     weights = harness.resident_gib([ctx["comps"].unet, ctx["comps"].vae, *trainer.comps.text_encoders])
-    out["trainer"]["own_peak_gib"] = (weights + out["trainer"]["delta_gib"] if args.device.type == "cuda"
-                                      else out["trainer"]["peak_gib"])
+    out["trainer"]["own_peak_gib"] = (
+        weights + out["trainer"]["delta_gib"] if args.device.type == "cuda" else out["trainer"]["peak_gib"]
+    )
     if args.big_batch:  # utilisation at a large batch (the issue's >= 45% target is for batch >= 16)
-        big = Trainer(trainer_cfg(args, ctx["images"], [f"inversion.batch_size={args.big_batch}"]),
-                      own_text_side(ctx["comps"]), ctx["paths"])
-        t = harness.median(harness.interleaved({"big": lambda: [big.step(1) for _ in range(args.steps)]},
-                                               args.device, args.repeats)["big"]) / args.steps
+        big = Trainer(
+            trainer_cfg(args, ctx["images"], [f"inversion.batch_size={args.big_batch}"]),
+            own_text_side(ctx["comps"]),
+            ctx["paths"],
+        )
+        t = (
+            harness.median(
+                harness.interleaved(
+                    {"big": lambda: [big.step(1) for _ in range(args.steps)]}, args.device, args.repeats
+                )["big"]
+            )
+            / args.steps
+        )
         flops = harness.count_flops(lambda: big.step(1))
         mem = harness.peak_memory(lambda: big.step(1), args.device)
-        out["trainer_big_batch"] = {"batch": args.big_batch, "step_s": t, "image_passes_per_s": args.big_batch / t,
-                                    "achieved_tflops": flops / t / 1e12, "peak_gib": mem["peak_gib"],
-                                    "utilisation": flops / t / args.peak_flops if args.peak_flops else None}
+        out["trainer_big_batch"] = {
+            "batch": args.big_batch,
+            "step_s": t,
+            "image_passes_per_s": args.big_batch / t,
+            "achieved_tflops": flops / t / 1e12,
+            "peak_gib": mem["peak_gib"],
+            "utilisation": flops / t / args.peak_flops if args.peak_flops else None,
+        }
         del big
     return out
 
@@ -127,8 +172,15 @@ def bench_techniques(args, ctx) -> dict:
     from sweeper.data import load_image
 
     pixels = torch.stack([load_image(p, ctx["res"]) for p in ctx["paths"]])
-    names = [(), ("cache_latents",), ("sparse_rows",), ("autocast",), ("math_attention",), ("channels_last",),
-             ("cache_latents", "sparse_rows")]
+    names = [
+        (),
+        ("cache_latents",),
+        ("sparse_rows",),
+        ("autocast",),
+        ("math_attention",),
+        ("channels_last",),
+        ("cache_latents", "sparse_rows"),
+    ]
     if args.compile:
         names.append(("compile",))
     cases = {}
@@ -137,8 +189,10 @@ def bench_techniques(args, ctx) -> dict:
         cases["+".join(techniques) or "reference"] = lambda v=v: [v.step() for _ in range(args.steps)]
     times = harness.interleaved(cases, args.device, args.repeats)
     base = harness.median(times["reference"])
-    return {name: {"step_s": harness.median(t) / args.steps, "speedup": base / harness.median(t)}
-            for name, t in times.items()}
+    return {
+        name: {"step_s": harness.median(t) / args.steps, "speedup": base / harness.median(t)}
+        for name, t in times.items()
+    }
 
 
 def bench_sampling(args, ctx) -> dict:
@@ -150,9 +204,16 @@ def bench_sampling(args, ctx) -> dict:
 
     comps = ctx["comps_sample"]
     side = own_text_side(comps)
-    pipe = StableDiffusionPipeline(vae=comps.vae, text_encoder=side.text_encoders[0], tokenizer=side.tokenizers[0],
-                                   unet=comps.unet, scheduler=comps.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=comps.vae,
+        text_encoder=side.text_encoders[0],
+        tokenizer=side.tokenizers[0],
+        unet=comps.unet,
+        scheduler=comps.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     vectors = ctx["trainer"].splices[0].vectors() if "trainer" in ctx else None
     tok, enc = side.tokenizers[0], side.text_encoders[0]
@@ -162,8 +223,13 @@ def bench_sampling(args, ctx) -> dict:
         row = vectors[0] if vectors is not None else enc.get_input_embeddings().weight[tok.encode("toy")[1]]
         enc.get_input_embeddings().weight[tok.convert_tokens_to_ids("<bench>")] = row.to(enc.dtype)
     judge = build_tiny_clip(ctx["tmp"] / "judge")
-    common = [f"evaluation.judge={judge}", "evaluation/prompts=paper_examples", "evaluation.references=false",
-              "evaluation.progress=false", f"evaluation.bootstrap={args.bootstrap}"]
+    common = [
+        f"evaluation.judge={judge}",
+        "evaluation/prompts=paper_examples",
+        "evaluation.references=false",
+        "evaluation.progress=false",
+        f"evaluation.bootstrap={args.bootstrap}",
+    ]
     protocols = {}
     for name in ("paper", "fast"):
         cfg = compose([f"evaluation={name}", *common])
@@ -175,8 +241,10 @@ def bench_sampling(args, ctx) -> dict:
 
     def run(name):
         out = ctx["tmp"] / f"eval-{name}"
-        results[name] = evaluate_pipeline(pipe, "<bench>", protocols[name], ctx["paths"], out, model="random",
-                                          device=args.device)
+        results[name] = evaluate_pipeline(
+            pipe, "<bench>", protocols[name], ctx["paths"], out, model="random", device=args.device
+        )
+
     for name in protocols:  # interleaved, one repeat: each run is long (seconds to minutes)
         times[name] = harness.timed(lambda name=name: run(name), args.device)
     paper, fast = results["paper"], results["fast"]
@@ -184,14 +252,26 @@ def bench_sampling(args, ctx) -> dict:
     techniques = sampling_techniques.measure(pipe, protocols["fast"], args.device, args.repeats)
     per_prompt_paper = times["paper"] / n_prompts * (PAPER_TRIAL["samples"] / paper["num_samples"])
     return {
-        "paper_s": times["paper"], "fast_s": times["fast"], "time_ratio": times["paper"] / times["fast"],
-        "paper_samples": paper["num_samples"], "fast_samples": fast["num_samples"], "prompts": n_prompts,
-        "paper_protocol": paper["protocol"], "fast_protocol": fast["protocol"],
-        "image_similarity": {"paper": paper["image_similarity"], "fast": fast["image_similarity"],
-                             "diff": fast["image_similarity"] - paper["image_similarity"]},
-        "text_similarity": {"paper": paper["text_similarity"], "fast": fast["text_similarity"],
-                            "diff": fast["text_similarity"] - paper["text_similarity"]},
-        "paper_s_per_prompt_at_64": per_prompt_paper, "techniques": techniques,
+        "paper_s": times["paper"],
+        "fast_s": times["fast"],
+        "time_ratio": times["paper"] / times["fast"],
+        "paper_samples": paper["num_samples"],
+        "fast_samples": fast["num_samples"],
+        "prompts": n_prompts,
+        "paper_protocol": paper["protocol"],
+        "fast_protocol": fast["protocol"],
+        "image_similarity": {
+            "paper": paper["image_similarity"],
+            "fast": fast["image_similarity"],
+            "diff": fast["image_similarity"] - paper["image_similarity"],
+        },
+        "text_similarity": {
+            "paper": paper["text_similarity"],
+            "fast": fast["text_similarity"],
+            "diff": fast["text_similarity"] - paper["text_similarity"],
+        },
+        "paper_s_per_prompt_at_64": per_prompt_paper,
+        "techniques": techniques,
     }
 
 
@@ -200,21 +280,32 @@ def bench_vectorised(args, ctx) -> dict:
     from sweeper.vectorised import VectorisedTrainer
 
     n = args.trials
-    cfgs = [trainer_cfg(args, ctx["images"], [f"inversion.seed={i}", f"inversion.lr={1e-3 * (i + 1)}"])
-            for i in range(n)]
+    cfgs = [
+        trainer_cfg(args, ctx["images"], [f"inversion.seed={i}", f"inversion.lr={1e-3 * (i + 1)}"])
+        for i in range(n)
+    ]
     singles = [Trainer(c, own_text_side(ctx["comps"]), ctx["paths"]) for c in cfgs]
     group = VectorisedTrainer(cfgs, own_text_side(ctx["comps"]), [ctx["paths"]] * n)
     everyone, ones = list(range(n)), [1] * n
-    cases = {"sequential": lambda: [t.step(1) for t in singles for _ in range(args.steps)],
-             "vectorised": lambda: [group.step(everyone, ones) for _ in range(args.steps)]}
+    cases = {
+        "sequential": lambda: [t.step(1) for t in singles for _ in range(args.steps)],
+        "vectorised": lambda: [group.step(everyone, ones) for _ in range(args.steps)],
+    }
     times = harness.interleaved(cases, args.device, max(2, args.repeats - 2))
     seq, vec = harness.median(times["sequential"]), harness.median(times["vectorised"])
     mem = harness.peak_memory(lambda: group.step(everyone, ones), args.device)
     full = PAPER_TRIAL["steps"] / args.steps  # training-only trials per hour at 5000 steps
-    return {"trials": n, "batch_per_trial": args.batch, "sequential_s": seq, "vectorised_s": vec,
-            "speedup": seq / vec, "trials_per_hour_sequential": 3600 / (seq * full / n),
-            "trials_per_hour_vectorised": 3600 / (vec * full / n), "peak_gib": mem["peak_gib"],
-            "delta_gib": mem["delta_gib"]}
+    return {
+        "trials": n,
+        "batch_per_trial": args.batch,
+        "sequential_s": seq,
+        "vectorised_s": vec,
+        "speedup": seq / vec,
+        "trials_per_hour_sequential": 3600 / (seq * full / n),
+        "trials_per_hour_vectorised": 3600 / (vec * full / n),
+        "peak_gib": mem["peak_gib"],
+        "delta_gib": mem["delta_gib"],
+    }
 
 
 def bench_sdxl_memory(args, ctx) -> dict:
@@ -233,27 +324,40 @@ def bench_sdxl_memory(args, ctx) -> dict:
     trainer = made["t"]
     trainer.step(1)  # warm-up (cuDNN autotuning, lazy allocations)
     plain = harness.peak_memory(lambda: trainer.step(1), args.device)
-    out = {"shapes": size, "resolution": res, "batch": 1, "precision": args.precision,
-           "latent_cache_peak_gib": cache["peak_gib"], "step_peak_gib": plain["peak_gib"],
-           "step_s": harness.median([harness.timed(lambda: trainer.step(1), args.device) for _ in range(2)])}
+    out = {
+        "shapes": size,
+        "resolution": res,
+        "batch": 1,
+        "precision": args.precision,
+        "latent_cache_peak_gib": cache["peak_gib"],
+        "step_peak_gib": plain["peak_gib"],
+        "step_s": harness.median([harness.timed(lambda: trainer.step(1), args.device) for _ in range(2)]),
+    }
     if cuda and plain["peak_gib"] > 24:
         comps.unet.enable_gradient_checkpointing()
         ckpt = harness.peak_memory(lambda: trainer.step(1), args.device)
-        out.update(checkpointed_step_peak_gib=ckpt["peak_gib"],
-                   checkpointed_step_s=harness.timed(lambda: trainer.step(1), args.device))
+        out.update(
+            checkpointed_step_peak_gib=ckpt["peak_gib"],
+            checkpointed_step_s=harness.timed(lambda: trainer.step(1), args.device),
+        )
     best = min(out["step_peak_gib"], out.get("checkpointed_step_peak_gib", float("inf")))
     out["fits_24gb"] = bool(cuda and max(best, out["latent_cache_peak_gib"]) <= 24) if cuda else None
     return out  # its components are freed on return
 
 
-SECTIONS = {"sdxl_memory": bench_sdxl_memory, "trainer": bench_trainer, "techniques": bench_techniques,
-            "sampling": bench_sampling,
-            "vectorised": bench_vectorised}
+SECTIONS = {
+    "sdxl_memory": bench_sdxl_memory,
+    "trainer": bench_trainer,
+    "techniques": bench_techniques,
+    "sampling": bench_sampling,
+    "vectorised": bench_vectorised,
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--profile", choices=sorted(PROFILES), help="default: sd15 on CUDA, mini on CPU")
     p.add_argument("--precision", help="the project trainer's precision (default bf16 on CUDA, fp32 on CPU)")
@@ -265,7 +369,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, help="paper-protocol samples per prompt (default 64 CUDA, 8 CPU)")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (default on CUDA)")
-    p.add_argument("--peak-flops", type=float, help="device peak FLOP/s for utilisation (default 800e12 on CUDA)")
+    p.add_argument(
+        "--peak-flops", type=float, help="device peak FLOP/s for utilisation (default 800e12 on CUDA)"
+    )
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -310,10 +416,14 @@ def main(argv: list[str] | None = None) -> dict:
             if args.device.type == "cuda":
                 torch.cuda.empty_cache()
         ctx["comps"] = build_components(args.profile, args.device, args.precision)
-        ctx["comps_fp32"] = (ctx["comps"] if args.precision == "fp32"
-                             else build_components(args.profile, args.device, "fp32"))
-        ctx["comps_sample"] = (build_components(args.profile, args.device, "fp16")
-                               if args.device.type == "cuda" else ctx["comps_fp32"])
+        ctx["comps_fp32"] = (
+            ctx["comps"] if args.precision == "fp32" else build_components(args.profile, args.device, "fp32")
+        )
+        ctx["comps_sample"] = (
+            build_components(args.profile, args.device, "fp16")
+            if args.device.type == "cuda"
+            else ctx["comps_fp32"]
+        )
         for name in ("trainer", "techniques", "sampling", "vectorised"):  # sampling reuses the trained vector
             if name in args.sections:
                 print(f"[bench] {name} ...", flush=True)

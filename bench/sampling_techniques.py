@@ -33,7 +33,9 @@ class TwoPassGuidance(Sampler):
             x = sched.scale_model_input(latents, t).to(unet.dtype)
             eps_uncond = unet(x, t, encoder_hidden_states=uncond).sample.float()
             eps_cond = unet(x, t, encoder_hidden_states=context).sample.float()
-            latents = sched.step(eps_uncond + self.guidance * (eps_cond - eps_uncond), t, latents, **extra).prev_sample
+            latents = sched.step(
+                eps_uncond + self.guidance * (eps_cond - eps_uncond), t, latents, **extra
+            ).prev_sample
         return self.decode(latents)
 
 
@@ -44,8 +46,11 @@ class TextPerBatch(Sampler):
         for start in range(0, n, self.batch_size):
             self.uncond = self.encode("")
             idx = range(start, min(start + self.batch_size, n))
-            images.extend(self._denoise(initial_noise(self.latent_shape, self.seed, noise_key, idx),
-                                        self.encode(prompt)))
+            images.extend(
+                self._denoise(
+                    initial_noise(self.latent_shape, self.seed, noise_key, idx), self.encode(prompt)
+                )
+            )
         return images
 
 
@@ -57,9 +62,16 @@ def pipe_call(pipe, sampler: Sampler, prompt: str, n: int, batch: int) -> list:
         for start in range(0, n, batch):
             idx = range(start, min(start + batch, n))
             latents = initial_noise(sampler.latent_shape, sampler.seed, "bench", idx)
-            out = pipe(prompt, num_inference_steps=sampler.steps, guidance_scale=sampler.guidance, eta=sampler.eta,
-                       negative_prompt="", num_images_per_prompt=len(idx),
-                       latents=latents.to(sampler.device, pipe.unet.dtype), output_type="np")
+            out = pipe(
+                prompt,
+                num_inference_steps=sampler.steps,
+                guidance_scale=sampler.guidance,
+                eta=sampler.eta,
+                negative_prompt="",
+                num_images_per_prompt=len(idx),
+                latents=latents.to(sampler.device, pipe.unet.dtype),
+                output_type="np",
+            )
             images.extend(out.images)
     finally:
         pipe.scheduler = own
@@ -69,7 +81,10 @@ def pipe_call(pipe, sampler: Sampler, prompt: str, n: int, batch: int) -> list:
 def cases(pipe, prompt: str, n: int, steps: int, batch: int) -> dict[str, Callable[[], list]]:
     kw = dict(sampler="ddim", steps=steps, guidance=5.0, eta=0.0, negative_prompt="", progress=False)
     ours, small = Sampler(pipe, batch_size=batch, **kw), Sampler(pipe, batch_size=4, **kw)
-    two_pass, per_batch = TwoPassGuidance(pipe, batch_size=batch, **kw), TextPerBatch(pipe, batch_size=4, **kw)
+    two_pass, per_batch = (
+        TwoPassGuidance(pipe, batch_size=batch, **kw),
+        TextPerBatch(pipe, batch_size=4, **kw),
+    )
     return {
         "ours": lambda: ours.sample(prompt, n, "bench"),
         "small batches (4)": lambda: small.sample(prompt, n, "bench"),
@@ -80,8 +95,12 @@ def cases(pipe, prompt: str, n: int, steps: int, batch: int) -> dict[str, Callab
 
 
 # Each case against the case that differs from it in that one technique only.
-BASELINE = {"small batches (4)": "ours", "guidance two passes": "ours", "text per batch (batch 4)": "small batches (4)",
-            "diffusers pipe() (batch 4)": "small batches (4)"}
+BASELINE = {
+    "small batches (4)": "ours",
+    "guidance two passes": "ours",
+    "text per batch (batch 4)": "small batches (4)",
+    "diffusers pipe() (batch 4)": "small batches (4)",
+}
 
 
 def _pixels(image) -> np.ndarray:
@@ -101,8 +120,17 @@ def measure(pipe, ev, device: torch.device, repeats: int) -> dict:
     images = {name: fn() for name, fn in timed.items()}  # also the warm-up round
     times = harness.interleaved(timed, device, max(1, repeats // 2), warmup=0)
     med = {name: harness.median(t) for name, t in times.items()}
-    return {"images": n, "steps": ev.steps, "batch": ev.batch_size, "cases": {
-        name: {"images_per_s": n / med[name], "baseline": BASELINE.get(name),
-               "technique_speedup": med[name] / med[BASELINE[name]] if name in BASELINE else 1.0,
-               "max_pixel_difference": max_pixel_difference(images["ours"], images[name])}
-        for name in times}}
+    return {
+        "images": n,
+        "steps": ev.steps,
+        "batch": ev.batch_size,
+        "cases": {
+            name: {
+                "images_per_s": n / med[name],
+                "baseline": BASELINE.get(name),
+                "technique_speedup": med[name] / med[BASELINE[name]] if name in BASELINE else 1.0,
+                "max_pixel_difference": max_pixel_difference(images["ours"], images[name]),
+            }
+            for name in times
+        },
+    }

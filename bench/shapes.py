@@ -66,8 +66,12 @@ def padded_tokenizer(vocab_size: int):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def build_components(profile: str | Profile = "mini", device: str | torch.device = "cpu",
-                     precision: str = "fp32", seed: int = 0) -> Components:
+def build_components(
+    profile: str | Profile = "mini",
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    seed: int = 0,
+) -> Components:
     """Frozen random components shaped like `profile`, as sweeper.models.load_components returns them."""
     from diffusers import PNDMScheduler
 
@@ -82,8 +86,15 @@ def build_components(profile: str | Profile = "mini", device: str | torch.device
     torch.manual_seed(seed)
     text_encoder, unet, vae = build_text_encoder(p, n), build_unet(p), build_vae(p)
     # SD 1.5 ships PNDM; trainers and samplers derive theirs with from_config, as with a real model.
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, steps_offset=1, skip_prk_steps=True, set_alpha_to_one=False)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+    )
     for module in (text_encoder, unet, vae):
         module.requires_grad_(False)
         module.eval()
@@ -91,8 +102,14 @@ def build_components(profile: str | Profile = "mini", device: str | torch.device
     unet.to(device, dtype=dtype)
     vae.to(device, dtype=torch.float32 if dtype == torch.float16 else dtype)
     return Components(
-        source=ModelSource(f"random:{p.name}", "memory", False), tokenizers=[tokenizer],
-        text_encoders=[text_encoder], unet=unet, vae=vae, scheduler=scheduler, dtype=dtype, device=device,
+        source=ModelSource(f"random:{p.name}", "memory", False),
+        tokenizers=[tokenizer],
+        text_encoders=[text_encoder],
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        dtype=dtype,
+        device=device,
         resolution=p.resolution,
     )
 
@@ -100,12 +117,20 @@ def build_components(profile: str | Profile = "mini", device: str | torch.device
 def build_text_encoder(p: Profile, vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=p.text_hidden, intermediate_size=4 * p.text_hidden,
-        num_hidden_layers=p.text_layers, num_attention_heads=p.text_heads, max_position_embeddings=77,
-        hidden_act="quick_gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    ))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=p.text_hidden,
+            intermediate_size=4 * p.text_hidden,
+            num_hidden_layers=p.text_layers,
+            num_attention_heads=p.text_heads,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
 
 
 def build_unet(p: Profile):
@@ -113,8 +138,13 @@ def build_unet(p: Profile):
 
     levels = len(p.unet_channels)
     return UNet2DConditionModel(
-        sample_size=p.latent_size, in_channels=4, out_channels=4, layers_per_block=p.unet_layers,
-        block_out_channels=p.unet_channels, attention_head_dim=p.unet_heads, norm_num_groups=p.norm_groups,
+        sample_size=p.latent_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=p.unet_layers,
+        block_out_channels=p.unet_channels,
+        attention_head_dim=p.unet_heads,
+        norm_num_groups=p.norm_groups,
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=p.text_hidden,
@@ -126,9 +156,15 @@ def build_vae(p: Profile):
 
     levels = len(p.vae_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=p.vae_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        layers_per_block=p.vae_layers, norm_num_groups=p.norm_groups, sample_size=p.resolution,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=p.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        layers_per_block=p.vae_layers,
+        norm_num_groups=p.norm_groups,
+        sample_size=p.resolution,
     )
 
 
@@ -143,15 +179,34 @@ def concept_pixels(n: int, resolution: int, seed: int = 0) -> torch.Tensor:
 
 # SDXL base 1.0's UNet/encoders at full width ("sdxl") or cut down for a CPU smoke run ("sdxl-mini").
 SDXL = {
-    "sdxl": dict(channels=(320, 640, 1280), transformer_layers=(1, 2, 10), heads=(5, 10, 20), te1=(768, 12, 12),
-                 te2=(1280, 32, 20), time_dim=256, vae=(128, 256, 512, 512), groups=32, resolution=1024),
-    "sdxl-mini": dict(channels=(32, 64, 128), transformer_layers=(1, 1, 2), heads=(2, 2, 4), te1=(32, 2, 2),
-                      te2=(48, 2, 2), time_dim=8, vae=(16, 32, 64, 64), groups=8, resolution=128),
+    "sdxl": dict(
+        channels=(320, 640, 1280),
+        transformer_layers=(1, 2, 10),
+        heads=(5, 10, 20),
+        te1=(768, 12, 12),
+        te2=(1280, 32, 20),
+        time_dim=256,
+        vae=(128, 256, 512, 512),
+        groups=32,
+        resolution=1024,
+    ),
+    "sdxl-mini": dict(
+        channels=(32, 64, 128),
+        transformer_layers=(1, 1, 2),
+        heads=(2, 2, 4),
+        te1=(32, 2, 2),
+        te2=(48, 2, 2),
+        time_dim=8,
+        vae=(16, 32, 64, 64),
+        groups=8,
+        resolution=128,
+    ),
 }
 
 
-def build_sdxl_components(size: str = "sdxl", device: str | torch.device = "cpu", precision: str = "bf16",
-                          seed: int = 0) -> Components:
+def build_sdxl_components(
+    size: str = "sdxl", device: str | torch.device = "cpu", precision: str = "bf16", seed: int = 0
+) -> Components:
     """SDXL-shaped random components (two text encoders, text_time conditioning), as load_components returns."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
@@ -163,30 +218,61 @@ def build_sdxl_components(size: str = "sdxl", device: str | torch.device = "cpu"
     torch.manual_seed(seed)
     h1, h2 = s["te1"][0], s["te2"][0]
     te1 = build_text_encoder(Profile("te1", (), 0, 0, h1, s["te1"][1], s["te1"][2], (), 0, 0), CLIP_VOCAB)
-    te2 = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=CLIP_VOCAB, hidden_size=h2, intermediate_size=4 * h2, num_hidden_layers=s["te2"][1],
-        num_attention_heads=s["te2"][2], max_position_embeddings=77, hidden_act="gelu", projection_dim=h2,
-        bos_token_id=CLIP_VOCAB - 2, eos_token_id=CLIP_VOCAB - 1, pad_token_id=CLIP_VOCAB - 1,
-    ))
+    te2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=CLIP_VOCAB,
+            hidden_size=h2,
+            intermediate_size=4 * h2,
+            num_hidden_layers=s["te2"][1],
+            num_attention_heads=s["te2"][2],
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=h2,
+            bos_token_id=CLIP_VOCAB - 2,
+            eos_token_id=CLIP_VOCAB - 1,
+            pad_token_id=CLIP_VOCAB - 1,
+        )
+    )
     latent = s["resolution"] // 8
     unet = UNet2DConditionModel(
-        sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=s["channels"],
+        sample_size=latent,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=s["channels"],
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=s["transformer_layers"], attention_head_dim=s["heads"],
-        cross_attention_dim=h1 + h2, use_linear_projection=True, norm_num_groups=s["groups"],
-        addition_embed_type="text_time", addition_time_embed_dim=s["time_dim"],
+        transformer_layers_per_block=s["transformer_layers"],
+        attention_head_dim=s["heads"],
+        cross_attention_dim=h1 + h2,
+        use_linear_projection=True,
+        norm_num_groups=s["groups"],
+        addition_embed_type="text_time",
+        addition_time_embed_dim=s["time_dim"],
         projection_class_embeddings_input_dim=h2 + 6 * s["time_dim"],
     )
     v = s["vae"]
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=v, layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * len(v), up_block_types=("UpDecoderBlock2D",) * len(v),
-        norm_num_groups=s["groups"], sample_size=s["resolution"], scaling_factor=0.13025,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=v,
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * len(v),
+        up_block_types=("UpDecoderBlock2D",) * len(v),
+        norm_num_groups=s["groups"],
+        sample_size=s["resolution"],
+        scaling_factor=0.13025,
     )
     with torch.device("cpu"):  # schedulers keep CPU tables, also when the modules are built on "meta"
-        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                           num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
     for module in (te1, te2, unet, vae):
         module.requires_grad_(False)
         module.eval()
@@ -195,6 +281,13 @@ def build_sdxl_components(size: str = "sdxl", device: str | torch.device = "cpu"
     unet.to(device, dtype=dtype)
     vae.to(device, dtype=torch.float32 if dtype == torch.float16 else dtype)
     return Components(
-        source=ModelSource(f"random:{size}", "memory", True), tokenizers=tokenizers, text_encoders=[te1, te2],
-        unet=unet, vae=vae, scheduler=scheduler, dtype=dtype, device=device, resolution=s["resolution"],
+        source=ModelSource(f"random:{size}", "memory", True),
+        tokenizers=tokenizers,
+        text_encoders=[te1, te2],
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        dtype=dtype,
+        device=device,
+        resolution=s["resolution"],
     )

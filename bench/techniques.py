@@ -55,8 +55,9 @@ class Variant(ReferenceLoop):
             self.row_of = torch.full((emb.weight.shape[0],), -1, dtype=torch.long, device=self.device)
             self.row_of[ids] = torch.arange(len(ids), device=self.device)
             emb.register_forward_hook(self._splice)
-            self.optimizer = torch.optim.AdamW([self.rows], lr=self.optimizer.defaults["lr"],
-                                               betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+            self.optimizer = torch.optim.AdamW(
+                [self.rows], lr=self.optimizer.defaults["lr"], betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
+            )
 
     def _splice(self, module, args, out):
         which = self.row_of[args[0]]
@@ -82,8 +83,13 @@ class Variant(ReferenceLoop):
         weight_dtype = self.unet.dtype
         latents = (self._latents(images) * self.vae.config.scaling_factor).to(weight_dtype)
         noise = torch.randn(latents.shape, generator=self.gen, device=self.device, dtype=latents.dtype)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=self.gen, device=self.device).long()
+        timesteps = torch.randint(
+            0,
+            self.noise_scheduler.config.num_train_timesteps,
+            (latents.shape[0],),
+            generator=self.gen,
+            device=self.device,
+        ).long()
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if "channels_last" in self.techniques:
             noisy = noisy.contiguous(memory_format=torch.channels_last)

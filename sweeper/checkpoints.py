@@ -26,9 +26,16 @@ class ResumeError(RuntimeError):
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    inv = {k: v for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items() if k not in RESUMABLE_KEYS}
-    keep = {"model": OmegaConf.to_container(cfg.model, resolve=True),
-            "data": OmegaConf.to_container(cfg.data, resolve=True), "inversion": inv}
+    inv = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items()
+        if k not in RESUMABLE_KEYS
+    }
+    keep = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "inversion": inv,
+    }
     return json.dumps(keep, sort_keys=True, default=str)
 
 

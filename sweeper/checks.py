@@ -37,28 +37,52 @@ def _number(node: DictConfig, key: str, prefix: str, kind: type = float):
 
 def check_inversion_keys(inv: DictConfig) -> None:
     p = "inversion"
-    missing = [k for k in ("placeholder", "init_word") if OmegaConf.is_missing(inv, k) or inv.get(k) in (None, "")]
-    _require(not missing, f"{p}.{missing[0] if missing else ''} is not set: e.g. inversion.placeholder='<my-cat>' "
-             "inversion.init_word=cat (a single-token coarse class word)")
-    _require(_number(inv, "num_vectors", p, int) >= 1, f"{p}.num_vectors={inv.num_vectors}: need k >= 1 vectors")
-    _require(_number(inv, "lr", p) > 0, f"{p}.lr={inv.lr}: the learning rate must be > 0 (paper: 5e-3 with scale_lr)")
+    missing = [
+        k for k in ("placeholder", "init_word") if OmegaConf.is_missing(inv, k) or inv.get(k) in (None, "")
+    ]
+    _require(
+        not missing,
+        f"{p}.{missing[0] if missing else ''} is not set: e.g. inversion.placeholder='<my-cat>' "
+        "inversion.init_word=cat (a single-token coarse class word)",
+    )
+    _require(
+        _number(inv, "num_vectors", p, int) >= 1, f"{p}.num_vectors={inv.num_vectors}: need k >= 1 vectors"
+    )
+    _require(
+        _number(inv, "lr", p) > 0,
+        f"{p}.lr={inv.lr}: the learning rate must be > 0 (paper: 5e-3 with scale_lr)",
+    )
     _require(_number(inv, "steps", p, int) >= 1, f"{p}.steps={inv.steps}: need at least 1 step")
-    _require(_number(inv, "batch_size", p, int) >= 1, f"{p}.batch_size={inv.batch_size}: need a batch of at least 1")
+    _require(
+        _number(inv, "batch_size", p, int) >= 1,
+        f"{p}.batch_size={inv.batch_size}: need a batch of at least 1",
+    )
     _require(_number(inv, "grad_accum", p, int) >= 1, f"{p}.grad_accum={inv.grad_accum}: must be >= 1")
     _require(_number(inv, "reg_weight", p) >= 0, f"{p}.reg_weight={inv.reg_weight}: must be >= 0 (0 = off)")
     _require(_number(inv, "weight_decay", p) >= 0, f"{p}.weight_decay={inv.weight_decay}: must be >= 0")
-    _require(0 <= _number(inv, "per_image_p", p) <= 1, f"{p}.per_image_p={inv.per_image_p}: must be in [0, 1]")
+    _require(
+        0 <= _number(inv, "per_image_p", p) <= 1, f"{p}.per_image_p={inv.per_image_p}: must be in [0, 1]"
+    )
     _require(_number(inv, "log_every", p, int) >= 1, f"{p}.log_every={inv.log_every}: must be >= 1")
     _number(inv, "seed", p, int)
-    _require(isinstance(inv.get("compile", False), bool), f"{p}.compile={inv.get('compile')!r}: must be true or false")
-    _require(inv.precision in (*PRECISIONS, "auto"),
-             f"{p}.precision={inv.precision!r}: choose auto or one of {sorted(PRECISIONS)}")
+    _require(
+        isinstance(inv.get("compile", False), bool),
+        f"{p}.compile={inv.get('compile')!r}: must be true or false",
+    )
+    _require(
+        inv.precision in (*PRECISIONS, "auto"),
+        f"{p}.precision={inv.precision!r}: choose auto or one of {sorted(PRECISIONS)}",
+    )
     if inv.get("progressive_every") is not None:
-        _require(_number(inv, "progressive_every", p, int) >= 1,
-                 f"{p}.progressive_every={inv.progressive_every}: must be >= 1 step, or null for off")
+        _require(
+            _number(inv, "progressive_every", p, int) >= 1,
+            f"{p}.progressive_every={inv.progressive_every}: must be >= 1 step, or null for off",
+        )
     if inv.get("checkpoint_every") is not None:
-        _require(_number(inv, "checkpoint_every", p, int) >= 0,
-                 f"{p}.checkpoint_every={inv.checkpoint_every}: must be >= 0 (0 or null = no checkpoints)")
+        _require(
+            _number(inv, "checkpoint_every", p, int) >= 0,
+            f"{p}.checkpoint_every={inv.checkpoint_every}: must be >= 0 (0 or null = no checkpoints)",
+        )
     piv = inv.get("pivotal")
     if piv is not None and piv.get("enabled"):
         q = "inversion.pivotal"
@@ -72,8 +96,10 @@ def check_inversion_keys(inv: DictConfig) -> None:
 def check_data(cfg: DictConfig) -> list:
     """The training images that the run will use (a DataError becomes a ConfigError)."""
     d = cfg.data
-    _require(not OmegaConf.is_missing(d, "images") and d.get("images"),
-             "data.images is not set: give a folder of concept images, e.g. data.images=/path/to/my-cat")
+    _require(
+        not OmegaConf.is_missing(d, "images") and d.get("images"),
+        "data.images is not set: give a folder of concept images, e.g. data.images=/path/to/my-cat",
+    )
     try:
         data.templates_for(d.property, bool(cfg.inversion.per_image_tokens))
         _require(0 <= float(d.get("flip_p", 0.5)) <= 1, f"data.flip_p={d.get('flip_p')}: must be in [0, 1]")
@@ -122,10 +148,16 @@ def check_config(cfg: DictConfig) -> None:
         device = resolve_device(cfg.get("device", "auto"))
         # Measured (torch 2.13, inductor on CPU): the compiled UNet's gradient with respect to the text
         # context is off by up to a third of its largest entry against eager and float64 (aot_eager is exact).
-        _require(device.type == "cuda", f"inversion.compile=true on {device}: torch.compile's CPU backward gives "
-                 "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false")
+        _require(
+            device.type == "cuda",
+            f"inversion.compile=true on {device}: torch.compile's CPU backward gives "
+            "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false",
+        )
     images = check_data(cfg)
-    _require(not OmegaConf.is_missing(cfg.model, "pretrained"), "model.pretrained is not set: a hub id or a local folder")
+    _require(
+        not OmegaConf.is_missing(cfg.model, "pretrained"),
+        "model.pretrained is not set: a hub id or a local folder",
+    )
     try:
         source = resolve_model(str(cfg.model.pretrained), cfg.model.get("config"))
     except ModelLoadError as err:

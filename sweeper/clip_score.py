@@ -93,8 +93,14 @@ def text_similarity(samples: np.ndarray, text: np.ndarray) -> dict[str, float]:
 
 
 def score(
-    recon: np.ndarray, training: np.ndarray, prompt_samples: list[np.ndarray], texts: np.ndarray,
-    variant: str = "mean_embedding", n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    recon: np.ndarray,
+    training: np.ndarray,
+    prompt_samples: list[np.ndarray],
+    texts: np.ndarray,
+    variant: str = "mean_embedding",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> dict:
     """Point estimates and percentile-bootstrap CIs (each prompt's samples resampled independently)."""
     per_prompt = [text_similarity(s, t) for s, t in zip(prompt_samples, texts)]

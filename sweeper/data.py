@@ -44,7 +44,9 @@ def list_images(folder: str | Path) -> list[Path]:
     """The folder's .jpg/.jpeg/.png/.webp files, sorted by name (hidden files such as ._x.jpg skipped)."""
     folder = Path(folder).expanduser()
     if not folder.exists():
-        raise DataError(f"data.images={folder}: no such folder; point data.images at a folder of concept images")
+        raise DataError(
+            f"data.images={folder}: no such folder; point data.images at a folder of concept images"
+        )
     if not folder.is_dir():
         raise DataError(f"data.images={folder}: not a folder; give the folder that holds the concept images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -56,7 +58,9 @@ def list_images(folder: str | Path) -> list[Path]:
             f"data.images={folder}: no images ({'/'.join(IMAGE_SUFFIXES)}): {found}; add the concept's images"
         )
     if others:
-        log.warning("data.images=%s: ignoring %d non-image file(s): %s", folder, len(others), ", ".join(others[:10]))
+        log.warning(
+            "data.images=%s: ignoring %d non-image file(s): %s", folder, len(others), ", ".join(others[:10])
+        )
     return images
 
 
@@ -75,7 +79,8 @@ def check_images(paths: list[Path]) -> None:
             bad.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})")
     if bad:
         raise DataError(
-            f"data.images: {len(bad)} file(s) are corrupt or not images: " + "; ".join(bad)
+            f"data.images: {len(bad)} file(s) are corrupt or not images: "
+            + "; ".join(bad)
             + ". Remove or replace them."
         )
 
@@ -142,14 +147,18 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
             im = ImageOps.exif_transpose(im)
             arr = _to_float_rgb(im)
     except Exception as e:
-        raise DataError(f"data.images: cannot read {path} ({type(e).__name__}: {e}); remove or replace it") from e
+        raise DataError(
+            f"data.images: cannot read {path} ({type(e).__name__}: {e}); remove or replace it"
+        ) from e
     x = torch.from_numpy(arr).permute(2, 0, 1)  # [3, H, W]
     h, w = x.shape[1:]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     x = x[:, top : top + side, left : left + side]
     if side != resolution:
-        x = F.interpolate(x[None], size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)[0]
+        x = F.interpolate(
+            x[None], size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False
+        )[0]
     return (x.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
 
 
@@ -231,7 +240,9 @@ class PromptSampler:
         for i in range(batch_size):
             if per_image[i]:
                 img = index[i]
-                out.append(Example(img, bool(flip[i]), self.templates_with_token[dual[i]], self.image_tokens[img]))
+                out.append(
+                    Example(img, bool(flip[i]), self.templates_with_token[dual[i]], self.image_tokens[img])
+                )
             else:
                 out.append(Example(index[i], bool(flip[i]), self.templates[plain[i]], None))
         return out

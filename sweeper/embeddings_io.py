@@ -85,13 +85,17 @@ def save_learned_embeds(
         raise ValueError(f"vectors: expected one tensor per text encoder (1 or 2), got {len(vectors)}")
     mats = [_as_matrix(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
     if len({m.shape[0] for m in mats}) != 1:
-        raise ValueError(f"vectors: every encoder needs the same number of vectors, got {[m.shape[0] for m in mats]}")
+        raise ValueError(
+            f"vectors: every encoder needs the same number of vectors, got {[m.shape[0] for m in mats]}"
+        )
     meta = {"placeholder": placeholder, "num_vectors": str(mats[0].shape[0]), "num_encoders": str(len(mats))}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
 
     paths = {"diffusers": atomic.save_safetensors({placeholder: mats[0]}, run_dir / DIFFUSERS_FILE, meta)}
     if len(mats) == 2:
-        paths["diffusers_2"] = atomic.save_safetensors({placeholder: mats[1]}, run_dir / DIFFUSERS_FILE_2, meta)
+        paths["diffusers_2"] = atomic.save_safetensors(
+            {placeholder: mats[1]}, run_dir / DIFFUSERS_FILE_2, meta
+        )
         a1111 = dict(zip(SDXL_KEYS, mats))
     else:
         a1111 = {"emb_params": mats[0]}
@@ -121,11 +125,15 @@ def _torch_load_safe(path: Path) -> object:
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" not in msg:
-            raise EmbeddingFormatError(f"{path}: not a readable torch/pickle file ({msg.splitlines()[0]})") from e
+            raise EmbeddingFormatError(
+                f"{path}: not a readable torch/pickle file ({msg.splitlines()[0]})"
+            ) from e
         # The safe unpickler stopped; tell "imports code" apart from "a pickle feature it lacks" by reading
         # the opcodes statically (nothing is executed either way).
         refused = re.findall(r"Unsupported global: GLOBAL (\S+)", msg)
-        code = sorted(set(refused) | {g for g in _pickle_globals(path) if g.split(".")[0] not in SAFE_MODULES})
+        code = sorted(
+            set(refused) | {g for g in _pickle_globals(path) if g.split(".")[0] not in SAFE_MODULES}
+        )
         if code:
             raise UnsafeEmbeddingError(
                 f"{path}: refused: this pickle file contains code (it imports {', '.join(code[:5])}), which "
@@ -184,7 +192,9 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as e:
-        raise EmbeddingFormatError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
+        raise EmbeddingFormatError(
+            f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _describe(obj: object) -> str:
@@ -202,7 +212,9 @@ def _from_state(path: Path, obj: object, meta_name: str | None) -> LoadedEmbeddi
     if "string_to_param" in obj:  # A1111 / ComfyUI .pt
         params = obj["string_to_param"]
         if not isinstance(params, dict) or not params:
-            raise EmbeddingFormatError(f"{path}: A1111 file with an empty or odd string_to_param ({_describe(params)})")
+            raise EmbeddingFormatError(
+                f"{path}: A1111 file with an empty or odd string_to_param ({_describe(params)})"
+            )
         tensor = params["*"] if "*" in params else next(iter(params.values()))
         name = obj.get("name")
         return LoadedEmbedding(name if isinstance(name, str) else meta_name, [_as_matrix(tensor, str(path))])
@@ -211,7 +223,7 @@ def _from_state(path: Path, obj: object, meta_name: str | None) -> LoadedEmbeddi
     if all(k in obj for k in SDXL_KEYS):
         return LoadedEmbedding(meta_name, [_as_matrix(obj[k], f"{path}[{k}]") for k in SDXL_KEYS])
     if len(obj) == 1:  # diffusers: {token: [k, dim]}
-        (token, tensor), = obj.items()
+        ((token, tensor),) = obj.items()
         if isinstance(tensor, torch.Tensor):
             return LoadedEmbedding(str(token), [_as_matrix(tensor, str(path))])
     raise EmbeddingFormatError(
@@ -223,7 +235,9 @@ def _from_state(path: Path, obj: object, meta_name: str | None) -> LoadedEmbeddi
 def _load_run_folder(folder: Path) -> LoadedEmbedding:
     first = folder / DIFFUSERS_FILE
     if not first.is_file():
-        raise EmbeddingFormatError(f"{folder}: a folder, but it has no {DIFFUSERS_FILE} (is it a finished run folder?)")
+        raise EmbeddingFormatError(
+            f"{folder}: a folder, but it has no {DIFFUSERS_FILE} (is it a finished run folder?)"
+        )
     emb = load_embedding_file(first)
     second = folder / DIFFUSERS_FILE_2
     if second.is_file():
@@ -280,7 +294,9 @@ def load_into_pipeline(pipe, embedding: LoadedEmbedding | str | Path, token: str
     dims = [enc.get_input_embeddings().weight.shape[-1] for _, enc in pairs]
     got = [v.shape[-1] for v in embedding.vectors]
     if len(got) == 2 and len(dims) == 1 and got[1] in dims and got[0] not in dims:
-        embedding = LoadedEmbedding(embedding.placeholder, embedding.vectors[1:])  # SDXL file, refiner-like pipe
+        embedding = LoadedEmbedding(
+            embedding.placeholder, embedding.vectors[1:]
+        )  # SDXL file, refiner-like pipe
         got = got[1:]
     if got != dims:
         raise EmbeddingFormatError(
@@ -291,8 +307,10 @@ def load_into_pipeline(pipe, embedding: LoadedEmbedding | str | Path, token: str
     for tokenizer, _ in pairs:
         taken = [t for t in (token, f"{token}_1") if t in tokenizer.get_vocab()]
         if taken:
-            raise ValueError(f"{source}: token {taken[0]!r} is already in the pipeline's vocabulary; "
-                             "pass another token (e.g. token='<my-concept>')")
+            raise ValueError(
+                f"{source}: token {taken[0]!r} is already in the pipeline's vocabulary; "
+                "pass another token (e.g. token='<my-concept>')"
+            )
     for (tokenizer, encoder), vectors in zip(pairs, embedding.vectors):
         pipe.load_textual_inversion({token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder)
     return token

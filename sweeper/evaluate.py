@@ -66,7 +66,9 @@ def load_config(source: Path, overrides: list[str]) -> DictConfig:
         return composed
     run_config = source / "config.yaml"
     if not run_config.is_file():
-        raise FileNotFoundError(f"{source}: a folder without config.yaml; give a run folder or an embedding file")
+        raise FileNotFoundError(
+            f"{source}: a folder without config.yaml; give a run folder or an embedding file"
+        )
     cfg = OmegaConf.load(run_config)
     OmegaConf.set_struct(cfg, False)
     if "evaluation" not in cfg:
@@ -81,8 +83,12 @@ def training_images(cfg: DictConfig) -> list:
     from sweeper.data import check_images, list_images, select_images
 
     if OmegaConf.is_missing(cfg.data, "images"):
-        raise ValueError("data.images is required to evaluate a file: pass data.images=FOLDER (the concept images)")
-    paths = select_images(list_images(cfg.data.images), cfg.data.get("n_images"), cfg.data.get("subset_seed", 0))
+        raise ValueError(
+            "data.images is required to evaluate a file: pass data.images=FOLDER (the concept images)"
+        )
+    paths = select_images(
+        list_images(cfg.data.images), cfg.data.get("n_images"), cfg.data.get("subset_seed", 0)
+    )
     check_images(paths)
     return paths
 
@@ -91,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     from sweeper.evaluation import evaluate_embedding
 
     parser = argparse.ArgumentParser(
-        prog="python -m sweeper.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m sweeper.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", type=Path, help="run folder or embedding file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option)")
     parser.add_argument("--out", type=Path, help="output folder (default outputs/reeval/<source>-<time>)")
-    parser.add_argument("--in-place", action="store_true", help="write into the run folder (overwrites metrics.json)")
+    parser.add_argument(
+        "--in-place", action="store_true", help="write into the run folder (overwrites metrics.json)"
+    )
     parser.add_argument("--token", help="placeholder token to register for the embedding")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -112,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
 
         load_embedding_file(source)  # refuse unsafe or unknown files before loading any model
         images = training_images(cfg)
-        out = source if args.in_place else args.out or Path("outputs/reeval") / (
-            f"{source.stem or source.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = (
+            source
+            if args.in_place
+            else args.out
+            or Path("outputs/reeval") / (f"{source.stem or source.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         )
         if not args.in_place and (out / "metrics.json").exists():
             raise FileExistsError(f"--out {out}: already holds a metrics.json; choose another folder")

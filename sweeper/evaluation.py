@@ -32,9 +32,18 @@ PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "
 
 # Optional keys (the presets in conf/evaluation/ set them all); the rest are required.
 DEFAULTS = {
-    "negative_prompt": "", "text_variant": "mean_embedding", "bootstrap": 1000, "precision": "auto",
-    "reconstruction_prompt": "a photo of {}", "prompt_set": None, "references": True,
-    "cache_dir": ".cache/references", "grid_samples": 16, "grid_tile": 256, "progress": True, "use_pivotal": True,
+    "negative_prompt": "",
+    "text_variant": "mean_embedding",
+    "bootstrap": 1000,
+    "precision": "auto",
+    "reconstruction_prompt": "a photo of {}",
+    "prompt_set": None,
+    "references": True,
+    "cache_dir": ".cache/references",
+    "grid_samples": 16,
+    "grid_tile": 256,
+    "progress": True,
+    "use_pivotal": True,
 }
 
 
@@ -72,27 +81,39 @@ def check_config(ev) -> dict:
     ev = {**DEFAULTS, **(OmegaConf.to_container(ev, resolve=True) if not isinstance(ev, dict) else ev)}
     ev["prompts"] = resolve_prompts(ev.get("prompts"))
     if not ev["prompts"]:
-        raise EvaluationConfigError("evaluation.prompts is empty: give edit prompts such as 'a photo of {} on the moon'")
+        raise EvaluationConfigError(
+            "evaluation.prompts is empty: give edit prompts such as 'a photo of {} on the moon'"
+        )
     for key in ("prompts", "reconstruction_prompt"):
         for p in ev["prompts"] if key == "prompts" else [ev.get(key) or ""]:
             if p.count("{}") != 1:
-                raise EvaluationConfigError(f"evaluation.{key}: {p!r} must contain '{{}}' exactly once (where S* goes)")
+                raise EvaluationConfigError(
+                    f"evaluation.{key}: {p!r} must contain '{{}}' exactly once (where S* goes)"
+                )
     for key in ("num_samples", "batch_size", "steps", "bootstrap"):
         if not isinstance(ev.get(key), int) or ev[key] < 1:
             raise EvaluationConfigError(f"evaluation.{key}={ev.get(key)!r}: must be a positive integer")
     if ev.get("sampler") not in SAMPLERS:
-        raise EvaluationConfigError(f"evaluation.sampler={ev.get('sampler')!r}: choose one of {', '.join(SAMPLERS)}")
+        raise EvaluationConfigError(
+            f"evaluation.sampler={ev.get('sampler')!r}: choose one of {', '.join(SAMPLERS)}"
+        )
     if ev.get("text_variant") not in VARIANTS:
-        raise EvaluationConfigError(f"evaluation.text_variant={ev.get('text_variant')!r}: choose one of {VARIANTS}")
+        raise EvaluationConfigError(
+            f"evaluation.text_variant={ev.get('text_variant')!r}: choose one of {VARIANTS}"
+        )
     for key in ("guidance", "eta"):
         if isinstance(ev.get(key), bool) or not isinstance(ev.get(key), (int, float)):
             raise EvaluationConfigError(f"evaluation.{key}={ev.get(key)!r}: must be a number")
     judge = str(ev.get("judge") or "")
     local = Path(judge).expanduser()
     if local.exists() and not (local / "config.json").is_file():
-        raise EvaluationConfigError(f"evaluation.judge={judge}: folder has no config.json; give a CLIPModel folder")
+        raise EvaluationConfigError(
+            f"evaluation.judge={judge}: folder has no config.json; give a CLIPModel folder"
+        )
     if not local.exists() and (not judge or judge.startswith((".", "/", "~")) or judge.count("/") != 1):
-        raise EvaluationConfigError(f"evaluation.judge={judge!r}: no such folder, and not a hub id (owner/name)")
+        raise EvaluationConfigError(
+            f"evaluation.judge={judge!r}: no such folder, and not a hub id (owner/name)"
+        )
     return ev
 
 
@@ -115,11 +136,18 @@ def reference_key(model: str, training_images: list[Path], ev: dict, protocol: d
     model_id = str(model_path.resolve()) if model_path.exists() else model
     if (model_path / "model_index.json").is_file():
         model_id += f"@{(model_path / 'model_index.json').stat().st_mtime_ns}"
-    blob = json.dumps({
-        "model": model_id, "images": [_file_digest(p) for p in training_images], "prompts": ev["prompts"],
-        "reconstruction_prompt": ev["reconstruction_prompt"], "protocol": protocol, "judge": ev["judge"],
-        "variant": ev["text_variant"],
-    }, sort_keys=True)
+    blob = json.dumps(
+        {
+            "model": model_id,
+            "images": [_file_digest(p) for p in training_images],
+            "prompts": ev["prompts"],
+            "reconstruction_prompt": ev["reconstruction_prompt"],
+            "protocol": protocol,
+            "judge": ev["judge"],
+            "variant": ev["text_variant"],
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -131,18 +159,29 @@ def references(sampler, judge, training, texts, ev: dict, protocol: dict, key: s
     n = ev["num_samples"]
     image_only = score(training, training, [training] * len(texts), texts, ev["text_variant"], 1)
     image_only["image_similarity"] = image_only_similarity(training)
-    recon = _sample_and_embed(sampler, judge, concept_removed(ev["reconstruction_prompt"]),
-                              ev["reconstruction_prompt"], n)
+    recon = _sample_and_embed(
+        sampler, judge, concept_removed(ev["reconstruction_prompt"]), ev["reconstruction_prompt"], n
+    )
     prompt_samples = [_sample_and_embed(sampler, judge, concept_removed(p), p, n) for p in ev["prompts"]]
     prompt_only = score(recon, training, prompt_samples, texts, ev["text_variant"], 1)
     keep = ("image_similarity", "text_similarity", *(f"text_similarity_{v}" for v in VARIANTS))
-    refs = {name: {k: r[k] for k in keep} for name, r in (("image_only", image_only), ("prompt_only", prompt_only))}
+    refs = {
+        name: {k: r[k] for k in keep}
+        for name, r in (("image_only", image_only), ("prompt_only", prompt_only))
+    }
     atomic.write_json(cache, {"key": key, "judge": ev["judge"], "protocol": protocol, "references": refs})
     return refs
 
 
 def evaluate_pipeline(
-    pipe, placeholder: str, ev, training_images: list[Path], out_dir: Path, *, model: str, extra: dict | None = None,
+    pipe,
+    placeholder: str,
+    ev,
+    training_images: list[Path],
+    out_dir: Path,
+    *,
+    model: str,
+    extra: dict | None = None,
     device: str | torch.device = "cpu",
 ) -> dict:
     """Sample, judge and score an embedding already loaded into `pipe` as `placeholder`; write metrics.json."""
@@ -153,12 +192,31 @@ def evaluate_pipeline(
     out_dir = Path(out_dir)
     judge = Judge(ev["judge"], device)
     sampler = Sampler(
-        pipe, sampler=ev["sampler"], steps=ev["steps"], guidance=ev["guidance"], eta=ev["eta"],
-        negative_prompt=ev["negative_prompt"], batch_size=ev["batch_size"], seed=ev["seed"],
+        pipe,
+        sampler=ev["sampler"],
+        steps=ev["steps"],
+        guidance=ev["guidance"],
+        eta=ev["eta"],
+        negative_prompt=ev["negative_prompt"],
+        batch_size=ev["batch_size"],
+        seed=ev["seed"],
         progress=ev.get("progress", True),
     )
-    protocol = {k: ev[k] for k in ("sampler", "steps", "guidance", "eta", "negative_prompt", "num_samples",
-                                   "batch_size", "reconstruction_prompt", "prompt_set", "precision")}
+    protocol = {
+        k: ev[k]
+        for k in (
+            "sampler",
+            "steps",
+            "guidance",
+            "eta",
+            "negative_prompt",
+            "num_samples",
+            "batch_size",
+            "reconstruction_prompt",
+            "prompt_set",
+            "precision",
+        )
+    }
     protocol["resolution"] = sampler.resolution
     from PIL import Image
 
@@ -169,8 +227,15 @@ def evaluate_pipeline(
     training = judge.images([to_pil(p) for p in training_images])
     texts = judge.texts([concept_removed(p) for p in ev["prompts"]])
     n, samples = ev["num_samples"], out_dir / "samples"
-    recon = _sample_and_embed(sampler, judge, fill(ev["reconstruction_prompt"], placeholder),
-                              ev["reconstruction_prompt"], n, samples / "reconstruction.png", ev)
+    recon = _sample_and_embed(
+        sampler,
+        judge,
+        fill(ev["reconstruction_prompt"], placeholder),
+        ev["reconstruction_prompt"],
+        n,
+        samples / "reconstruction.png",
+        ev,
+    )
     names = slugs(ev["prompts"])
     prompt_samples = [
         _sample_and_embed(sampler, judge, fill(p, placeholder), p, n, samples / f"{names[p]}.png", ev)
@@ -187,10 +252,20 @@ def evaluate_pipeline(
         key = reference_key(model, training_images, ev, protocol)
         refs = references(sampler, judge, training, texts, ev, protocol, key)
     metrics.update(
-        references=refs, judge=ev["judge"], protocol=protocol, num_samples=n, placeholder=placeholder,
-        seeds={"noise": ev["seed"], "noise_rule": "sha256(f'{seed}|{template}|{index}')[:8]",
-               "bootstrap": ev["seed"], "bootstrap_resamples": ev["bootstrap"]},
-        model=model, training_images=[str(p) for p in training_images], wall_time_s=round(time.time() - t0, 3),
+        references=refs,
+        judge=ev["judge"],
+        protocol=protocol,
+        num_samples=n,
+        placeholder=placeholder,
+        seeds={
+            "noise": ev["seed"],
+            "noise_rule": "sha256(f'{seed}|{template}|{index}')[:8]",
+            "bootstrap": ev["seed"],
+            "bootstrap_resamples": ev["bootstrap"],
+        },
+        model=model,
+        training_images=[str(p) for p in training_images],
+        wall_time_s=round(time.time() - t0, 3),
         **(extra or {}),
     )
     atomic.write_json(out_dir / "metrics.json", metrics)
@@ -198,7 +273,11 @@ def evaluate_pipeline(
 
 
 def evaluate_embedding(
-    cfg, embedding: str | Path, training_images: list[Path], out_dir: Path, token: str | None = None,
+    cfg,
+    embedding: str | Path,
+    training_images: list[Path],
+    out_dir: Path,
+    token: str | None = None,
     extra: dict | None = None,
 ) -> dict:
     """Load the model and an embedding file (or run folder) safely, then evaluate_pipeline."""
@@ -212,12 +291,27 @@ def evaluate_embedding(
     device = resolve_device(cfg.get("device"))
     if ev["precision"] == "auto":
         ev["precision"] = "fp16" if device.type == "cuda" else "fp32"
-    pipe = load_pipeline(str(cfg.model.pretrained), ev["precision"], str(device), config=cfg.model.get("config"))
+    pipe = load_pipeline(
+        str(cfg.model.pretrained), ev["precision"], str(device), config=cfg.model.get("config")
+    )
     placeholder = load_into_pipeline(pipe, loaded, token)
     pivotal = _apply_pivotal(pipe, Path(embedding) / "pivotal") if ev["use_pivotal"] else None
-    info = {"embedding": str(embedding), "num_vectors": loaded.num_vectors, "pivotal": pivotal, **(extra or {})}
-    return evaluate_pipeline(pipe, placeholder, ev, training_images, out_dir, model=str(cfg.model.pretrained),
-                             extra=info, device=device)
+    info = {
+        "embedding": str(embedding),
+        "num_vectors": loaded.num_vectors,
+        "pivotal": pivotal,
+        **(extra or {}),
+    }
+    return evaluate_pipeline(
+        pipe,
+        placeholder,
+        ev,
+        training_images,
+        out_dir,
+        model=str(cfg.model.pretrained),
+        extra=info,
+        device=device,
+    )
 
 
 def _apply_pivotal(pipe, folder: Path) -> str | None:
@@ -226,7 +320,9 @@ def _apply_pivotal(pipe, folder: Path) -> str | None:
         from diffusers import UNet2DConditionModel
 
         unet = pipe.unet
-        pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=unet.dtype).to(unet.device)
+        pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=unet.dtype).to(
+            unet.device
+        )
         return "full"
     if folder.is_dir() and any(folder.glob("*.safetensors")):
         pipe.load_lora_weights(str(folder))

@@ -42,6 +42,7 @@ from sweeper.models import Components, load_components
 
 log = logging.getLogger(__name__)
 
+
 class Splice:
     """Learned rows of one text encoder, spliced into its token-embedding output."""
 
@@ -73,8 +74,12 @@ class Splice:
 class LatentCache:
     """VAE latent distributions of every training image and its horizontal flip, encoded once."""
 
-    def __init__(self, vae: torch.nn.Module, images: list[torch.Tensor], device: torch.device, chunk: int = 8):
-        pixels = torch.stack([x for img in images for x in (img, torch.flip(img, dims=[-1]))])  # 2i: plain, 2i+1: flip
+    def __init__(
+        self, vae: torch.nn.Module, images: list[torch.Tensor], device: torch.device, chunk: int = 8
+    ):
+        pixels = torch.stack(
+            [x for img in images for x in (img, torch.flip(img, dims=[-1]))]
+        )  # 2i: plain, 2i+1: flip
         means, stds = [], []
         with torch.no_grad():
             for batch in pixels.split(chunk):
@@ -101,22 +106,33 @@ class Trainer:
         self.cfg, self.comps, self.images = cfg, comps, images
         self.k = int(inv.num_vectors)
         self.concept_tokens = tokens.placeholder_tokens(inv.placeholder, self.k)
-        self.image_tokens = tokens.image_tokens(inv.placeholder, len(images)) if inv.per_image_tokens else None
+        self.image_tokens = (
+            tokens.image_tokens(inv.placeholder, len(images)) if inv.per_image_tokens else None
+        )
         all_tokens = self.concept_tokens + (self.image_tokens or [])
         rows = tokens.add_placeholder_tokens(
-            comps.tokenizers, comps.text_encoders, all_tokens, self.k, inv.init_word, bool(inv.init_word_average)
+            comps.tokenizers,
+            comps.text_encoders,
+            all_tokens,
+            self.k,
+            inv.init_word,
+            bool(inv.init_word_average),
         )
         self.splices = [Splice(enc, r, comps.device) for enc, r in zip(comps.text_encoders, rows)]
         self.sampler = data.PromptSampler(
             len(images), cfg.data.property, self.image_tokens, float(inv.per_image_p), float(cfg.data.flip_p)
         )
-        self.cache = LatentCache(comps.vae, [data.load_image(p, comps.resolution) for p in images], comps.device)
+        self.cache = LatentCache(
+            comps.vae, [data.load_image(p, comps.resolution) for p in images], comps.device
+        )
         self.noise_scheduler = DDPMScheduler.from_config(comps.scheduler.config)
         # torch.compile pays back its compile time only on long runs, and on CUDA only (checks.py): off by default.
         self.unet = torch.compile(comps.unet) if inv.get("compile") else comps.unet
         self.generator = torch.Generator().manual_seed(int(inv.seed))
         self.lr = float(inv.lr) * (int(inv.batch_size) * int(inv.grad_accum) if inv.scale_lr else 1)
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=float(inv.weight_decay))
+        self.optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.lr, weight_decay=float(inv.weight_decay)
+        )
         fp16 = comps.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(comps.device.type, enabled=fp16)
         if comps.is_sdxl:
@@ -132,7 +148,10 @@ class Trainer:
         states, pooled, first_ids = [], None, None
         for tokenizer, encoder in zip(self.comps.tokenizers, self.comps.text_encoders):
             ids = tokenizer(
-                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
                 return_tensors="pt",
             ).input_ids.to(self.comps.device)
             first_ids = ids if first_ids is None else first_ids
@@ -172,8 +191,9 @@ class Trainer:
         comps, d = self.comps, self.draw(m)
         with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
             hidden, added, ids = self.encode_prompts(d["prompts"])
-            pred = self.unet(d["noisy"].to(comps.unet.dtype), d["t"], hidden.to(comps.unet.dtype),
-                             added_cond_kwargs=added).sample
+            pred = self.unet(
+                d["noisy"].to(comps.unet.dtype), d["t"], hidden.to(comps.unet.dtype), added_cond_kwargs=added
+            ).sample
         return F.mse_loss(pred.float(), d["target"].float()), ids
 
     def reg_loss(self, m: int) -> torch.Tensor:
@@ -198,8 +218,10 @@ class Trainer:
         (none in fp32/bf16; fp16's scaler skips a few overflowing steps on its own)."""
         bad = 0 if np.isfinite(loss) else bad + 1
         if bad > (10 if self.scaler.is_enabled() else 0):
-            raise FloatingPointError(f"non-finite loss ({loss}) at step {step}: lower inversion.lr "
-                                     f"(effective {self.lr:.3g}) or use inversion.precision=bf16/fp32")
+            raise FloatingPointError(
+                f"non-finite loss ({loss}) at step {step}: lower inversion.lr "
+                f"(effective {self.lr:.3g}) or use inversion.precision=bf16/fp32"
+            )
         return bad
 
     def apply_step(self, used: torch.Tensor, total: float) -> dict:
@@ -212,7 +234,9 @@ class Trainer:
         grad_norms = []
         for i in range(self.k):
             grads = [s.params[i].grad for s in self.splices]
-            grad_norms.append(0.0 if grads[0] is None else float(sum(g.float().norm() ** 2 for g in grads) ** 0.5))
+            grad_norms.append(
+                0.0 if grads[0] is None else float(sum(g.float().norm() ** 2 for g in grads) ** 0.5)
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -291,15 +315,26 @@ def invert(
 
     inv, run_dir = cfg.inversion, Path(run_dir)
     steps, log_every, ckpt_every = int(inv.steps), int(inv.log_every), int(inv.checkpoint_every or 0)
-    images = data.select_images(data.list_images(cfg.data.images), cfg.data.n_images, int(cfg.data.subset_seed))
+    images = data.select_images(
+        data.list_images(cfg.data.images), cfg.data.n_images, int(cfg.data.subset_seed)
+    )
     torch.manual_seed(int(inv.seed))
     np.random.seed(int(inv.seed))
     random.seed(int(inv.seed))
-    comps = components or load_components(cfg.model.pretrained, inv.precision, cfg.get("device", "auto"),
-                                          config=cfg.model.get("config"))
+    comps = components or load_components(
+        cfg.model.pretrained, inv.precision, cfg.get("device", "auto"), config=cfg.model.get("config")
+    )
     trainer = Trainer(cfg, comps, images)
-    log.info("inversion: %d images, k=%d, effective lr %.3g (base %.3g, scale_lr=%s, batch %d x accum %d)",
-             len(images), trainer.k, trainer.lr, inv.lr, inv.scale_lr, inv.batch_size, inv.grad_accum)
+    log.info(
+        "inversion: %d images, k=%d, effective lr %.3g (base %.3g, scale_lr=%s, batch %d x accum %d)",
+        len(images),
+        trainer.k,
+        trainer.lr,
+        inv.lr,
+        inv.scale_lr,
+        inv.batch_size,
+        inv.grad_accum,
+    )
 
     fp, start, window, resumed = fingerprint(cfg), 0, [], None
     for junk in (run_dir / CHECKPOINTS).glob(".step_*") if (run_dir / CHECKPOINTS).is_dir() else []:
@@ -318,7 +353,9 @@ def invert(
     rows = read_history(run_dir, start)
 
     bad = 0  # consecutive non-finite losses
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="inversion", dynamic_ncols=True, mininterval=1)
+    bar = tqdm(
+        range(start, steps), initial=start, total=steps, desc="inversion", dynamic_ncols=True, mininterval=1
+    )
     for step in bar:
         m = tokens.active_count(step, trainer.k, inv.progressive_every)
         out = trainer.step(m)
@@ -344,9 +381,17 @@ def invert(
     vectors = [s.vectors()[: trainer.k].cpu() for s in trainer.splices]
     per_image = None
     if trainer.image_tokens:
-        per_image = {t: [s.vectors()[trainer.k + j : trainer.k + j + 1].cpu() for s in trainer.splices]
-                     for j, t in enumerate(trainer.image_tokens)}
-    meta = {"model": str(cfg.model.pretrained), "init_word": str(inv.init_word), "steps": str(steps),
-            "tokens": " ".join(trainer.concept_tokens)}
+        per_image = {
+            t: [s.vectors()[trainer.k + j : trainer.k + j + 1].cpu() for s in trainer.splices]
+            for j, t in enumerate(trainer.image_tokens)
+        }
+    meta = {
+        "model": str(cfg.model.pretrained),
+        "init_word": str(inv.init_word),
+        "steps": str(steps),
+        "tokens": " ".join(trainer.concept_tokens),
+    }
     paths = save_learned_embeds(run_dir, inv.placeholder, vectors, per_image, meta)
-    return InversionResult(trainer, str(inv.placeholder), vectors, per_image, paths, images, trainer.lr, resumed)
+    return InversionResult(
+        trainer, str(inv.placeholder), vectors, per_image, paths, images, trainer.lr, resumed
+    )

@@ -83,14 +83,18 @@ def resolve_model(pretrained: str, config: str | None = None) -> ModelSource:
     component configs and tokenizers describe the file's architecture.
     """
     if not pretrained:
-        raise ModelLoadError("model.pretrained is empty: give a hub id, a local diffusers folder or a .safetensors/.ckpt file")
+        raise ModelLoadError(
+            "model.pretrained is empty: give a hub id, a local diffusers folder or a .safetensors/.ckpt file"
+        )
     path = Path(pretrained).expanduser()
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise ModelLoadError(f"model.pretrained={pretrained}: no such file")
         shapes = single_file_shapes(path)
         is_sdxl = any(k.startswith("conditioner.embedders.1") for k in shapes)
-        return ModelSource(str(path), "file", is_sdxl, _single_file_config(str(path), shapes, is_sdxl, config))
+        return ModelSource(
+            str(path), "file", is_sdxl, _single_file_config(str(path), shapes, is_sdxl, config)
+        )
     if config:
         raise ModelLoadError(
             f"model.config={config}: only a single .safetensors/.ckpt checkpoint needs it; "
@@ -99,14 +103,20 @@ def resolve_model(pretrained: str, config: str | None = None) -> ModelSource:
     if path.is_dir():
         return ModelSource(str(path), "folder", _folder_is_sdxl(path, "model.pretrained"))
     if pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
-        raise ModelLoadError(f"model.pretrained={pretrained}: no such folder or file, and not a hub id (owner/name)")
-    return ModelSource(pretrained, "hub", _index_is_sdxl(json.loads(Path(_hub_index(pretrained)).read_text())))
+        raise ModelLoadError(
+            f"model.pretrained={pretrained}: no such folder or file, and not a hub id (owner/name)"
+        )
+    return ModelSource(
+        pretrained, "hub", _index_is_sdxl(json.loads(Path(_hub_index(pretrained)).read_text()))
+    )
 
 
 def _folder_is_sdxl(path: Path, key: str) -> bool:
     index = path / "model_index.json"
     if not index.is_file():
-        raise ModelLoadError(f"{key}={path}: folder has no model_index.json; give a diffusers pipeline folder")
+        raise ModelLoadError(
+            f"{key}={path}: folder has no model_index.json; give a diffusers pipeline folder"
+        )
     return _index_is_sdxl(json.loads(index.read_text()))
 
 
@@ -223,7 +233,10 @@ def pipeline_class(source: ModelSource) -> type:
 
 
 def load_pipeline(
-    pretrained: str | ModelSource, precision: str = "fp32", device: str | None = None, config: str | None = None,
+    pretrained: str | ModelSource,
+    precision: str = "fp32",
+    device: str | None = None,
+    config: str | None = None,
 ):
     """The diffusers pipeline, loaded the one way a user's checkpoint is: for sampling and evaluation.
 
@@ -253,7 +266,10 @@ def load_pipeline(
 
 
 def load_components(
-    pretrained: str | ModelSource, precision: str = "fp32", device: str | None = None, config: str | None = None,
+    pretrained: str | ModelSource,
+    precision: str = "fp32",
+    device: str | None = None,
+    config: str | None = None,
 ) -> Components:
     """Frozen components for training: UNet in the compute dtype, text encoders fp32, VAE fp32 under fp16."""
     source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(str(pretrained), config)
@@ -271,16 +287,28 @@ def load_components(
     pipe.vae.to(dev, dtype=torch.float32 if dtype == torch.float16 else dtype)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     return Components(
-        source=source, tokenizers=tokenizers, text_encoders=encoders, unet=pipe.unet, vae=pipe.vae,
-        scheduler=pipe.scheduler, dtype=dtype, device=dev, resolution=int(resolution),
+        source=source,
+        tokenizers=tokenizers,
+        text_encoders=encoders,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        scheduler=pipe.scheduler,
+        dtype=dtype,
+        device=dev,
+        resolution=int(resolution),
     )
 
 
 def pipeline_from_components(comps: Components):
     """A sampling pipeline over already-loaded (possibly training) components, sharing their weights."""
     cls = pipeline_class(comps.source)
-    parts = dict(vae=comps.vae, text_encoder=comps.text_encoders[0], tokenizer=comps.tokenizers[0],
-                 unet=comps.unet, scheduler=comps.scheduler)
+    parts = dict(
+        vae=comps.vae,
+        text_encoder=comps.text_encoders[0],
+        tokenizer=comps.tokenizers[0],
+        unet=comps.unet,
+        scheduler=comps.scheduler,
+    )
     if comps.is_sdxl:
         parts.update(text_encoder_2=comps.text_encoders[1], tokenizer_2=comps.tokenizers[1])
     else:

@@ -40,7 +40,9 @@ def pivotal_tune(
         from peft import LoraConfig
 
         rank = int(piv.lora_rank)
-        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+        unet.add_adapter(
+            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+        )
         params = [p for p in unet.parameters() if p.requires_grad]
         for p in params:
             p.data = p.data.float()  # fp32 adapter weights beside a bf16/fp16 UNet

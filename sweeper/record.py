@@ -46,8 +46,13 @@ def read_status(run_dir: Path) -> dict | None:
 def write_status(run_dir: Path, **fields) -> dict:
     """Merge `fields` into status.json (creating it) and write it atomically."""
     status = read_status(run_dir) or {
-        "status": None, "error": None, "traceback": None, "started_at": None,
-        "finished_at": None, "wall_time_s": None, "trial_number": None,
+        "status": None,
+        "error": None,
+        "traceback": None,
+        "started_at": None,
+        "finished_at": None,
+        "wall_time_s": None,
+        "trial_number": None,
     }
     status.update(fields)
     atomic.write_json(Path(run_dir) / STATUS, status)
@@ -60,8 +65,14 @@ def start_run(run_dir: Path, cfg: DictConfig, trial_number: int | None = None) -
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, cfg)
     return write_status(
-        run_dir, status="running", error=None, traceback=None, started_at=_now(), finished_at=None,
-        wall_time_s=None, trial_number=trial_number,
+        run_dir,
+        status="running",
+        error=None,
+        traceback=None,
+        started_at=_now(),
+        finished_at=None,
+        wall_time_s=None,
+        trial_number=trial_number,
     )
 
 
@@ -69,11 +80,21 @@ def finish_run(run_dir: Path, error: BaseException | None = None) -> dict:
     """Mark the run completed, or failed with `error` and its traceback."""
     started = (read_status(run_dir) or {}).get("started_at")
     finished = _now()
-    wall = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds() if started else None
-    fields = {"status": "completed" if error is None else "failed", "finished_at": finished, "wall_time_s": wall}
+    wall = (
+        (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+        if started
+        else None
+    )
+    fields = {
+        "status": "completed" if error is None else "failed",
+        "finished_at": finished,
+        "wall_time_s": wall,
+    }
     if error is not None:
-        fields.update(error=f"{type(error).__name__}: {error}",
-                      traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        fields.update(
+            error=f"{type(error).__name__}: {error}",
+            traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        )
     return write_status(run_dir, **fields)
 
 

@@ -78,8 +78,17 @@ class Sampler:
     """Draws `n` images of one prompt: `Sampler(pipe, ...).sample(prompt, n, noise_key)`."""
 
     def __init__(
-        self, pipe, *, sampler: str = "ddim", steps: int = 50, guidance: float = 5.0, eta: float = 0.0,
-        negative_prompt: str | None = "", batch_size: int = 8, seed: int = 0, progress: bool = True,
+        self,
+        pipe,
+        *,
+        sampler: str = "ddim",
+        steps: int = 50,
+        guidance: float = 5.0,
+        eta: float = 0.0,
+        negative_prompt: str | None = "",
+        batch_size: int = 8,
+        seed: int = 0,
+        progress: bool = True,
     ):
         self.pipe = pipe
         self.scheduler = make_scheduler(pipe, sampler)
@@ -106,7 +115,11 @@ class Sampler:
 
     def _uncond(self, negative_prompt: str | None) -> Conditioning:
         # None = the model's own convention: SDXL zeroes the unconditional input (force_zeros_for_empty_prompt).
-        if negative_prompt is None and self.is_sdxl and self.pipe.config.get("force_zeros_for_empty_prompt", False):
+        if (
+            negative_prompt is None
+            and self.is_sdxl
+            and self.pipe.config.get("force_zeros_for_empty_prompt", False)
+        ):
             cond = self.encode("")
             return Conditioning(torch.zeros_like(cond.embeds), torch.zeros_like(cond.pooled))
         return self.encode(negative_prompt or "")
@@ -136,13 +149,17 @@ class Sampler:
         added = None
         if self.is_sdxl:
             r = self.resolution
-            time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=unet.dtype).expand(2 * b, -1)
+            time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=unet.dtype).expand(
+                2 * b, -1
+            )
             pooled = torch.cat([self.uncond.pooled.expand(b, -1), cond.pooled.expand(b, -1)])
             added = {"text_embeds": pooled.to(self.device, unet.dtype), "time_ids": time_ids}
         extra = {"eta": self.eta} if self.takes_eta else {}
         for t in sched.timesteps:
             x = sched.scale_model_input(torch.cat([latents, latents]), t)
-            eps = unet(x.to(unet.dtype), t, encoder_hidden_states=context, added_cond_kwargs=added).sample.float()
+            eps = unet(
+                x.to(unet.dtype), t, encoder_hidden_states=context, added_cond_kwargs=added
+            ).sample.float()
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + self.guidance * (eps_cond - eps_uncond)
             latents = sched.step(eps, t, latents, **extra).prev_sample

@@ -74,10 +74,14 @@ def make_storage(
         except Exception as e:
             # Workers starting together on an empty database race to create Optuna's tables: the loser
             # sees a duplicate type/table and only has to connect again.
-            if attempt < 4 and any(m in str(e) for m in ("already exists", "duplicate key", "UniqueViolation")):
+            if attempt < 4 and any(
+                m in str(e) for m in ("already exists", "duplicate key", "UniqueViolation")
+            ):
                 time.sleep(0.5 + random.random())
                 continue
-            raise RuntimeError(f"hydra.sweeper.storage={_redact(url)}: cannot open the Optuna storage ({e})") from e
+            raise RuntimeError(
+                f"hydra.sweeper.storage={_redact(url)}: cannot open the Optuna storage ({e})"
+            ) from e
     raise AssertionError("unreachable")
 
 
@@ -141,7 +145,9 @@ def fail_dead_local_trials(study: Any, retry: Callable | None) -> list[int]:
             continue
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
             failed.append(t.number)
-            log.warning("trial %d was running in a process that died (pid %d): failed and re-queued", t.number, pid)
+            log.warning(
+                "trial %d was running in a process that died (pid %d): failed and re-queued", t.number, pid
+            )
             if retry is not None:
                 retry(study, study._storage.get_trial(t._trial_id))
     return failed
@@ -160,7 +166,9 @@ def current_trial_number() -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def report_hook(number: int | None = None, hydra_cfg: Any = None) -> Callable[[int, float | tuple[float, ...]], None] | None:
+def report_hook(
+    number: int | None = None, hydra_cfg: Any = None
+) -> Callable[[int, float | tuple[float, ...]], None] | None:
     """Inside a job of an Optuna sweep: report(step, value) for pruning; None anywhere else.
 
     `number` / `hydra_cfg`: the trial number and the job's `hydra` config, for a launcher that runs several
@@ -183,7 +191,9 @@ def report_hook(number: int | None = None, hydra_cfg: Any = None) -> Callable[[i
     study_name = sweeper.get("study_name") or Path(sweep_dir).name
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study_name), number
+    )
     if len(study.directions) > 1:
         return None
     trial = optuna.Trial(study, trial_id)

@@ -79,9 +79,16 @@ def _text_encoder(vocab_size: int, hidden: int, projection: int | None, seed: in
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=projection or hidden,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=projection or hidden,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
     )
     cls = CLIPTextModelWithProjection if projection else CLIPTextModel
     return cls(config).eval()
@@ -107,24 +114,37 @@ def build_tiny_sd(out: str | Path, *, sdxl: bool = False, sample_size: int = 16,
     text_encoder = _text_encoder(vocab_size, 32, None, seed)
     torch.manual_seed(seed + 1)
     unet_kwargs = dict(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4, norm_num_groups=8,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=4,
+        norm_num_groups=8,
     )
     if sdxl:
         text_encoder_2 = _text_encoder(vocab_size, 48, 48, seed + 2)
         unet_kwargs.update(
-            cross_attention_dim=32 + 48, addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=48 + 6 * 8, transformer_layers_per_block=1,
+            cross_attention_dim=32 + 48,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=48 + 6 * 8,
+            transformer_layers_per_block=1,
         )
     else:
         unet_kwargs.update(cross_attention_dim=32)
     unet = UNet2DConditionModel(**unet_kwargs)
     torch.manual_seed(seed + 3)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8,
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=8,
         sample_size=sample_size * 2,
     )
     # The schedulers the real checkpoints ship (SD 1.5: PNDM; SDXL: Euler), same betas.
@@ -135,13 +155,24 @@ def build_tiny_sd(out: str | Path, *, sdxl: bool = False, sample_size: int = 16,
         scheduler = PNDMScheduler(**betas, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
     if sdxl:
         pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=build_tokenizer(), unet=unet, scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=build_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
         )
     else:
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
     pipe.save_pretrained(out)
     return out
@@ -157,13 +188,23 @@ def build_tiny_clip(out: str | Path, *, image_size: int = 32, seed: int = 0) -> 
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77,
-            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=image_size, patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=8,
         ),
         projection_dim=32,
     )
@@ -202,7 +243,9 @@ def build_demo_images(out: str | Path, *, n: int = 5, size: int = 64, seed: int 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out")
     parser.add_argument("--sdxl", action="store_true")
     parser.add_argument("--judge", help="also save a small CLIP judge here")
@@ -217,4 +260,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -39,7 +39,9 @@ def check_placeholder(tokenizer, tokens: list[str]) -> None:
     vocab = tokenizer.get_vocab()
     for tok in tokens:
         if not tok or any(c.isspace() for c in tok):
-            raise TokenError(f"inversion.placeholder={tok!r}: must be non-empty and contain no spaces, e.g. '<my-cat>'")
+            raise TokenError(
+                f"inversion.placeholder={tok!r}: must be non-empty and contain no spaces, e.g. '<my-cat>'"
+            )
         # CLIP's BPE vocabulary stores whole words as "word</w>"; an added token equal to a word
         # would silently hijack that word in every prompt (the init word included).
         if tok in vocab or f"{tok.lower()}</w>" in vocab:
@@ -52,7 +54,9 @@ def check_placeholder(tokenizer, tokens: list[str]) -> None:
 def init_word_ids(tokenizer, init_word: str, average: bool) -> list[int]:
     """Token ids of the init word; several tokens are refused (naming them) unless averaging is asked for."""
     if not init_word or not str(init_word).strip():
-        raise TokenError("inversion.init_word is empty: give a single-token coarse class word, e.g. inversion.init_word=dog")
+        raise TokenError(
+            "inversion.init_word is empty: give a single-token coarse class word, e.g. inversion.init_word=dog"
+        )
     ids = tokenizer.encode(str(init_word), add_special_tokens=False)
     names = tokenizer.convert_ids_to_tokens(ids)
     if not ids or tokenizer.unk_token_id in ids:
@@ -88,7 +92,9 @@ def add_placeholder_tokens(
         word_ids = init_word_ids(tokenizer, init_word, average)
         added = tokenizer.add_tokens(tokens)
         if added != len(tokens):
-            raise TokenError(f"inversion.placeholder: the tokenizer refused some of {tokens}; choose another placeholder")
+            raise TokenError(
+                f"inversion.placeholder: the tokenizer refused some of {tokens}; choose another placeholder"
+            )
         encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         weight = encoder.get_input_embeddings().weight
         ids = tokenizer.convert_tokens_to_ids(tokens)

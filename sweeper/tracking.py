@@ -31,8 +31,12 @@ def _safe(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never fail a trial
-            log.warning("W&B %s failed (%s: %s); the trial goes on, the run folder has everything",
-                        method.__name__, type(e).__name__, e)
+            log.warning(
+                "W&B %s failed (%s: %s); the trial goes on, the run folder has everything",
+                method.__name__,
+                type(e).__name__,
+                e,
+            )
             return None
 
     return wrapper
@@ -127,10 +131,14 @@ class Tracker:
         import pandas as pd
         import wandb
 
-        clean = pd.DataFrame({
-            c: df[c] if pd.api.types.is_numeric_dtype(df[c]) else df[c].astype(str).where(df[c].notna(), "")
-            for c in df.columns
-        })
+        clean = pd.DataFrame(
+            {
+                c: df[c]
+                if pd.api.types.is_numeric_dtype(df[c])
+                else df[c].astype(str).where(df[c].notna(), "")
+                for c in df.columns
+            }
+        )
         self.run.log({name: wandb.Table(dataframe=clean)})
 
     @_safe
@@ -150,7 +158,9 @@ class Tracker:
     def log_result(self, run_dir: Path, metrics: dict) -> None:
         """A finished trial: its two objectives, metrics.json as the summary, sample grids, embedding files."""
         run_dir = Path(run_dir)
-        self.log({"image_similarity": metrics["image_similarity"], "text_similarity": metrics["text_similarity"]})
+        self.log(
+            {"image_similarity": metrics["image_similarity"], "text_similarity": metrics["text_similarity"]}
+        )
         self.summary(metrics)
         self.log_images({p.stem: p for p in sorted((run_dir / "samples").glob("*.png"))})
         self.log_artifact(f"embeddings-{run_dir.name}", sorted(run_dir.glob("*embeds*.safetensors")))

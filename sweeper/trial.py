@@ -31,7 +31,9 @@ def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:
     try:
         return Path(str(cfg.run_dir))
     except Exception as err:  # ${hydra:runtime.output_dir} outside a Hydra job
-        raise ConfigError("run_dir: not inside a Hydra job; pass run_trial(cfg, run_dir=...) or set run_dir=") from err
+        raise ConfigError(
+            "run_dir: not inside a Hydra job; pass run_trial(cfg, run_dir=...) or set run_dir="
+        ) from err
 
 
 def _trial_number() -> int | None:
@@ -104,14 +106,25 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable) -> Callab
         if step % every and step != last:
             return
         ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
-        ev.update(num_samples=int(quick.num_samples), steps=int(quick.steps), references=False, bootstrap=1,
-                  progress=False)
+        ev.update(
+            num_samples=int(quick.num_samples),
+            steps=int(quick.steps),
+            references=False,
+            bootstrap=1,
+            progress=False,
+        )
         ev["prompts"] = resolve_prompts(ev["prompts"])[: int(quick.max_prompts)]
         ev.pop("quick", None)
         pipe = pipeline_from_components(trainer.comps)
-        metrics = evaluate_pipeline(pipe, str(cfg.inversion.placeholder), ev, trainer.images,
-                                    run_dir / "quick" / f"step_{step:06d}", model=str(cfg.model.pretrained),
-                                    device=trainer.comps.device)
+        metrics = evaluate_pipeline(
+            pipe,
+            str(cfg.inversion.placeholder),
+            ev,
+            trainer.images,
+            run_dir / "quick" / f"step_{step:06d}",
+            model=str(cfg.model.pretrained),
+            device=trainer.comps.device,
+        )
         report(step, (metrics["image_similarity"], metrics["text_similarity"]))
 
     return measure

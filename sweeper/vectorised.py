@@ -60,9 +60,12 @@ def compatibility_key(cfg: DictConfig) -> tuple:
     """Trials with equal keys can run vectorised together."""
     piv = cfg.inversion.get("pivotal")
     return (
-        str(cfg.model.pretrained), str(cfg.model.get("config")), str(cfg.inversion.precision),
+        str(cfg.model.pretrained),
+        str(cfg.model.get("config")),
+        str(cfg.inversion.precision),
         str(cfg.get("device", "auto")),
-        str(Path(str(cfg.data.images)).expanduser().resolve()), str(cfg.data.property),
+        str(Path(str(cfg.data.images)).expanduser().resolve()),
+        str(cfg.data.property),
         bool(piv is not None and piv.get("enabled")),
     )
 
@@ -76,7 +79,7 @@ def group_compatible(cfgs: list[DictConfig], max_group: int | None = None) -> li
     out = []
     for members in groups.values():
         size = max_group or len(members)
-        out.extend(members[j:j + size] for j in range(0, len(members), size))
+        out.extend(members[j : j + size] for j in range(0, len(members), size))
     return out
 
 
@@ -95,7 +98,9 @@ class VectorisedTrainer:
             raise IncompatibleTrials("no trials given")
         keys = {compatibility_key(c) for c in cfgs}
         if len(keys) > 1:
-            raise IncompatibleTrials(f"trials differ in model/precision/device/data.images/data.property: {sorted(keys)}")
+            raise IncompatibleTrials(
+                f"trials differ in model/precision/device/data.images/data.property: {sorted(keys)}"
+            )
         if next(iter(keys))[-1]:
             raise IncompatibleTrials("inversion.pivotal.enabled trials fine-tune the UNet: run them alone")
         names = [str(c.inversion.placeholder) for c in cfgs]
@@ -125,11 +130,23 @@ class VectorisedTrainer:
             with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
                 hidden, added, ids = self.trainers[0].encode_prompts([p for d in draws for p in d["prompts"]])
                 noisy = torch.cat([d["noisy"] for d in draws]).to(unet.dtype)
-                pred = self.trainers[0].unet(noisy, torch.cat([d["t"] for d in draws]), hidden.to(unet.dtype),
-                                             added_cond_kwargs=added).sample
+                pred = (
+                    self.trainers[0]
+                    .unet(
+                        noisy,
+                        torch.cat([d["t"] for d in draws]),
+                        hidden.to(unet.dtype),
+                        added_cond_kwargs=added,
+                    )
+                    .sample
+                )
             objective, start = 0.0, 0
             for i, d in zip(now, draws):
-                t, inv, sl = self.trainers[i], self.trainers[i].cfg.inversion, slice(start, start + len(d["t"]))
+                t, inv, sl = (
+                    self.trainers[i],
+                    self.trainers[i].cfg.inversion,
+                    slice(start, start + len(d["t"])),
+                )
                 start = sl.stop
                 m = ms[active.index(i)]
                 loss = F.mse_loss(pred[sl].float(), d["target"].float())
@@ -160,11 +177,17 @@ def invert_vectorised(
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"{len(cfgs)} configs but {len(run_dirs)} run folders")
     run_dirs = [Path(r) for r in run_dirs]
-    images = [data.select_images(data.list_images(c.data.images), c.data.n_images, int(c.data.subset_seed))
-              for c in cfgs]
+    images = [
+        data.select_images(data.list_images(c.data.images), c.data.n_images, int(c.data.subset_seed))
+        for c in cfgs
+    ]
     first = cfgs[0]
-    comps = components or load_components(first.model.pretrained, first.inversion.precision,
-                                          first.get("device", "auto"), config=first.model.get("config"))
+    comps = components or load_components(
+        first.model.pretrained,
+        first.inversion.precision,
+        first.get("device", "auto"),
+        config=first.model.get("config"),
+    )
     vt = VectorisedTrainer(cfgs, comps, images)
     n = len(cfgs)
     steps = [int(c.inversion.steps) for c in cfgs]
@@ -175,23 +198,37 @@ def invert_vectorised(
         if ckpt is not None:
             state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
             if state["fingerprint"] != fps[i]:
-                raise ResumeError(f"{ckpt}: checkpoint was made with a different config; "
-                                  f"use a new run folder or delete {run_dir / CHECKPOINTS}")
+                raise ResumeError(
+                    f"{ckpt}: checkpoint was made with a different config; "
+                    f"use a new run folder or delete {run_dir / CHECKPOINTS}"
+                )
             t.load_state_dict(state)
-            starts[i], windows[i], resumed[i] = int(state["step"]), list(state["loss_window"]), int(state["step"])
+            starts[i], windows[i], resumed[i] = (
+                int(state["step"]),
+                list(state["loss_window"]),
+                int(state["step"]),
+            )
         rows.append(read_history(run_dir, starts[i]))
     log.info("vectorised: %d trials, steps %s", n, steps)
     on_logs, reports = on_logs or [None] * n, reports or [None] * n
     errors: list[Exception | None] = [None] * n
     bad = [0] * n  # consecutive non-finite losses per trial
 
-    bar = tqdm(range(min(starts), max(steps)), initial=min(starts), total=max(steps), desc=f"inversion x{n}",
-               dynamic_ncols=True, mininterval=1)
+    bar = tqdm(
+        range(min(starts), max(steps)),
+        initial=min(starts),
+        total=max(steps),
+        desc=f"inversion x{n}",
+        dynamic_ncols=True,
+        mininterval=1,
+    )
     for step in bar:
         active = [i for i in range(n) if errors[i] is None and starts[i] <= step < steps[i]]
         if not active:
             continue
-        ms = [tokens.active_count(step, vt.trainers[i].k, cfgs[i].inversion.progressive_every) for i in active]
+        ms = [
+            tokens.active_count(step, vt.trainers[i].k, cfgs[i].inversion.progressive_every) for i in active
+        ]
         outs = vt.step(active, ms)
         done = step + 1
         for i, m in zip(active, ms):
@@ -215,7 +252,9 @@ def invert_vectorised(
                         reports[i](done, t)
                 except Exception as err:  # noqa: BLE001 - pruned (optuna.TrialPruned) or failed: this trial only
                     errors[i] = err
-                    log.info("vectorised trial %d stopped at step %d: %s: %s", i, done, type(err).__name__, err)
+                    log.info(
+                        "vectorised trial %d stopped at step %d: %s: %s", i, done, type(err).__name__, err
+                    )
                     continue
             every = int(inv.checkpoint_every or 0)
             if every and (done % every == 0 or done == steps[i]):
@@ -231,11 +270,17 @@ def invert_vectorised(
         vectors = [s.vectors()[: t.k].cpu() for s in t.splices]
         per_image = None
         if t.image_tokens:
-            per_image = {tok: [s.vectors()[t.k + j: t.k + j + 1].cpu() for s in t.splices]
-                         for j, tok in enumerate(tokens.image_tokens(name, len(images[i])))}
-        meta = {"model": str(cfg.model.pretrained), "init_word": str(cfg.inversion.init_word),
-                "steps": str(steps[i]), "tokens": " ".join(tokens.placeholder_tokens(name, t.k)),
-                "vectorised": str(n)}
+            per_image = {
+                tok: [s.vectors()[t.k + j : t.k + j + 1].cpu() for s in t.splices]
+                for j, tok in enumerate(tokens.image_tokens(name, len(images[i])))
+            }
+        meta = {
+            "model": str(cfg.model.pretrained),
+            "init_word": str(cfg.inversion.init_word),
+            "steps": str(steps[i]),
+            "tokens": " ".join(tokens.placeholder_tokens(name, t.k)),
+            "vectorised": str(n),
+        }
         paths = save_learned_embeds(run_dirs[i], name, vectors, per_image, meta)
         results.append(InversionResult(t, name, vectors, per_image, paths, images[i], t.lr, resumed[i]))
     return results
@@ -289,9 +334,11 @@ def run_trials(
 
     try:
         results = invert_vectorised(
-            [cfgs[i] for i in ok], [run_dirs[i] for i in ok],
+            [cfgs[i] for i in ok],
+            [run_dirs[i] for i in ok],
             on_logs=[trackers[i].on_log for i in ok],
-            reports=[quick_evaluation(cfgs[i], run_dirs[i], reports[i]) if reports[i] else None for i in ok])
+            reports=[quick_evaluation(cfgs[i], run_dirs[i], reports[i]) if reports[i] else None for i in ok],
+        )
     except Exception as err:  # noqa: BLE001
         for i in ok:
             fail(i, err)
@@ -305,9 +352,15 @@ def run_trials(
         return out
     ev = check_evaluation(cfgs[ok[0]].evaluation)
     device = resolve_device(cfgs[ok[0]].get("device"))
-    precision = ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    pipe = load_pipeline(str(cfgs[ok[0]].model.pretrained), precision, str(device),  # once for the group
-                         config=cfgs[ok[0]].model.get("config"))
+    precision = (
+        ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    )
+    pipe = load_pipeline(
+        str(cfgs[ok[0]].model.pretrained),
+        precision,
+        str(device),  # once for the group
+        config=cfgs[ok[0]].model.get("config"),
+    )
     for i in ok:
         result = inverted[i]
         try:
@@ -317,15 +370,30 @@ def run_trials(
             token = load_into_pipeline(pipe, loaded)
             try:
                 metrics = evaluate_pipeline(
-                    pipe, token, ev_i, result.training_images, run_dirs[i], model=str(cfgs[i].model.pretrained),
-                    extra={"embedding": str(run_dirs[i]), "num_vectors": loaded.num_vectors,
-                           "vectorised_group": len(results)}, device=device)
+                    pipe,
+                    token,
+                    ev_i,
+                    result.training_images,
+                    run_dirs[i],
+                    model=str(cfgs[i].model.pretrained),
+                    extra={
+                        "embedding": str(run_dirs[i]),
+                        "num_vectors": loaded.num_vectors,
+                        "vectorised_group": len(results),
+                    },
+                    device=device,
+                )
             finally:
-                for tok, enc in ((pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None),
-                                                                       getattr(pipe, "text_encoder_2", None))):
+                for tok, enc in (
+                    (pipe.tokenizer, pipe.text_encoder),
+                    (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)),
+                ):
                     if tok is not None:
                         pipe.unload_textual_inversion(
-                            tokens.placeholder_tokens(token, loaded.num_vectors), tokenizer=tok, text_encoder=enc)
+                            tokens.placeholder_tokens(token, loaded.num_vectors),
+                            tokenizer=tok,
+                            text_encoder=enc,
+                        )
             out[i] = (metrics["image_similarity"], metrics["text_similarity"])
             trackers[i].log_result(run_dirs[i], metrics)
             record.finish_run(run_dirs[i])

@@ -21,17 +21,29 @@ from pathlib import Path
 
 import torch
 
-RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-          ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
-UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-            "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-            "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+RESNET = [
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
+]
+UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+}
 
 
 def _resnet(rest: str) -> str:
     for hf, sd in RESNET:
         if rest.startswith(hf + "."):
-            return sd + rest[len(hf):]
+            return sd + rest[len(hf) :]
     raise KeyError(rest)
 
 
@@ -88,7 +100,7 @@ def vae_key(key: str, config: dict) -> str:
             return f"{coder}.mid.block_{j + 1}.{rest.replace('conv_shortcut', 'nin_shortcut')}"
         for hf, sd in VAE_ATTN:
             if rest.startswith(hf + "."):
-                return f"{coder}.mid.attn_1.{sd}{rest[len(hf):]}"
+                return f"{coder}.mid.attn_1.{sd}{rest[len(hf) :]}"
     b, kind, j, rest = int(parts[2]), parts[3], int(parts[4]), ".".join(parts[5:])
     level = b if parts[1] == "down_blocks" else n_up - 1 - b  # LDM numbers decoder levels bottom-up
     updown = "down" if parts[1] == "down_blocks" else "up"
@@ -109,19 +121,29 @@ def hf_clip(state: dict, prefix: str) -> dict:
     return {prefix + "text_model." + k.removeprefix("text_model."): v for k, v in state.items()}
 
 
-OPEN_CLIP = [("text_model.encoder.layers.", "transformer.resblocks."), ("layer_norm1", "ln_1"),
-             ("layer_norm2", "ln_2"), (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj."),
-             (".self_attn.out_proj.", ".attn.out_proj.")]
-OPEN_CLIP_TOP = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-                 "text_model.embeddings.position_embedding.weight": "positional_embedding",
-                 "text_model.final_layer_norm.weight": "ln_final.weight",
-                 "text_model.final_layer_norm.bias": "ln_final.bias"}
+OPEN_CLIP = [
+    ("text_model.encoder.layers.", "transformer.resblocks."),
+    ("layer_norm1", "ln_1"),
+    ("layer_norm2", "ln_2"),
+    (".mlp.fc1.", ".mlp.c_fc."),
+    (".mlp.fc2.", ".mlp.c_proj."),
+    (".self_attn.out_proj.", ".attn.out_proj."),
+]
+OPEN_CLIP_TOP = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+}
 
 
 def open_clip(state: dict, prefix: str) -> dict:
     """HF CLIP text model -> OpenCLIP text tower layout (fused q/k/v, transposed projection)."""
     out = {}
-    state = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in state.items()}
+    state = {
+        k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
+        for k, v in state.items()
+    }
     for k, v in state.items():
         if k in OPEN_CLIP_TOP:
             out[prefix + OPEN_CLIP_TOP[k]] = v
@@ -191,9 +213,15 @@ def _sd_vae(seed: int, sample_size: int):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 32, 32), layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=4, sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=4,
+        sample_size=sample_size,
     )
 
 
@@ -210,18 +238,38 @@ def build_sd15_shaped(out: str | Path, seed: int = 0, sd2: bool = False) -> Path
     text_encoder = _text_encoder(len(tokenizer), width, None, seed)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 32, 32),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(8, 16, 32, 32),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        attention_head_dim=(2, 2, 4, 4) if sd2 else 2, norm_num_groups=4, cross_attention_dim=width,
+        attention_head_dim=(2, 2, 4, 4) if sd2 else 2,
+        norm_num_groups=4,
+        cross_attention_dim=width,
         use_linear_projection=sd2,
     )
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1,
-                              prediction_type="v_prediction" if sd2 else "epsilon")
-    pipe = StableDiffusionPipeline(vae=_sd_vae(seed + 2, 64), text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction" if sd2 else "epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_sd_vae(seed + 2, 64),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(out)
     return Path(out)
 
@@ -239,17 +287,38 @@ def build_sdxl_shaped(out: str | Path, seed: int = 0) -> Path:
     text_encoder_2 = _text_encoder(len(tokenizer), 48, 48, seed + 3)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 32),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(8, 16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(2, 2, 4), norm_num_groups=4,
-        use_linear_projection=True, cross_attention_dim=32 + 48, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=48 + 6 * 8,
+        transformer_layers_per_block=(1, 2, 2),
+        attention_head_dim=(2, 2, 4),
+        norm_num_groups=4,
+        use_linear_projection=True,
+        cross_attention_dim=32 + 48,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=48 + 6 * 8,
     )
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=_sd_vae(seed + 2, 64), text_encoder=text_encoder,
-                                     text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=build_tokenizer(),
-                                     unet=unet, scheduler=scheduler)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_sd_vae(seed + 2, 64),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=build_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
     pipe.save_pretrained(out)
     return Path(out)

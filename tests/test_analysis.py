@@ -59,15 +59,23 @@ def _nest(flat: dict) -> dict:
 def base_config(concept: str) -> dict:
     d = _project_defaults()
     flat = {
-        "model.pretrained": ".cache/tiny-sd", "data.images": f"/data/concepts/{concept}",
-        "data.n_images": d["data.n_images"], "data.property": "object", "inversion.lr": d["inversion.lr"],
-        "inversion.scale_lr": True, "inversion.batch_size": 4, "inversion.grad_accum": 1,
+        "model.pretrained": ".cache/tiny-sd",
+        "data.images": f"/data/concepts/{concept}",
+        "data.n_images": d["data.n_images"],
+        "data.property": "object",
+        "inversion.lr": d["inversion.lr"],
+        "inversion.scale_lr": True,
+        "inversion.batch_size": 4,
+        "inversion.grad_accum": 1,
         "inversion.num_vectors": d["inversion.num_vectors"],
         "inversion.per_image_tokens": d["inversion.per_image_tokens"],
         "inversion.reg_weight": d["inversion.reg_weight"],
         "inversion.progressive_every": d["inversion.progressive_every"],
-        "inversion.pivotal.enabled": d["inversion.pivotal.enabled"], "inversion.steps": 100,
-        "inversion.seed": 0, "evaluation.num_samples": 8, "tracking.mode": "offline",
+        "inversion.pivotal.enabled": d["inversion.pivotal.enabled"],
+        "inversion.steps": 100,
+        "inversion.seed": 0,
+        "evaluation.num_samples": 8,
+        "tracking.mode": "offline",
     }
     return flat
 
@@ -78,7 +86,9 @@ def _grid_png(path: Path, seed: int, size: int = 96) -> None:
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
 
 
-def write_run(run_dir: Path, concept: str, overrides: dict, x, y, dist: float, status: str, seed: int) -> dict:
+def write_run(
+    run_dir: Path, concept: str, overrides: dict, x, y, dist: float, status: str, seed: int
+) -> dict:
     """One run folder per the contract; returns the flat config written."""
     cfg = base_config(concept) | overrides
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,21 +106,36 @@ def write_run(run_dir: Path, concept: str, overrides: dict, x, y, dist: float, s
     n_rows = 6 if status == "running" else len(steps)
     pd.DataFrame(hist).iloc[:n_rows].to_csv(run_dir / "history.csv", index=False)
     finished = None if status == "running" else "2024-05-01T10:05:00"
-    st = {"status": status, "error": ERROR if status == "failed" else None,
-          "traceback": "Traceback (most recent call last):\n  ...\n" + ERROR if status == "failed" else None,
-          "started_at": "2024-05-01T10:00:00", "finished_at": finished,
-          "wall_time_s": None if status == "running" else 300.0 + seed, "trial_number": seed}
+    st = {
+        "status": status,
+        "error": ERROR if status == "failed" else None,
+        "traceback": "Traceback (most recent call last):\n  ...\n" + ERROR if status == "failed" else None,
+        "started_at": "2024-05-01T10:00:00",
+        "finished_at": finished,
+        "wall_time_s": None if status == "running" else 300.0 + seed,
+        "trial_number": seed,
+    }
     (run_dir / "status.json").write_text(json.dumps(st))
     if status == "completed":
         (img_ref, prm_ref) = REFS[concept]
-        m = {"image_similarity": x, "text_similarity": y, "text_similarity_mean_embedding": y,
-             "text_similarity_per_image": y - 0.01, "text_variant": "mean_embedding",
-             "image_similarity_ci": [x - 0.01, x + 0.02], "text_similarity_ci": [y - 0.005, y + 0.004],
-             "per_prompt": {"a photo of {} on the moon": {"mean_embedding": y, "per_image": y - 0.01}},
-             "references": {"image_only": {"image_similarity": img_ref[0], "text_similarity": img_ref[1]},
-                            "prompt_only": {"image_similarity": prm_ref[0], "text_similarity": prm_ref[1]}},
-             "judge": "openai/clip-vit-base-patch32", "protocol": {"steps": 50, "guidance": 5.0},
-             "seeds": {"sampling": 0}, "num_samples": 8}
+        m = {
+            "image_similarity": x,
+            "text_similarity": y,
+            "text_similarity_mean_embedding": y,
+            "text_similarity_per_image": y - 0.01,
+            "text_variant": "mean_embedding",
+            "image_similarity_ci": [x - 0.01, x + 0.02],
+            "text_similarity_ci": [y - 0.005, y + 0.004],
+            "per_prompt": {"a photo of {} on the moon": {"mean_embedding": y, "per_image": y - 0.01}},
+            "references": {
+                "image_only": {"image_similarity": img_ref[0], "text_similarity": img_ref[1]},
+                "prompt_only": {"image_similarity": prm_ref[0], "text_similarity": prm_ref[1]},
+            },
+            "judge": "openai/clip-vit-base-patch32",
+            "protocol": {"steps": 50, "guidance": 5.0},
+            "seeds": {"sampling": 0},
+            "num_samples": 8,
+        }
         (run_dir / "metrics.json").write_text(json.dumps(m))
         _grid_png(run_dir / "samples" / "reconstruction.png", seed, size=900)  # big: gets downscaled
         _grid_png(run_dir / "samples" / "a-photo-of-on-the-moon.png", seed + 100)
@@ -145,6 +170,7 @@ def analysed(tmp_path_factory):
 
 # --- Pareto front ---------------------------------------------------------------------------------
 
+
 def brute_force_front(x, y) -> np.ndarray:
     pts = list(zip(x, y))
     out = []
@@ -152,8 +178,11 @@ def brute_force_front(x, y) -> np.ndarray:
         if not (np.isfinite(a) and np.isfinite(b)):
             out.append(False)
             continue
-        dominated = any(c >= a and d >= b and (c > a or d > b) for j, (c, d) in enumerate(pts)
-                        if j != i and np.isfinite(c) and np.isfinite(d))
+        dominated = any(
+            c >= a and d >= b and (c > a or d > b)
+            for j, (c, d) in enumerate(pts)
+            if j != i and np.isfinite(c) and np.isfinite(d)
+        )
         out.append(not dominated)
     return np.array(out)
 
@@ -186,6 +215,7 @@ def test_pareto_front_matches_brute_force_with_many_ties():
 
 # --- families and discovery -----------------------------------------------------------------------
 
+
 def test_family_names():
     d = FAMILY_DEFAULTS
     base = {k: v for k, v in d.items()}
@@ -197,8 +227,10 @@ def test_family_names():
     assert family(base | {"inversion.reg_weight": 0.01}, d) == "reg=0.01"
     assert family(base | {"inversion.pivotal.enabled": True}, d) == "pivotal"
     assert family(base | {"data.n_images": 5}, d) == "n=5 images"
-    assert family(base | {"inversion.num_vectors": 3, "inversion.progressive_every": 2000}, d) == \
-        "3 vectors, progressive"
+    assert (
+        family(base | {"inversion.num_vectors": 3, "inversion.progressive_every": 2000}, d)
+        == "3 vectors, progressive"
+    )
     assert family(base | {"inversion.lr": 2e-2, "data.n_images": 5}, d) == "lr=2e-2, n=5 images"
 
 
@@ -218,6 +250,7 @@ def test_find_runs_skips_hydra_copies_and_nested_folders(store, tmp_path):
 
 # --- runs.csv matches the store -------------------------------------------------------------------
 
+
 def test_runs_csv_matches_store(analysed):
     store, _, out = analysed
     csv = pd.read_csv(out / "runs.csv")
@@ -236,8 +269,13 @@ def test_runs_csv_matches_store(analysed):
             assert r["text_similarity_ci_high"] == pytest.approx(y + 0.004)
             assert r["text_similarity_per_image"] == pytest.approx(y - 0.01)
             assert r["ref.image_only.image_similarity"] == pytest.approx(REFS[concept][0][0])
-            assert r["final_dist_l2"] == pytest.approx(dist * 1.0 * np.mean([1 + 0.01 * j for j in range(
-                (base_config(concept) | over)["inversion.num_vectors"])]))
+            assert r["final_dist_l2"] == pytest.approx(
+                dist
+                * 1.0
+                * np.mean(
+                    [1 + 0.01 * j for j in range((base_config(concept) | over)["inversion.num_vectors"])]
+                )
+            )
             assert r["wall_time_s"] == pytest.approx(300.0 + i)
             assert r["last_step"] == 100
         else:
@@ -246,16 +284,25 @@ def test_runs_csv_matches_store(analysed):
             assert r["error"] == ERROR
         if status == "running":
             assert r["last_step"] == 50 and pd.isna(r["wall_time_s"])
-    for name in ("tradeoff.png", "tradeoff.svg", "objectives_vs_distance.png", "objectives_vs_distance.svg",
-                 "objectives_vs_dataset_size.png", "curves.png", "report.html"):
+    for name in (
+        "tradeoff.png",
+        "tradeoff.svg",
+        "objectives_vs_distance.png",
+        "objectives_vs_distance.svg",
+        "objectives_vs_dataset_size.png",
+        "curves.png",
+        "report.html",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert not list(out.rglob(".*.tmp")), "temporary files left behind"
     html = (out / "report.html").read_text()
     assert html.count('<tr class="run ') == len(SPECS)
-    assert ERROR in html and "src=\"http" not in html
+    assert ERROR in html and 'src="http' not in html
     # every completed run's sample grids are embedded; the 900 px grid as a downscaled JPEG
     n_done = sum(s[7] == "completed" for s in SPECS)
-    assert html.count('<img alt="reconstruction"') == html.count('<img alt="a-photo-of-on-the-moon"') == n_done
+    assert (
+        html.count('<img alt="reconstruction"') == html.count('<img alt="a-photo-of-on-the-moon"') == n_done
+    )
     assert html.count('alt="reconstruction" title="reconstruction" src="data:image/jpeg;base64,') == n_done
 
 
@@ -267,6 +314,7 @@ def test_unreadable_file_is_reported_not_fatal(store):
 
 
 # --- the plots ------------------------------------------------------------------------------------
+
 
 def test_tradeoff_plot_one_point_per_completed_run(analysed):
     _, res, out = analysed
@@ -307,8 +355,11 @@ def test_distance_and_dataset_size_plots(analysed):
     cat = [s for s in SPECS if s[2] == "cat_toy" and s[7] == "completed"]
     from scipy.stats import spearmanr
 
-    dists = [s[6] * np.mean([1 + 0.01 * j for j in range((base_config("cat_toy") | s[3])["inversion.num_vectors"])])
-             for s in cat]
+    dists = [
+        s[6]
+        * np.mean([1 + 0.01 * j for j in range((base_config("cat_toy") | s[3])["inversion.num_vectors"])])
+        for s in cat
+    ]
     assert rho["text_similarity"]["cat_toy"]["rho"] == pytest.approx(spearmanr(dists, [s[5] for s in cat])[0])
     assert rho["text_similarity"]["cat_toy"]["rho"] == pytest.approx(-1.0)
     assert rho["image_similarity"]["teapot"]["n"] == 4
@@ -340,17 +391,34 @@ def test_partial_sweep_and_bad_input(tmp_path, capsys):
 
 
 def test_cli_subprocess_does_not_import_torch(store, tmp_path):
-    code = ("import sys; from analysis.__main__ import main; rc = main(sys.argv[1:]);"
-            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'; sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, str(store["sweepB"]), "--out", str(tmp_path / "o")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from analysis.__main__ import main; rc = main(sys.argv[1:]);"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(store["sweepB"]), "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "analysis", str(store["sweepB"]), "--out", str(tmp_path / "o2")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "analysis", str(store["sweepB"]), "--out", str(tmp_path / "o2")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "4 runs" in r.stdout and (tmp_path / "o2" / "report.html").exists()
-    r = subprocess.run([sys.executable, "-m", "analysis", str(store["sweepA"]), "--out", str(tmp_path / "o3")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "analysis", str(store["sweepA"]), "--out", str(tmp_path / "o3")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and f"failed: {store['sweepA']}/6: {ERROR}" in r.stdout, r.stdout + r.stderr
 
 
@@ -363,17 +431,36 @@ def test_search_families_are_coarsened_for_the_plot(tmp_path):
     d = base_config("cat_toy")
     rows = []
     for i in range(30):
-        cfg = d | {"inversion.lr": float(10 ** rng.uniform(-4, -2)), "inversion.num_vectors": 1 + i % 3,
-                   "data.n_images": 1 + i % 5, "inversion.per_image_tokens": i % 2 == 0}
-        rows.append(cfg | {"family": family(cfg), "run": f"s/{i}", "sweep": "s", "concept": "cat_toy",
-                           "status": "completed", "image_similarity": rng.uniform(0.6, 0.9),
-                           "text_similarity": rng.uniform(0.15, 0.3)})
+        cfg = d | {
+            "inversion.lr": float(10 ** rng.uniform(-4, -2)),
+            "inversion.num_vectors": 1 + i % 3,
+            "data.n_images": 1 + i % 5,
+            "inversion.per_image_tokens": i % 2 == 0,
+        }
+        rows.append(
+            cfg
+            | {
+                "family": family(cfg),
+                "run": f"s/{i}",
+                "sweep": "s",
+                "concept": "cat_toy",
+                "status": "completed",
+                "image_similarity": rng.uniform(0.6, 0.9),
+                "text_similarity": rng.uniform(0.15, 0.3),
+            }
+        )
     df = pd.DataFrame(rows)
     assert df["family"].nunique() == 30
     fams = plot_families(df)
     assert fams.nunique() <= 10
-    assert set(fams) == {"1 vector", "2 vectors", "3 vectors", "per-image tokens",
-                         "2 vectors, per-image tokens", "3 vectors, per-image tokens"}
+    assert set(fams) == {
+        "1 vector",
+        "2 vectors",
+        "3 vectors",
+        "per-image tokens",
+        "2 vectors, per-image tokens",
+        "3 vectors, per-image tokens",
+    }
     assert plot_families(df.iloc[:3]).tolist() == df["family"].iloc[:3].tolist()  # few runs: full names
     fig, data = tradeoff_plot(df)
     assert data["coarsened"] and len(data["styles"]) == 6

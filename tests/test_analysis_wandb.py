@@ -52,7 +52,9 @@ def test_summary_run_logged_offline_when_tracking_on(tmp_path, monkeypatch, capl
             break
         time.sleep(0.5)
     assert b"runs_completed" in data and b"fig10" in data, data[:200]
-    assert not [r for r in caplog.records if "W&B" in r.getMessage()], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if "W&B" in r.getMessage()], [
+        r.getMessage() for r in caplog.records
+    ]
     # analysing again: the summary run's own folder is not mistaken for a run
     assert main([str(sweep), "--no-wandb"]) == 0
     assert len(pd.read_csv(out / "runs.csv")) == 3

@@ -24,7 +24,9 @@ def test_reference_learns_only_placeholder_rows(comps):
     losses = [ref.step() for _ in range(3)]
     after = ref.text_encoder.get_input_embeddings().weight.detach()
     changed = (before != after).any(dim=1).nonzero().flatten().tolist()
-    assert changed == ref.placeholder_ids and len(changed) == 2  # weight decay hit every row; all but these restored
+    assert (
+        changed == ref.placeholder_ids and len(changed) == 2
+    )  # weight decay hit every row; all but these restored
     assert all(torch.isfinite(torch.tensor(losses)))
     assert ref.learned.shape == (2, 32)
     # the shared components are untouched: the reference works on its own tokenizer and text encoder
@@ -41,7 +43,9 @@ def test_reference_reads_files_like_the_example(comps, tmp_path):
     ref = ReferenceLoop(comps, paths, batch_size=2)
     for i, p in enumerate(paths):
         torch.testing.assert_close(ref._load(i, False), load_image(p, comps.resolution), atol=1e-6, rtol=0)
-        torch.testing.assert_close(ref._load(i, True), load_image(p, comps.resolution).flip(-1), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            ref._load(i, True), load_image(p, comps.resolution).flip(-1), atol=1e-6, rtol=0
+        )
     assert torch.isfinite(torch.tensor(ref.step()))
 
 
@@ -71,14 +75,20 @@ def test_sparse_rows_match_whole_matrix_without_weight_decay_difference(comps):
 
 def test_harness_interleaves_and_measures():
     calls = []
-    times = harness.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                torch.device("cpu"), repeats=3, warmup=1)
+    times = harness.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        torch.device("cpu"),
+        repeats=3,
+        warmup=1,
+    )
     assert calls == ["a", "b"] * 4 and len(times["a"]) == len(times["b"]) == 3
     with pytest.raises(ValueError, match="repeats"):
         harness.interleaved({"a": lambda: None}, torch.device("cpu"), repeats=0)
     x, y = torch.randn(8, 16), torch.randn(16, 4)
     assert harness.count_flops(lambda: x @ y) == 2 * 8 * 16 * 4
-    mem = harness.peak_memory(lambda: torch.ones(64 * 2**20).sum(), torch.device("cpu"))  # 256 MiB, freed again
+    mem = harness.peak_memory(
+        lambda: torch.ones(64 * 2**20).sum(), torch.device("cpu")
+    )  # 256 MiB, freed again
     assert mem["delta_gib"] > 0.2 and mem["peak_gib"] >= mem["delta_gib"]
     assert harness.device_name(torch.device("cpu")).startswith("CPU")
 
@@ -90,7 +100,10 @@ def test_sd15_profile_has_sd15_shapes():
     assert len(tok) == CLIP_VOCAB and tok.eos_token_id == CLIP_VOCAB - 1
     p = PROFILES["sd15"]
     with torch.device("meta"):  # shapes only, no memory: parameter counts of the released SD 1.5 modules
-        counts = [sum(t.numel() for t in m.parameters()) for m in (build_unet(p), build_vae(p), build_text_encoder(p, CLIP_VOCAB))]
+        counts = [
+            sum(t.numel() for t in m.parameters())
+            for m in (build_unet(p), build_vae(p), build_text_encoder(p, CLIP_VOCAB))
+        ]
     assert counts == [859_520_964, 83_653_863, 123_060_480]
     assert p.latent_size == 64
 
@@ -108,20 +121,55 @@ def test_python_m_bench_writes_report(tmp_path, capsys):
     from bench.run import main
 
     md, js = tmp_path / "BENCHMARKS.md", tmp_path / "latest.json"
-    summary = main(["--profile", "tiny", "--sections", "sdxl_memory,trainer,techniques,sampling,vectorised", "--steps", "1", "--repeats", "2", "--trials", "2", "--samples", "2",
-                    "--bootstrap", "5", "--out", str(md), "--json", str(js)])
+    summary = main(
+        [
+            "--profile",
+            "tiny",
+            "--sections",
+            "sdxl_memory,trainer,techniques,sampling,vectorised",
+            "--steps",
+            "1",
+            "--repeats",
+            "2",
+            "--trials",
+            "2",
+            "--samples",
+            "2",
+            "--bootstrap",
+            "5",
+            "--out",
+            str(md),
+            "--json",
+            str(js),
+        ]
+    )
     saved = json.loads(js.read_text())
-    for key in ("device", "trainer_speedup", "trial_vectorised_speedup", "peak_memory_gib", "sampling_time_ratio"):
+    for key in (
+        "device",
+        "trainer_speedup",
+        "trial_vectorised_speedup",
+        "peak_memory_gib",
+        "sampling_time_ratio",
+    ):
         assert saved[key] is not None and saved[key] == summary[key], key
-    assert saved["trainer_speedup"] > 0 and saved["trial_vectorised_speedup"] > 0 and saved["peak_memory_gib"] > 0
+    assert (
+        saved["trainer_speedup"] > 0
+        and saved["trial_vectorised_speedup"] > 0
+        and saved["peak_memory_gib"] > 0
+    )
     tr = saved["results"]["trainer"]
     assert tr["speedup"] == pytest.approx(tr["reference"]["step_s"] / tr["trainer"]["step_s"])
     assert tr["reference"]["flops_per_step"] > tr["trainer"]["flops_per_step"] > 0  # the VAE encode is gone
     sa = saved["results"]["sampling"]
     assert sa["paper_protocol"]["sampler"] == "ddim" and sa["fast_protocol"]["sampler"] == "dpmsolver++"
     cases = sa["techniques"]["cases"]
-    assert set(cases) == {"ours", "small batches (4)", "guidance two passes", "text per batch (batch 4)",
-                          "diffusers pipe() (batch 4)"}
+    assert set(cases) == {
+        "ours",
+        "small batches (4)",
+        "guidance two passes",
+        "text per batch (batch 4)",
+        "diffusers pipe() (batch 4)",
+    }
     assert cases["ours"]["baseline"] is None and all(c["images_per_s"] > 0 for c in cases.values())
     two = cases["guidance two passes"]
     assert two["technique_speedup"] == pytest.approx(cases["ours"]["images_per_s"] / two["images_per_s"])

@@ -30,20 +30,55 @@ def corrupt_folder(root: Path) -> Path:
 # (id, overrides (with {model}, {images}, {tmp} filled in), setup(tmp) -> images folder or None, expected message)
 CASES = [
     ("missing-folder", ["data.images={tmp}/nowhere"], None, r"data.images=.*nowhere: no such folder"),
-    ("empty-folder", [], lambda t: (t / "empty").mkdir() or t / "empty", r"data.images=.*empty: no images.*it is empty"),
+    (
+        "empty-folder",
+        [],
+        lambda t: (t / "empty").mkdir() or t / "empty",
+        r"data.images=.*empty: no images.*it is empty",
+    ),
     ("corrupt-files", [], corrupt_folder, r"2 file\(s\) are corrupt or not images: .*broken.png.*notes.jpg"),
     ("too-few-images", ["data.n_images=10"], None, r"data.n_images=10: only 4 image\(s\)"),
-    ("placeholder-in-vocab", ["inversion.placeholder=dog"], None, r"token 'dog' is already in the tokenizer's vocabulary"),
-    ("unknown-init-word", ["inversion.init_word='\u00e9\u00e9'"], None, r"inversion.init_word='\u00e9\u00e9' is unknown"),
-    ("multi-token-init-word", ["inversion.init_word=zzqx"], None, r"tokenizes to 4 tokens \['z', 'z', 'q', 'x</w>'\]"),
+    (
+        "placeholder-in-vocab",
+        ["inversion.placeholder=dog"],
+        None,
+        r"token 'dog' is already in the tokenizer's vocabulary",
+    ),
+    (
+        "unknown-init-word",
+        ["inversion.init_word='\u00e9\u00e9'"],
+        None,
+        r"inversion.init_word='\u00e9\u00e9' is unknown",
+    ),
+    (
+        "multi-token-init-word",
+        ["inversion.init_word=zzqx"],
+        None,
+        r"tokenizes to 4 tokens \['z', 'z', 'q', 'x</w>'\]",
+    ),
     ("no-init-word", ["inversion.init_word=null"], None, r"inversion.init_word is not set"),
     ("k-below-1", ["inversion.num_vectors=0"], None, r"inversion.num_vectors=0: need k >= 1"),
     ("lr-not-positive", ["inversion.lr=0"], None, r"inversion.lr=0: the learning rate must be > 0"),
     ("steps-below-1", ["inversion.steps=0"], None, r"inversion.steps=0: need at least 1 step"),
-    ("batch-below-1", ["inversion.batch_size=0"], None, r"inversion.batch_size=0: need a batch of at least 1"),
+    (
+        "batch-below-1",
+        ["inversion.batch_size=0"],
+        None,
+        r"inversion.batch_size=0: need a batch of at least 1",
+    ),
     ("compile-not-bool", ["inversion.compile=yes"], None, r"inversion.compile='yes': must be true or false"),
-    ("compile-on-cpu", ["inversion.compile=true"], None, r"inversion.compile=true on cpu: torch.compile's CPU backward"),
-    ("model-missing", ["model.pretrained={tmp}/no-model"], None, r"model.pretrained=.*no-model: no such folder"),
+    (
+        "compile-on-cpu",
+        ["inversion.compile=true"],
+        None,
+        r"inversion.compile=true on cpu: torch.compile's CPU backward",
+    ),
+    (
+        "model-missing",
+        ["model.pretrained={tmp}/no-model"],
+        None,
+        r"model.pretrained=.*no-model: no such folder",
+    ),
     ("hub-unreachable", ["model.pretrained=nobody-here/no-such-model"], None, r"no network"),
 ]
 
@@ -55,8 +90,11 @@ def case_overrides(case, tiny_sd, tmp_path) -> list[str]:
     for item in extra:
         key, value = item.split("=", 1)
         base[key] = value.format(tmp=tmp_path)
-    return [f"{k}={v}" for k, v in base.items()] + ["inversion.steps=2" if "inversion.steps" not in base else "",
-                                                    "tracking=none", "device=cpu"]
+    return [f"{k}={v}" for k, v in base.items()] + [
+        "inversion.steps=2" if "inversion.steps" not in base else "",
+        "tracking=none",
+        "device=cpu",
+    ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -69,15 +107,28 @@ def test_check_config_refuses(case, tiny_sd, tmp_path, monkeypatch):
 
 def test_good_config_passes(tiny_sd, tiny_sdxl, concept_images):
     for model in (tiny_sd, tiny_sdxl):
-        check_config(compose_config(f"model.pretrained={model}", f"data.images={concept_images}",
-                                    "inversion.init_word=cat", "inversion.num_vectors=3", "inversion.per_image_tokens=true"))
+        check_config(
+            compose_config(
+                f"model.pretrained={model}",
+                f"data.images={concept_images}",
+                "inversion.init_word=cat",
+                "inversion.num_vectors=3",
+                "inversion.per_image_tokens=true",
+            )
+        )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_cli_refuses_before_any_work(case, tiny_sd, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "sweeper", *[o for o in case_overrides(case, tiny_sd, tmp_path) if o], f"hydra.run.dir={run}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        *[o for o in case_overrides(case, tiny_sd, tmp_path) if o],
+        f"hydra.run.dir={run}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "ConfigError" in proc.stderr and re.search(case[3], proc.stderr), proc.stderr[-2000:]
@@ -89,9 +140,19 @@ def test_cli_bad_input_keeps_an_existing_run_folder(tiny_sd, concept_images, tmp
     run = tmp_path / "run"
     run.mkdir()
     (run / "status.json").write_text('{"status": "completed"}')
-    cmd = [sys.executable, "-m", "sweeper", f"model.pretrained={tiny_sd}", f"data.images={concept_images}",
-           "inversion.init_word=cat", "inversion.lr=-1", "tracking=none", f"hydra.run.dir={run}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=120)
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        f"model.pretrained={tiny_sd}",
+        f"data.images={concept_images}",
+        "inversion.init_word=cat",
+        "inversion.lr=-1",
+        "tracking=none",
+        f"hydra.run.dir={run}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "inversion.lr=-1" in proc.stderr
     assert (run / "status.json").read_text() == '{"status": "completed"}'

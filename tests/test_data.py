@@ -206,7 +206,9 @@ def test_load_image_webp_matches_png(tmp_path):
     assert [p.suffix for p in list_images(tmp_path)] == [".png", ".webp"]
     assert torch.equal(load_image(tmp_path / "a.png", 20), load_image(tmp_path / "a.webp", 20))
     # at native resolution the pixels are exactly the file's
-    assert torch.allclose(load_image(tmp_path / "a.png", 20), torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1)
+    assert torch.allclose(
+        load_image(tmp_path / "a.png", 20), torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
+    )
 
 
 def test_load_image_bad_file(tmp_path):
@@ -240,7 +242,9 @@ def test_template_sets_are_the_official_ones():
     assert OBJECT_TEMPLATES[0] == "a photo of a {}" and STYLE_TEMPLATES[0] == "a painting in the style of {}"
     assert OBJECT_TEMPLATES_WITH_IMAGE_TOKEN[0] == "a photo of a {} with {}"
     assert all(t.count("{}") == 1 for t in OBJECT_TEMPLATES + STYLE_TEMPLATES)
-    assert all(t.count("{}") == 2 for t in OBJECT_TEMPLATES_WITH_IMAGE_TOKEN + STYLE_TEMPLATES_WITH_IMAGE_TOKEN)
+    assert all(
+        t.count("{}") == 2 for t in OBJECT_TEMPLATES_WITH_IMAGE_TOKEN + STYLE_TEMPLATES_WITH_IMAGE_TOKEN
+    )
     assert templates_for("object", False) is OBJECT_TEMPLATES
     assert templates_for("object", True) is OBJECT_TEMPLATES_WITH_IMAGE_TOKEN
     assert templates_for("style", False) is STYLE_TEMPLATES

@@ -47,8 +47,14 @@ def multi(token: str, k: int) -> list[str]:
 
 
 def generate(pipe, prompt: str):
-    out = pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images
+    out = pipe(
+        prompt,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.shape == (1, 32, 32, 3)
     assert torch.isfinite(torch.from_numpy(out)).all()
     return out
@@ -56,8 +62,9 @@ def generate(pipe, prompt: str):
 
 def prompt_embeds(pipe, prompt: str) -> torch.Tensor:
     with torch.no_grad():
-        return pipe.encode_prompt(prompt=prompt, device="cpu", num_images_per_prompt=1,
-                                  do_classifier_free_guidance=False)[0]
+        return pipe.encode_prompt(
+            prompt=prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+        )[0]
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -66,7 +73,9 @@ def test_diffusers_round_trip(tmp_path, sd_pipe, k):
     paths = save_learned_embeds(tmp_path, "<cat>", [vectors], metadata={"init_word": "cat"})
     assert set(paths) == {"diffusers", "a1111"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "learned_embeds.safetensors", "learned_embeds_a1111.safetensors"]  # no temporary files left
+        "learned_embeds.safetensors",
+        "learned_embeds_a1111.safetensors",
+    ]  # no temporary files left
     stored = load_file(paths["diffusers"])
     assert list(stored) == ["<cat>"] and torch.equal(stored["<cat>"], vectors)
 
@@ -74,13 +83,16 @@ def test_diffusers_round_trip(tmp_path, sd_pipe, k):
     sd_pipe.load_textual_inversion(paths["diffusers"])  # diffusers' own loader reads our file
     assert torch.equal(rows(sd_pipe.tokenizer, sd_pipe.text_encoder, multi("<cat>", k)), vectors)
     assert sd_pipe.maybe_convert_prompt("a photo of <cat>", sd_pipe.tokenizer) == "a photo of " + " ".join(
-        multi("<cat>", k))
+        multi("<cat>", k)
+    )
     with_token = prompt_embeds(sd_pipe, "a photo of <cat>")
     assert not torch.allclose(with_token, before)
     generate(sd_pipe, "a photo of <cat>")
 
     loaded = load_embedding_file(tmp_path)  # a run folder reads the same
-    assert loaded.placeholder == "<cat>" and loaded.num_vectors == k and torch.equal(loaded.vectors[0], vectors)
+    assert (
+        loaded.placeholder == "<cat>" and loaded.num_vectors == k and torch.equal(loaded.vectors[0], vectors)
+    )
 
 
 def test_a1111_safetensors_round_trip(tmp_path, sd_pipe):
@@ -103,8 +115,17 @@ def test_a1111_safetensors_round_trip(tmp_path, sd_pipe):
 def test_a1111_pt_round_trip(tmp_path, sd_pipe, as_parameter):
     vectors = torch.randn(2, SD_DIM)
     param = torch.nn.Parameter(vectors.clone()) if as_parameter else vectors.clone()
-    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": param}, "name": "charturner",
-                "step": 1500, "sd_checkpoint": "abc123", "sd_checkpoint_name": "sd15"}, tmp_path / "charturner.pt")
+    torch.save(
+        {
+            "string_to_token": {"*": 265},
+            "string_to_param": {"*": param},
+            "name": "charturner",
+            "step": 1500,
+            "sd_checkpoint": "abc123",
+            "sd_checkpoint_name": "sd15",
+        },
+        tmp_path / "charturner.pt",
+    )
     loaded = load_embedding_file(tmp_path / "charturner.pt")
     assert loaded.placeholder == "charturner" and torch.equal(loaded.vectors[0], vectors)
     assert load_into_pipeline(sd_pipe, tmp_path / "charturner.pt") == "charturner"
@@ -151,10 +172,12 @@ def test_sdxl_two_encoders_round_trip(tmp_path, sdxl_pipe):
 def test_sdxl_files_load_with_diffusers_own_loader(tmp_path, sdxl_pipe):
     clip_l, clip_g = torch.randn(1, SDXL_DIMS[0]), torch.randn(1, SDXL_DIMS[1])
     paths = save_learned_embeds(tmp_path, "<s>", [clip_l, clip_g])
-    sdxl_pipe.load_textual_inversion(paths["diffusers"], text_encoder=sdxl_pipe.text_encoder,
-                                     tokenizer=sdxl_pipe.tokenizer)
-    sdxl_pipe.load_textual_inversion(paths["diffusers_2"], text_encoder=sdxl_pipe.text_encoder_2,
-                                     tokenizer=sdxl_pipe.tokenizer_2)
+    sdxl_pipe.load_textual_inversion(
+        paths["diffusers"], text_encoder=sdxl_pipe.text_encoder, tokenizer=sdxl_pipe.tokenizer
+    )
+    sdxl_pipe.load_textual_inversion(
+        paths["diffusers_2"], text_encoder=sdxl_pipe.text_encoder_2, tokenizer=sdxl_pipe.tokenizer_2
+    )
     assert torch.equal(rows(sdxl_pipe.tokenizer_2, sdxl_pipe.text_encoder_2, ["<s>"]), clip_g)
 
 
@@ -172,7 +195,9 @@ def test_per_image_file(tmp_path):
     paths = save_learned_embeds(tmp_path, "<c>", [torch.randn(1, SD_DIM)], per_image=per_image)
     stored = load_file(paths["per_image"])
     assert set(stored) == set(per_image)
-    assert all(stored[t].shape == (1, SD_DIM) and torch.equal(stored[t][0], v[0]) for t, v in per_image.items())
+    assert all(
+        stored[t].shape == (1, SD_DIM) and torch.equal(stored[t][0], v[0]) for t, v in per_image.items()
+    )
 
 
 def test_save_rejects_bad_input(tmp_path):
@@ -209,7 +234,8 @@ def test_malicious_pickle_is_refused(tmp_path, sd_pipe):
     files = {}
     for protocol in (0, 2, 4, 5):
         files[f"evil_p{protocol}.pt"] = pickle.dumps(
-            {"string_to_param": {"*": _Payload(marker)}, "name": "evil"}, protocol=protocol)
+            {"string_to_param": {"*": _Payload(marker)}, "name": "evil"}, protocol=protocol
+        )
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     zipped = tmp_path / "learned_embeds.bin"
@@ -217,7 +243,9 @@ def test_malicious_pickle_is_refused(tmp_path, sd_pipe):
     raw = tmp_path / "evil_p2.pt"
 
     for path in [*(tmp_path / n for n in files), zipped]:
-        with pytest.raises(UnsafeEmbeddingError, match=rf"{path.name}: refused: .*contains code.*(open|system)"):
+        with pytest.raises(
+            UnsafeEmbeddingError, match=rf"{path.name}: refused: .*contains code.*(open|system)"
+        ):
             load_embedding_file(path)
         assert not marker.exists()
     vocab = len(sd_pipe.tokenizer)
@@ -240,7 +268,9 @@ def test_unreadable_and_unknown_files(tmp_path):
     with pytest.raises(EmbeddingFormatError, match="bad.safetensors"):
         load_embedding_file(tmp_path / "bad.safetensors")
     save_file({"alpha": torch.zeros(2), "beta": torch.zeros(2)}, str(tmp_path / "lora.safetensors"))
-    with pytest.raises(EmbeddingFormatError, match=r"lora.safetensors: unknown embedding layout.*'alpha', 'beta'"):
+    with pytest.raises(
+        EmbeddingFormatError, match=r"lora.safetensors: unknown embedding layout.*'alpha', 'beta'"
+    ):
         load_embedding_file(tmp_path / "lora.safetensors")
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(EmbeddingFormatError, match="list.pt.*list"):

@@ -17,9 +17,19 @@ from sweeper.evaluation import EvaluationConfigError, check_config, concept_remo
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "evaluation"
 SCHEMA_KEYS = {
-    "image_similarity", "text_similarity", "text_similarity_mean_embedding", "text_similarity_per_image",
-    "text_variant", "image_similarity_ci", "text_similarity_ci", "per_prompt", "references", "judge",
-    "protocol", "seeds", "num_samples",
+    "image_similarity",
+    "text_similarity",
+    "text_similarity_mean_embedding",
+    "text_similarity_per_image",
+    "text_variant",
+    "image_similarity_ci",
+    "text_similarity_ci",
+    "per_prompt",
+    "references",
+    "judge",
+    "protocol",
+    "seeds",
+    "num_samples",
 }
 
 
@@ -33,8 +43,16 @@ def eval_cfg(judge: Path, cache: Path, **over) -> dict:
     ev = yaml.safe_load((CONF / "paper.yaml").read_text())
     ev.pop("defaults")
     ev.update(yaml.safe_load((CONF / "prompts" / "paper_examples.yaml").read_text()))
-    ev.update(judge=str(judge), num_samples=3, batch_size=2, steps=2, bootstrap=200, cache_dir=str(cache),
-              progress=False, grid_samples=4)
+    ev.update(
+        judge=str(judge),
+        num_samples=3,
+        batch_size=2,
+        steps=2,
+        bootstrap=200,
+        cache_dir=str(cache),
+        progress=False,
+        grid_samples=4,
+    )
     ev.update(over)
     return ev
 
@@ -67,10 +85,15 @@ def test_image_similarity_is_one_for_identical_images(tiny_judge):
     judge = Judge(str(tiny_judge))
     rng = np.random.default_rng(0)
     im = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
-    samples, training = judge.images([im.copy() for _ in range(5)]), judge.images([im.copy() for _ in range(3)])
+    samples, training = (
+        judge.images([im.copy() for _ in range(5)]),
+        judge.images([im.copy() for _ in range(3)]),
+    )
     assert image_similarity(samples, training) == pytest.approx(1.0, abs=1e-6)
     assert image_only_similarity(training) == pytest.approx(1.0, abs=1e-6)
-    other = judge.images([Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(3)])
+    other = judge.images(
+        [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(3)]
+    )
     assert image_similarity(samples, other) < 1 - 1e-4
     np.testing.assert_allclose(np.linalg.norm(judge.texts(["a photo of", "a red"]), axis=1), 1.0, atol=1e-6)
 
@@ -94,7 +117,10 @@ def test_text_variants_and_image_similarity_match_direct_numpy():
     assert out["text_similarity_mean_embedding"] == pytest.approx(np.mean(mean_emb), abs=1e-12)
     assert out["text_similarity_per_image"] == pytest.approx(np.mean(per_img), abs=1e-12)
     assert out["text_similarity"] == out["text_similarity_mean_embedding"]
-    assert score(recon, training, prompts, texts, "per_image", 50)["text_similarity"] == out["text_similarity_per_image"]
+    assert (
+        score(recon, training, prompts, texts, "per_image", 50)["text_similarity"]
+        == out["text_similarity_per_image"]
+    )
     # the two variants genuinely differ (averaging before the cosine raises it)
     assert out["text_similarity_mean_embedding"] != pytest.approx(out["text_similarity_per_image"], abs=1e-3)
     sims = training @ training.T
@@ -110,10 +136,18 @@ def test_confidence_intervals_contain_point_estimates_and_are_seeded(seed):
     prompts, texts = [_unit(rng, 32, 16) + 0.5 * base for _ in range(3)], _unit(rng, 3, 16)
     prompts = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in prompts]
     out = score(recon, training, prompts, texts, n_boot=500, seed=seed)
-    for key in ("image_similarity", "text_similarity", "text_similarity_mean_embedding", "text_similarity_per_image"):
+    for key in (
+        "image_similarity",
+        "text_similarity",
+        "text_similarity_mean_embedding",
+        "text_similarity_per_image",
+    ):
         lo, hi = out[f"{key}_ci"]
         assert lo <= out[key] <= hi and lo < hi, key
-    assert score(recon, training, prompts, texts, n_boot=500, seed=seed)["text_similarity_ci"] == out["text_similarity_ci"]
+    assert (
+        score(recon, training, prompts, texts, n_boot=500, seed=seed)["text_similarity_ci"]
+        == out["text_similarity_ci"]
+    )
     fewer = score(recon[:6], training, [p[:6] for p in prompts], texts, n_boot=500, seed=seed)
     width = lambda o: o["image_similarity_ci"][1] - o["image_similarity_ci"][0]  # noqa: E731
     assert width(fewer) > width(out)
@@ -134,7 +168,10 @@ def test_bad_evaluation_config_is_refused_before_model_work(tiny_judge, tmp_path
         check_config({**good, "judge": str(tmp_path / "no-such-judge")})
     with pytest.raises(EvaluationConfigError, match="evaluation.judge=.*config.json"):
         check_config({**good, "judge": str(tmp_path)})
-    assert check_config({**good, "judge": "openai/clip-vit-base-patch32"})["judge"] == "openai/clip-vit-base-patch32"
+    assert (
+        check_config({**good, "judge": "openai/clip-vit-base-patch32"})["judge"]
+        == "openai/clip-vit-base-patch32"
+    )
     with pytest.raises(EvaluationConfigError, match="evaluation.judge=openai/nope"):
         Judge("openai/nope")  # a hub id that cannot be loaded (offline) fails with the key named
 
@@ -143,7 +180,11 @@ def test_prompt_presets():
     sets = {p.stem: yaml.safe_load(p.read_text()) for p in (CONF / "prompts").glob("*.yaml")}
     assert len(sets["dreambench_object"]["prompts"]) == 25 and len(sets["dreambench_live"]["prompts"]) == 25
     assert "a {} wearing a santa hat" in sets["dreambench_live"]["prompts"]
-    assert sets["paper_examples"]["prompts"] == ["a photo of {} on the moon", "an oil painting of {}", "elmo holding a {}"]
+    assert sets["paper_examples"]["prompts"] == [
+        "a photo of {} on the moon",
+        "an oil painting of {}",
+        "elmo holding a {}",
+    ]
     for s in sets.values():
         assert all(p.count("{}") == 1 for p in s["prompts"])
     paper, fast = (yaml.safe_load((CONF / f"{n}.yaml").read_text()) for n in ("paper", "fast"))
@@ -153,15 +194,22 @@ def test_prompt_presets():
     assert fast["sampler"] == "dpmsolver++" and fast["steps"] < paper["steps"]
 
 
-def test_evaluate_run_writes_metrics_grids_and_cached_references(tiny_sd, tiny_judge, concept_images, tmp_path):
+def test_evaluate_run_writes_metrics_grids_and_cached_references(
+    tiny_sd, tiny_judge, concept_images, tmp_path
+):
     from sweeper.data import list_images
     from sweeper.embeddings_io import save_learned_embeds
 
     run = tmp_path / "run"
     # a 2-vector S* plus per-image tokens: only S* is evaluated, the per-image file is ignored
     save_learned_embeds(run, "<cat-toy>", [torch.randn(2, 32)], per_image={"<img-0>": [torch.randn(1, 32)]})
-    cfg = OmegaConf.create({"model": {"pretrained": str(tiny_sd)}, "device": "cpu",
-                            "evaluation": eval_cfg(tiny_judge, tmp_path / "refs")})
+    cfg = OmegaConf.create(
+        {
+            "model": {"pretrained": str(tiny_sd)},
+            "device": "cpu",
+            "evaluation": eval_cfg(tiny_judge, tmp_path / "refs"),
+        }
+    )
     images = list_images(concept_images)
     metrics = evaluate_run(cfg, run, images)
 
@@ -169,10 +217,15 @@ def test_evaluate_run_writes_metrics_grids_and_cached_references(tiny_sd, tiny_j
     assert on_disk == json.loads(json.dumps(metrics))
     assert SCHEMA_KEYS <= set(on_disk)
     assert on_disk["placeholder"] == "<cat-toy>" and on_disk["num_vectors"] == 2
-    assert set(on_disk["per_prompt"]) == {"a photo of {} on the moon", "an oil painting of {}", "elmo holding a {}"}
+    assert set(on_disk["per_prompt"]) == {
+        "a photo of {} on the moon",
+        "an oil painting of {}",
+        "elmo holding a {}",
+    }
     assert on_disk["per_prompt"]["elmo holding a {}"]["text"] == "elmo holding a"
     assert on_disk["text_similarity"] == pytest.approx(
-        np.mean([v["mean_embedding"] for v in on_disk["per_prompt"].values()]))
+        np.mean([v["mean_embedding"] for v in on_disk["per_prompt"].values()])
+    )
     for key in ("image_similarity", "text_similarity"):
         lo, hi = on_disk[f"{key}_ci"]
         assert -1 <= lo <= on_disk[key] <= hi <= 1
@@ -182,8 +235,12 @@ def test_evaluate_run_writes_metrics_grids_and_cached_references(tiny_sd, tiny_j
     assert set(refs) == {"image_only", "prompt_only"}
     assert -1 <= refs["prompt_only"]["text_similarity"] <= 1 and refs["image_only"]["image_similarity"] < 1
     grids = sorted(p.name for p in (run / "samples").glob("*.png"))
-    assert grids == ["a-photo-of-S-on-the-moon.png", "an-oil-painting-of-S.png", "elmo-holding-a-S.png",
-                     "reconstruction.png"]
+    assert grids == [
+        "a-photo-of-S-on-the-moon.png",
+        "an-oil-painting-of-S.png",
+        "elmo-holding-a-S.png",
+        "reconstruction.png",
+    ]
     assert Image.open(run / "samples" / "reconstruction.png").size == (64, 64)  # 2x2 grid of 32 px samples
     assert not list(run.rglob("*.tmp"))
 
@@ -202,17 +259,30 @@ def test_evaluate_run_writes_metrics_grids_and_cached_references(tiny_sd, tiny_j
     assert len(list((tmp_path / "refs").glob("*.json"))) == 2
 
 
-def test_trial_runs_invert_then_evaluate_and_returns_both_objectives(tiny_sd, tiny_judge, concept_images, tmp_path):
+def test_trial_runs_invert_then_evaluate_and_returns_both_objectives(
+    tiny_sd, tiny_judge, concept_images, tmp_path
+):
     from conftest import compose_config
 
     from sweeper.trial import run_trial
 
     cfg = compose_config(
-        f"model.pretrained={tiny_sd}", f"data.images={concept_images}", "inversion.init_word=cat",
-        "inversion.steps=2", "inversion.batch_size=1", "inversion.grad_accum=1", "inversion.checkpoint_every=0",
-        "evaluation/prompts=paper_examples", f"evaluation.judge={tiny_judge}", "evaluation.num_samples=2",
-        "evaluation.steps=2", "evaluation.bootstrap=50", f"evaluation.cache_dir={tmp_path / 'refs'}",
-        "evaluation.progress=false", "tracking=none", "device=cpu",
+        f"model.pretrained={tiny_sd}",
+        f"data.images={concept_images}",
+        "inversion.init_word=cat",
+        "inversion.steps=2",
+        "inversion.batch_size=1",
+        "inversion.grad_accum=1",
+        "inversion.checkpoint_every=0",
+        "evaluation/prompts=paper_examples",
+        f"evaluation.judge={tiny_judge}",
+        "evaluation.num_samples=2",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=50",
+        f"evaluation.cache_dir={tmp_path / 'refs'}",
+        "evaluation.progress=false",
+        "tracking=none",
+        "device=cpu",
     )
     run = tmp_path / "run"
     scores = run_trial(cfg, run)
@@ -228,15 +298,22 @@ def test_trial_refuses_bad_evaluation_config_before_any_work(tiny_sd, concept_im
 
     from sweeper.trial import run_trial
 
-    cfg = compose_config(f"model.pretrained={tiny_sd}", f"data.images={concept_images}", "inversion.init_word=cat",
-                         "evaluation.prompts=[a photo on the moon]", "tracking=none")
+    cfg = compose_config(
+        f"model.pretrained={tiny_sd}",
+        f"data.images={concept_images}",
+        "inversion.init_word=cat",
+        "evaluation.prompts=[a photo on the moon]",
+        "tracking=none",
+    )
     with pytest.raises(EvaluationConfigError, match="evaluation.prompts"):
         run_trial(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_run_with_pivotal_tuning_is_evaluated_with_its_tuned_unet(mode, tiny_sd, tiny_judge, concept_images, tmp_path):
+def test_run_with_pivotal_tuning_is_evaluated_with_its_tuned_unet(
+    mode, tiny_sd, tiny_judge, concept_images, tmp_path
+):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     from sweeper.data import list_images
@@ -256,7 +333,9 @@ def test_run_with_pivotal_tuning_is_evaluated_with_its_tuned_unet(mode, tiny_sd,
         from peft.utils import get_peft_model_state_dict
 
         torch.manual_seed(0)
-        unet.add_adapter(LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+        unet.add_adapter(
+            LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+        )
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         StableDiffusionPipeline.save_lora_weights(run / "pivotal", unet_lora_layers=layers)
     ev = eval_cfg(tiny_judge, tmp_path / "refs", references=False, prompts=["a photo of {} on the moon"])

@@ -16,11 +16,22 @@ from sweeper.pivotal import pivotal_tune
 
 def make_cfg(model, images, mode):
     return compose_config(
-        f"model.pretrained={model}", f"data.images={images}", "inversion.init_word=cat", "inversion.steps=3",
-        "inversion.batch_size=2", "inversion.grad_accum=1", "inversion.log_every=2", "inversion.checkpoint_every=0",
-        "inversion.num_vectors=2", "inversion.pivotal.enabled=true", f"inversion.pivotal.mode={mode}",
-        "inversion.pivotal.steps=4", "inversion.pivotal.lr=1e-2", "inversion.pivotal.lora_rank=2",
-        "tracking=none", "device=cpu",
+        f"model.pretrained={model}",
+        f"data.images={images}",
+        "inversion.init_word=cat",
+        "inversion.steps=3",
+        "inversion.batch_size=2",
+        "inversion.grad_accum=1",
+        "inversion.log_every=2",
+        "inversion.checkpoint_every=0",
+        "inversion.num_vectors=2",
+        "inversion.pivotal.enabled=true",
+        f"inversion.pivotal.mode={mode}",
+        "inversion.pivotal.steps=4",
+        "inversion.pivotal.lr=1e-2",
+        "inversion.pivotal.lora_rank=2",
+        "tracking=none",
+        "device=cpu",
     )
 
 
@@ -30,7 +41,10 @@ def unet_out(unet, is_sdxl: bool) -> torch.Tensor:
     ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
     added = None
     if is_sdxl:
-        added = {"text_embeds": torch.randn(1, 48, generator=g), "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]])}
+        added = {
+            "text_embeds": torch.randn(1, 48, generator=g),
+            "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]]),
+        }
     with torch.no_grad():
         return unet(x, torch.tensor([500]), ctx, added_cond_kwargs=added).sample
 

@@ -48,18 +48,41 @@ def postgres_url():
         try:
             user = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as (make postgres)")
+            pytest.skip(
+                "running as root and there is no `postgres` user to run the server as (make postgres)"
+            )
     data = Path(tempfile.mkdtemp(prefix="ti-pg-"))
     if user is not None:
         os.chown(data, user.pw_uid, user.pw_gid)
     as_user = dict(user=user.pw_uid, group=user.pw_gid, extra_groups=[]) if user is not None else {}
-    subprocess.run([initdb, "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, **as_user)
+    subprocess.run(
+        [initdb, "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        **as_user,
+    )
     port = _free_port()
     server = subprocess.Popen(
-        [postgres, "-D", str(data / "db"), "-p", str(port), "-k", str(data), "-c", "listen_addresses=127.0.0.1",
-         "-c", "max_connections=50", "-c", "fsync=off"],
-        stdout=subprocess.DEVNULL, stderr=open(data / "server.log", "w"), start_new_session=True, **as_user)
+        [
+            postgres,
+            "-D",
+            str(data / "db"),
+            "-p",
+            str(port),
+            "-k",
+            str(data),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=50",
+            "-c",
+            "fsync=off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(data / "server.log", "w"),
+        start_new_session=True,
+        **as_user,
+    )
     import psycopg2
 
     deadline = time.time() + 60
@@ -70,7 +93,9 @@ def postgres_url():
         except psycopg2.OperationalError:
             if time.time() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError("PostgreSQL did not start:\n" + (data / "server.log").read_text()) from None
+                raise RuntimeError(
+                    "PostgreSQL did not start:\n" + (data / "server.log").read_text()
+                ) from None
             time.sleep(0.2)
     conn.autocommit = True
     conn.cursor().execute("CREATE DATABASE optuna")
@@ -87,10 +112,18 @@ def postgres_url():
 def test_two_workers_share_one_postgres_study(tmp_path, postgres_url, tiny_sd, tiny_judge):
     images = write_concept_images(tmp_path / "img", n=4)
     sweep = tmp_path / "sweeps" / "shared"
-    args = ["-m", "search=pareto_random", "hydra.sweeper.study_name=shared", f"hydra.sweeper.storage={postgres_url}",
-            f"hydra.sweep.dir={sweep}", f"hydra.sweeper.n_trials={N_TRIALS}", "data.n_images=2",
-            "inversion.num_vectors=1", "inversion.per_image_tokens=false",
-            *tiny_overrides(tiny_sd, tiny_judge, images, steps=12)]
+    args = [
+        "-m",
+        "search=pareto_random",
+        "hydra.sweeper.study_name=shared",
+        f"hydra.sweeper.storage={postgres_url}",
+        f"hydra.sweep.dir={sweep}",
+        f"hydra.sweeper.n_trials={N_TRIALS}",
+        "data.n_images=2",
+        "inversion.num_vectors=1",
+        "inversion.per_image_tokens=false",
+        *tiny_overrides(tiny_sd, tiny_judge, images, steps=12),
+    ]
     workers = [start_sweeper(*args, log=tmp_path / f"worker{i}.log") for i in range(2)]
     try:
         for i, w in enumerate(workers):
@@ -104,7 +137,9 @@ def test_two_workers_share_one_postgres_study(tmp_path, postgres_url, tiny_sd, t
     trials = study.trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == N_TRIALS
-    assert all(t.state in (TrialState.COMPLETE, TrialState.WAITING) for t in trials)  # none failed or left running
+    assert all(
+        t.state in (TrialState.COMPLETE, TrialState.WAITING) for t in trials
+    )  # none failed or left running
     assert all(len(t.values) == 2 for t in complete)
     pids = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in complete}
     assert pids == {str(w.pid) for w in workers}  # both workers took trials

@@ -19,16 +19,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_eval(judge: Path, cache: Path) -> list[str]:
-    return ["evaluation/prompts=paper_examples", f"evaluation.judge={judge}", "evaluation.num_samples=2",
-            "evaluation.steps=2", "evaluation.bootstrap=50", f"evaluation.cache_dir={cache}",
-            "evaluation.progress=false", "device=cpu"]
+    return [
+        "evaluation/prompts=paper_examples",
+        f"evaluation.judge={judge}",
+        "evaluation.num_samples=2",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=50",
+        f"evaluation.cache_dir={cache}",
+        "evaluation.progress=false",
+        "device=cpu",
+    ]
 
 
 def make_run(folder: Path, model: Path, images: Path, vectors: list[torch.Tensor]) -> Path:
     """A finished run folder as a trial leaves it: embeddings, its resolved config and its own metrics."""
     save_learned_embeds(folder, "<run-tok>", vectors)
-    cfg = compose_config(f"model.pretrained={model}", f"data.images={images}", "inversion.init_word=cat",
-                         "evaluation=paper", "data.n_images=3")
+    cfg = compose_config(
+        f"model.pretrained={model}",
+        f"data.images={images}",
+        "inversion.init_word=cat",
+        "evaluation=paper",
+        "data.n_images=3",
+    )
     cfg.run_dir = str(folder)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (folder / "metrics.json").write_text('{"image_similarity": 0.5, "text_similarity": 0.2}')
@@ -39,7 +51,9 @@ def test_reevaluate_run_folder_into_new_folder(tiny_sd, tiny_judge, concept_imag
     run = make_run(tmp_path / "run", tiny_sd, concept_images, [torch.randn(1, 32)])
     own = (run / "metrics.json").read_text()
     out = tmp_path / "reeval"
-    assert main([str(run), "--out", str(out), "evaluation=fast", *tiny_eval(tiny_judge, tmp_path / "refs")]) == 0
+    assert (
+        main([str(run), "--out", str(out), "evaluation=fast", *tiny_eval(tiny_judge, tmp_path / "refs")]) == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert (run / "metrics.json").read_text() == own  # the run's own metrics untouched
     # the run's config (3 of 4 images, its model) with the overrides on top (fast preset, tiny sizes)
@@ -75,10 +89,18 @@ def test_reevaluate_diffusers_and_a1111_files(tiny_sd, tiny_judge, concept_image
     torch.save({"string_to_param": {"*": vec}, "name": "mytok", "step": 3000}, a1111_pt)
     a1111_st = tmp_path / "comfy.safetensors"
     save_file({"emb_params": vec}, str(a1111_st))
-    common = [f"model.pretrained={tiny_sd}", f"data.images={concept_images}", *tiny_eval(tiny_judge, tmp_path / "refs")]
+    common = [
+        f"model.pretrained={tiny_sd}",
+        f"data.images={concept_images}",
+        *tiny_eval(tiny_judge, tmp_path / "refs"),
+    ]
     results = {}
-    for name, path, token in (("diffusers", diffusers_file, "<my-tok>"), ("bin", bin_file, "<bin-tok>"),
-                              ("a1111", a1111_pt, "mytok"), ("comfy", a1111_st, "<concept>")):
+    for name, path, token in (
+        ("diffusers", diffusers_file, "<my-tok>"),
+        ("bin", bin_file, "<bin-tok>"),
+        ("a1111", a1111_pt, "mytok"),
+        ("comfy", a1111_st, "<concept>"),
+    ):
         out = tmp_path / f"out-{name}"
         assert main([str(path), "--out", str(out), *common]) == 0, name
         results[name] = json.loads((out / "metrics.json").read_text())
@@ -97,7 +119,10 @@ def test_reevaluate_file_needs_data_images(tiny_sd, tmp_path, capsys):
     from safetensors.torch import save_file
 
     save_file({"<t>": torch.randn(1, 32)}, str(tmp_path / "e.safetensors"))
-    assert main([str(tmp_path / "e.safetensors"), f"model.pretrained={tiny_sd}", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main([str(tmp_path / "e.safetensors"), f"model.pretrained={tiny_sd}", "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "data.images" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
@@ -117,9 +142,20 @@ def test_cli_refuses_pickle_carrying_code(tiny_sd, concept_images, tmp_path):
     torch.save({"string_to_param": {"*": _Evil(marker)}, "name": "evil"}, evil)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "sweeper.evaluate", str(evil), f"model.pretrained={tiny_sd}",
-         f"data.images={concept_images}", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sweeper.evaluate",
+            str(evil),
+            f"model.pretrained={tiny_sd}",
+            f"data.images={concept_images}",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "refused" in proc.stderr and "evil.pt" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,17 +14,26 @@ from PIL import Image
 from test_analysis import SPECS, write_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1200,900"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,900",
+]
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed: run `make system-deps` (apt-get install -y chromium)")
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 
@@ -57,8 +66,8 @@ def test_report_table_rows_equal_runs_and_sorts(report, tmp_path):
     assert "data:image/png;base64," in dom and 'src="http' not in dom  # self-contained
 
     def image_sims(dom: str) -> list[float]:
-        tbody = dom[dom.index('<table class="sortable" id="runs">'):]
-        tbody = tbody[:tbody.index("</table>")]
+        tbody = dom[dom.index('<table class="sortable" id="runs">') :]
+        tbody = tbody[: tbody.index("</table>")]
         vals = []
         for tr in re.findall(r'<tr class="run \w+".*?</tr>', tbody, flags=re.S):
             cells = re.findall(r"<td[^>]*>(.*?)</td>", tr, flags=re.S)
@@ -72,5 +81,5 @@ def test_report_table_rows_equal_runs_and_sorts(report, tmp_path):
         done = [v for v in vals if not np.isnan(v)]
         assert len(done) == sum(s[7] == "completed" for s in SPECS)
         assert done == sorted(done, reverse=desc)
-        assert all(np.isnan(v) for v in vals[len(done):])
+        assert all(np.isnan(v) for v in vals[len(done) :])
     assert image_sims(dom) != image_sims(sorted_dom)  # the unsorted page really was in another order

@@ -22,9 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def overrides(model, images, *extra):
     return [
-        f"model.pretrained={model}", f"data.images={images}", "inversion.init_word=cat", "inversion.batch_size=1",
-        "inversion.grad_accum=1", "inversion.log_every=3", "inversion.checkpoint_every=4", "inversion.num_vectors=2",
-        "inversion.weight_decay=0.1", "tracking=none", "device=cpu", *extra,
+        f"model.pretrained={model}",
+        f"data.images={images}",
+        "inversion.init_word=cat",
+        "inversion.batch_size=1",
+        "inversion.grad_accum=1",
+        "inversion.log_every=3",
+        "inversion.checkpoint_every=4",
+        "inversion.num_vectors=2",
+        "inversion.weight_decay=0.1",
+        "tracking=none",
+        "device=cpu",
+        *extra,
     ]
 
 
@@ -61,27 +70,50 @@ def test_crash_then_rerun_matches_uninterrupted(tiny_sd, concept_images, tmp_pat
 def test_rerun_with_other_settings_is_refused(tiny_sd, concept_images, tmp_path):
     invert(compose_config(*overrides(tiny_sd, concept_images, "inversion.steps=4")), tmp_path / "run")
     with pytest.raises(ResumeError, match="different"):
-        invert(compose_config(*overrides(tiny_sd, concept_images, "inversion.steps=8", "inversion.lr=0.1")),
-               tmp_path / "run")
+        invert(
+            compose_config(*overrides(tiny_sd, concept_images, "inversion.steps=8", "inversion.lr=0.1")),
+            tmp_path / "run",
+        )
 
 
 def fast_evaluation(judge, cache):
-    return ["evaluation/prompts=paper_examples", f"evaluation.judge={judge}", "evaluation.num_samples=2",
-            "evaluation.steps=2", "evaluation.bootstrap=20", "evaluation.references=false",
-            f"evaluation.cache_dir={cache}", "evaluation.progress=false"]
+    return [
+        "evaluation/prompts=paper_examples",
+        f"evaluation.judge={judge}",
+        "evaluation.num_samples=2",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=20",
+        "evaluation.references=false",
+        f"evaluation.cache_dir={cache}",
+        "evaluation.progress=false",
+    ]
 
 
 def test_sigkill_mid_run_then_rerun_resumes(tiny_sd, tiny_judge, concept_images, tmp_path):
     """A real `python -m sweeper` killed with SIGKILL after its first checkpoint, then rerun in the same folder."""
     run = tmp_path / "killed"
-    args = overrides(tiny_sd, concept_images, "inversion.steps=150", "inversion.checkpoint_every=20",
-                     "inversion.log_every=7")
-    cmd = [sys.executable, "-m", "sweeper", *args, *fast_evaluation(tiny_judge, tmp_path / "refs"), f"hydra.run.dir={run}"]
+    args = overrides(
+        tiny_sd,
+        concept_images,
+        "inversion.steps=150",
+        "inversion.checkpoint_every=20",
+        "inversion.log_every=7",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        *args,
+        *fast_evaluation(tiny_judge, tmp_path / "refs"),
+        f"hydra.run.dir={run}",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 180
-        while not (run / "checkpoints" / "step_20").exists() and proc.poll() is None and time.time() < deadline:
+        while (
+            not (run / "checkpoints" / "step_20").exists() and proc.poll() is None and time.time() < deadline
+        ):
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -91,7 +123,10 @@ def test_sigkill_mid_run_then_rerun_resumes(tiny_sd, tiny_judge, concept_images,
 
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from" in second.stdout + second.stderr and json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert (
+        "resuming from" in second.stdout + second.stderr
+        and json.loads((run / "status.json").read_text())["status"] == "completed"
+    )
 
     straight = invert(compose_config(*args), tmp_path / "straight")
     assert straight.resumed_from is None

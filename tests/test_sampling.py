@@ -47,9 +47,12 @@ def test_same_seed_reproduces_samples_and_noise_key_not_prompt_sets_noise(sd_pip
 
 def test_guidance_runs_in_one_batch_and_uncond_is_encoded_once(sd_pipe):
     calls = {"encoder": 0, "unet_batches": []}
-    h1 = sd_pipe.text_encoder.register_forward_hook(lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1))
-    h2 = sd_pipe.unet.register_forward_hook(lambda m, args, kw, out: calls["unet_batches"].append(args[0].shape[0]),
-                                            with_kwargs=True)
+    h1 = sd_pipe.text_encoder.register_forward_hook(
+        lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1)
+    )
+    h2 = sd_pipe.unet.register_forward_hook(
+        lambda m, args, kw, out: calls["unet_batches"].append(args[0].shape[0]), with_kwargs=True
+    )
     try:
         sampler = Sampler(sd_pipe, steps=2, batch_size=2, progress=False)
         assert calls["encoder"] == 1  # the unconditional prompt, once
@@ -65,7 +68,9 @@ def test_guidance_runs_in_one_batch_and_uncond_is_encoded_once(sd_pipe):
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_runs(sd_pipe, name):
-    images = Sampler(sd_pipe, sampler=name, steps=3, batch_size=2, progress=False).sample("a red cube", 2, "k")
+    images = Sampler(sd_pipe, sampler=name, steps=3, batch_size=2, progress=False).sample(
+        "a red cube", 2, "k"
+    )
     assert len(images) == 2 and images[0].size == (32, 32) and images[0].mode == "RGB"
     assert np.asarray(images[0]).std() > 0
 
@@ -82,7 +87,9 @@ def test_sdxl_sampling(tiny_sdxl):
     assert sampler.is_sdxl and sampler.uncond.pooled is not None
     images = sampler.sample("a photo of a cat", 3, "a photo of {}")
     assert len(images) == 3 and images[0].size == (32, 32)
-    assert np.array_equal(_arrays(images), _arrays(Sampler(pipe, **kw).sample("a photo of a cat", 3, "a photo of {}")))
+    assert np.array_equal(
+        _arrays(images), _arrays(Sampler(pipe, **kw).sample("a photo of a cat", 3, "a photo of {}"))
+    )
     zeros = Sampler(pipe, negative_prompt=None, **kw)  # the model's own convention: zeroed uncond
     assert torch.count_nonzero(zeros.uncond.embeds) == 0 and torch.count_nonzero(zeros.uncond.pooled) == 0
 

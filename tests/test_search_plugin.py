@@ -77,8 +77,15 @@ def load(sweep_dir: Path, name: str | None = None) -> optuna.Study:
 
 def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "fails"
-    run_app(sweep, "x=0.1,0.6", "return_nan=false,true", "fail_below=0.3",
-            "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=10", "hydra.sweeper.direction=[maximize,maximize]")
+    run_app(
+        sweep,
+        "x=0.1,0.6",
+        "return_nan=false,true",
+        "fail_below=0.3",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.n_trials=10",
+        "hydra.sweeper.direction=[maximize,maximize]",
+    )
     trials = load(sweep).trials
     assert len(trials) == 4  # the grid has 4 points; n_trials is capped to it
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
@@ -97,10 +104,18 @@ def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_single_objective_pruning_and_enqueued_configurations(tmp_path):
     sweep = tmp_path / "pruned"
-    run_app(sweep, "x=interval(0,1)", "steps=4", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1",
-            "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=2",
-            "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=8",
-            "hydra.sweeper.enqueue=[{x: 0.3},{x: 0.31},{x: 0.99}]")
+    run_app(
+        sweep,
+        "x=interval(0,1)",
+        "steps=4",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=1",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.enqueue=[{x: 0.3},{x: 0.31},{x: 0.99}]",
+    )
     trials = load(sweep).trials
     assert len(trials) == 8
     assert [t.params["x"] for t in trials[:3]] == [0.3, 0.31, 0.99]  # enqueued ones first
@@ -116,8 +131,16 @@ def test_single_objective_pruning_and_enqueued_configurations(tmp_path):
 def test_directions_of_an_existing_study_must_match(tmp_path):
     sweep = tmp_path / "dirs"
     run_app(sweep, "x=interval(0,1)", "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=maximize")
-    cmd = [sys.executable, str(APP), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}", "x=interval(0,1)",
-           "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=[maximize,maximize]"]
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        "hydra/sweeper=optuna",
+        f"hydra.sweep.dir={sweep}",
+        "x=interval(0,1)",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.direction=[maximize,maximize]",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "has directions" in out.stderr
     assert json.loads((sweep / "trial_0000" / "status.json").read_text())["status"] == "completed"
@@ -125,7 +148,11 @@ def test_directions_of_an_existing_study_must_match(tmp_path):
 
 def test_journal_file_storage_and_rerun_continues(tmp_path):
     sweep, journal = tmp_path / "journal", tmp_path / "shared" / "study.log"
-    args = ("x=interval(0,1)", f"hydra.sweeper.storage={journal}", "hydra.sweeper.direction=[maximize,maximize]")
+    args = (
+        "x=interval(0,1)",
+        f"hydra.sweeper.storage={journal}",
+        "hydra.sweeper.direction=[maximize,maximize]",
+    )
     run_app(sweep, *args, "hydra.sweeper.n_trials=2")
     run_app(sweep, *args, "hydra.sweeper.n_trials=3")  # the same study: one more trial, not three
     from optuna.storages import JournalStorage

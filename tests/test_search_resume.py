@@ -35,9 +35,17 @@ def checkpointed_running_trial(sweep: Path, trials: list) -> bool:
 def test_sigkill_after_two_trials_then_rerun_continues_the_study(tmp_path, tiny_sd, tiny_judge):
     images = write_concept_images(tmp_path / "img", n=4)
     sweep = tmp_path / "sweeps" / "resume"
-    args = ["-m", "search=pareto_random", "hydra.sweeper.study_name=resume", f"hydra.sweep.dir={sweep}",
-            "hydra.sweeper.n_trials=4", "data.n_images=2", "inversion.num_vectors=1", "inversion.per_image_tokens=false",
-            *tiny_overrides(tiny_sd, tiny_judge, images, steps=STEPS)]
+    args = [
+        "-m",
+        "search=pareto_random",
+        "hydra.sweeper.study_name=resume",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=4",
+        "data.n_images=2",
+        "inversion.num_vectors=1",
+        "inversion.per_image_tokens=false",
+        *tiny_overrides(tiny_sd, tiny_judge, images, steps=STEPS),
+    ]
 
     proc = start_sweeper(*args, log=tmp_path / "first.log")
     deadline = time.time() + 240
@@ -50,7 +58,9 @@ def test_sigkill_after_two_trials_then_rerun_continues_the_study(tmp_path, tiny_
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.2)
         else:
-            raise AssertionError("no third trial with a checkpoint in time:\n" + (tmp_path / "first.log").read_text()[-3000:])
+            raise AssertionError(
+                "no third trial with a checkpoint in time:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -69,7 +79,9 @@ def test_sigkill_after_two_trials_then_rerun_continues_the_study(tmp_path, tiny_
     for number, values in before.items():  # the first two are untouched, not rerun
         assert trials[number].values == values
     stale = trials[killed_number]
-    assert stale.state == TrialState.FAIL and "error" not in stale.user_attrs  # failed as stale, not by the trial
+    assert (
+        stale.state == TrialState.FAIL and "error" not in stale.user_attrs
+    )  # failed as stale, not by the trial
     retried = [t for t in complete if t.system_attrs.get("failed_trial") == killed_number]
     assert len(retried) == 1
 

@@ -20,8 +20,13 @@ def images(tmp_path_factory) -> Path:
 
 def test_grid_multirun_one_folder_per_trial_and_wandb_offline_runs(tmp_path, tiny_sd, tiny_judge, images):
     sweep = tmp_path / "grid"
-    run_sweeper("-m", "inversion.lr=1e-4,2e-2", "inversion.num_vectors=1,2", f"hydra.sweep.dir={sweep}",
-                *tiny_overrides(tiny_sd, tiny_judge, images, tracking="wandb"))
+    run_sweeper(
+        "-m",
+        "inversion.lr=1e-4,2e-2",
+        "inversion.num_vectors=1,2",
+        f"hydra.sweep.dir={sweep}",
+        *tiny_overrides(tiny_sd, tiny_judge, images, tracking="wandb"),
+    )
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
     assert [p.name for p in runs] == ["0", "1", "2", "3"]
     seen = set()
@@ -42,14 +47,26 @@ def test_grid_multirun_one_folder_per_trial_and_wandb_offline_runs(tmp_path, tin
 
 def test_paper_fig10_runs_distinct_configurations_in_one_study(tmp_path, tiny_sd, tiny_judge, images):
     sweep = tmp_path / "fig10"
-    run_sweeper("experiment=paper_fig10", f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=2",
-                *tiny_overrides(tiny_sd, tiny_judge, images))
+    run_sweeper(
+        "experiment=paper_fig10",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=2",
+        *tiny_overrides(tiny_sd, tiny_judge, images),
+    )
     study = optuna.load_study(study_name="paper_fig10", storage=f"sqlite:///{sweep}/optuna.db")
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     variants = [t.params["experiment/fig10@_global_"] for t in trials]
     assert len(trials) == 2 and len(set(variants)) == 2
-    expected = {"ours": (5e-3, 1), "high_lr": (2e-2, 1), "low_lr": (1e-4, 1), "two_word": (5e-3, 2),
-                "three_word": (5e-3, 3), "progressive": (5e-3, 3), "regularisation": (5e-3, 1), "per_image": (5e-3, 1)}
+    expected = {
+        "ours": (5e-3, 1),
+        "high_lr": (2e-2, 1),
+        "low_lr": (1e-4, 1),
+        "two_word": (5e-3, 2),
+        "three_word": (5e-3, 3),
+        "progressive": (5e-3, 3),
+        "regularisation": (5e-3, 1),
+        "per_image": (5e-3, 1),
+    }
     for t, v in zip(trials, variants):
         cfg = yaml.safe_load((sweep / f"trial_{t.number:04d}" / "config.yaml").read_text())
         assert (cfg["inversion"]["lr"], cfg["inversion"]["num_vectors"]) == expected[v]
@@ -58,10 +75,17 @@ def test_paper_fig10_runs_distinct_configurations_in_one_study(tmp_path, tiny_sd
     assert "solutions" in (sweep / "optimization_results.yaml").read_text()
 
 
-def test_dataset_size_above_the_folder_fails_clearly_and_the_rest_goes_on(tmp_path, tiny_sd, tiny_judge, images):
+def test_dataset_size_above_the_folder_fails_clearly_and_the_rest_goes_on(
+    tmp_path, tiny_sd, tiny_judge, images
+):
     sweep = tmp_path / "size"
-    run_sweeper("-m", "experiment=dataset_size", f"hydra.sweep.dir={sweep}", "data.n_images=choice(2,9)",
-                *tiny_overrides(tiny_sd, tiny_judge, images))
+    run_sweeper(
+        "-m",
+        "experiment=dataset_size",
+        f"hydra.sweep.dir={sweep}",
+        "data.n_images=choice(2,9)",
+        *tiny_overrides(tiny_sd, tiny_judge, images),
+    )
     study = optuna.load_study(study_name="dataset_size", storage=f"sqlite:///{sweep}/optuna.db")
     by_size = {t.params["data.n_images"]: t for t in study.trials}
     assert set(by_size) == {2, 9}

@@ -11,8 +11,10 @@ from sweeper import tokens
 
 @pytest.fixture
 def tok_enc(tiny_sd):
-    return (CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer"),
-            CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder"))
+    return (
+        CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer"),
+        CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder"),
+    )
 
 
 def test_names_follow_diffusers_multi_vector_convention():
@@ -77,8 +79,10 @@ def test_sdxl_both_encoders_get_rows(tiny_sdxl):
     from transformers import CLIPTextModelWithProjection
 
     toks = [CLIPTokenizer.from_pretrained(tiny_sdxl, subfolder=s) for s in ("tokenizer", "tokenizer_2")]
-    encs = [CLIPTextModel.from_pretrained(tiny_sdxl, subfolder="text_encoder"),
-            CLIPTextModelWithProjection.from_pretrained(tiny_sdxl, subfolder="text_encoder_2")]
+    encs = [
+        CLIPTextModel.from_pretrained(tiny_sdxl, subfolder="text_encoder"),
+        CLIPTextModelWithProjection.from_pretrained(tiny_sdxl, subfolder="text_encoder_2"),
+    ]
     rows = tokens.add_placeholder_tokens(toks, encs, ["<c>", "<c>_1"], 2, "cat", False)
     assert [r.init.shape for r in rows] == [torch.Size([2, 32]), torch.Size([2, 48])]
     for tok, enc, r in zip(toks, encs, rows):

@@ -17,7 +17,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "tracking"
 def tracking_cfg(name: str = "wandb", **extra) -> OmegaConf:
     t = OmegaConf.load(CONF / f"{name}.yaml")
     t.mode = "offline"
-    return OmegaConf.create({"tracking": OmegaConf.merge(t, extra), "inversion": {"lr": 0.00731, "num_vectors": 2}})
+    return OmegaConf.create(
+        {"tracking": OmegaConf.merge(t, extra), "inversion": {"lr": 0.00731, "num_vectors": 2}}
+    )
 
 
 def offline_run(run_dir: Path) -> Path:
@@ -41,7 +43,9 @@ def test_offline_run_holds_config_curves_metrics_images_and_embeddings(tmp_path)
         tr.on_log(step, {"loss": 0.5 / step, "dist_l2_mean": 0.01 * step, "note": "not a number"})
     tr.log_images({"reconstruction": grid, "missing": run_dir / "nope.png"})
     tr.log_artifact("embeddings-trial_0007", [emb])
-    tr.summary({"image_similarity": 0.61803, "image_similarity_ci": [0.6, 0.64], "per_prompt": {"p": {"m": 0.2}}})
+    tr.summary(
+        {"image_similarity": 0.61803, "image_similarity_ci": [0.6, 0.64], "per_prompt": {"p": {"m": 0.2}}}
+    )
     tr.finish()
     assert not tr.active
 
@@ -49,8 +53,17 @@ def test_offline_run_holds_config_curves_metrics_images_and_embeddings(tmp_path)
     images = list((run / "files" / "media" / "images" / "samples").glob("reconstruction_*.png"))
     assert len(images) == 1
     data = next(run.glob("run-*.wandb")).read_bytes()
-    for needle in (b"loss", b"dist_l2_mean", b"image_similarity", b"0.61803", b"per_prompt/p/m",
-                   b"samples/reconstruction", b"embeddings-trial_0007", b"0.00731", b"my-study"):
+    for needle in (
+        b"loss",
+        b"dist_l2_mean",
+        b"image_similarity",
+        b"0.61803",
+        b"per_prompt/p/m",
+        b"samples/reconstruction",
+        b"embeddings-trial_0007",
+        b"0.00731",
+        b"my-study",
+    ):
         assert needle in data, needle
     assert b"not a number" not in data
 

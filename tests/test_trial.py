@@ -22,15 +22,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fast_evaluation(judge, cache):
-    return ["evaluation/prompts=paper_examples", f"evaluation.judge={judge}", "evaluation.num_samples=2",
-            "evaluation.steps=2", "evaluation.bootstrap=20", "evaluation.references=false",
-            f"evaluation.cache_dir={cache}", "evaluation.progress=false"]
+    return [
+        "evaluation/prompts=paper_examples",
+        f"evaluation.judge={judge}",
+        "evaluation.num_samples=2",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=20",
+        "evaluation.references=false",
+        f"evaluation.cache_dir={cache}",
+        "evaluation.progress=false",
+    ]
 
 
 def trial_overrides(model, images, *extra):
-    return [f"model.pretrained={model}", f"data.images={images}", "inversion.init_word=cat", "inversion.steps=6",
-            "inversion.batch_size=2", "inversion.grad_accum=1", "inversion.log_every=3", "inversion.checkpoint_every=3",
-            "inversion.num_vectors=2", "inversion.pivotal.steps=2", "tracking=none", "device=cpu", *extra]
+    return [
+        f"model.pretrained={model}",
+        f"data.images={images}",
+        "inversion.init_word=cat",
+        "inversion.steps=6",
+        "inversion.batch_size=2",
+        "inversion.grad_accum=1",
+        "inversion.log_every=3",
+        "inversion.checkpoint_every=3",
+        "inversion.num_vectors=2",
+        "inversion.pivotal.steps=2",
+        "tracking=none",
+        "device=cpu",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +59,19 @@ def multirun(tiny_sd, tiny_judge, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("multirun")
     images = write_concept_images(tmp / "concept")
-    cmd = [sys.executable, "-m", "sweeper", "-m", *trial_overrides(tiny_sd, images),
-           *fast_evaluation(tiny_judge, tmp / "refs"), "inversion.pivotal.enabled=false,true",
-           f"hydra.sweep.dir={tmp / 'sweep'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        "-m",
+        *trial_overrides(tiny_sd, images),
+        *fast_evaluation(tiny_judge, tmp / "refs"),
+        "inversion.pivotal.enabled=false,true",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "sweep"
 
@@ -53,13 +80,21 @@ def test_multirun_writes_one_complete_run_folder_per_trial(multirun):
     for job in ("0", "1"):
         run = multirun / job
         status = json.loads((run / "status.json").read_text())
-        assert status["status"] == "completed" and status["error"] is None and status["trial_number"] == int(job)
+        assert (
+            status["status"] == "completed" and status["error"] is None and status["trial_number"] == int(job)
+        )
         assert status["wall_time_s"] > 0 and status["finished_at"] >= status["started_at"]
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert "${" not in (run / "config.yaml").read_text() and config["run_dir"] == str(run)
         assert config["inversion"]["pivotal"]["enabled"] is (job == "1")
-        for name in ("history.csv", "learned_embeds.safetensors", "learned_embeds_a1111.safetensors", "metrics.json",
-                     "checkpoints/step_3/state.pt", "checkpoints/step_6/state.pt"):
+        for name in (
+            "history.csv",
+            "learned_embeds.safetensors",
+            "learned_embeds_a1111.safetensors",
+            "metrics.json",
+            "checkpoints/step_3/state.pt",
+            "checkpoints/step_6/state.pt",
+        ):
             assert (run / name).is_file(), name
         metrics = json.loads((run / "metrics.json").read_text())
         assert 0 < abs(metrics["image_similarity"]) <= 1 and 0 < abs(metrics["text_similarity"]) <= 1
@@ -71,7 +106,9 @@ def test_multirun_writes_one_complete_run_folder_per_trial(multirun):
 
 def test_learned_embedding_loads_into_diffusers_and_generates(multirun, tiny_sd):
     saved = load_file(multirun / "0" / "learned_embeds.safetensors")["<concept>"]
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_sd, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     pipe.load_textual_inversion(multirun / "0" / "learned_embeds.safetensors")
     ids = pipe.tokenizer.convert_tokens_to_ids(["<concept>", "<concept>_1"])
@@ -79,8 +116,12 @@ def test_learned_embedding_loads_into_diffusers_and_generates(multirun, tiny_sd)
     with_token, _ = pipe.encode_prompt("a photo of <concept>", "cpu", 1, False)
     without, _ = pipe.encode_prompt("a photo of", "cpu", 1, False)
     assert not torch.allclose(with_token, without)
-    image = pipe("a photo of <concept>", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                 output_type="np").images[0]
+    image = pipe(
+        "a photo of <concept>",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images[0]
     assert image.shape == (32, 32, 3) and image.std() > 0
 
 
@@ -88,7 +129,9 @@ def test_failure_inside_trial_is_recorded_then_raised(tiny_sd, tiny_judge, conce
     broken = shutil.copytree(tiny_sd, tmp_path / "broken-model")
     for weights in (broken / "unet").glob("*.safetensors"):
         weights.write_bytes(b"not a safetensors file")
-    cfg = compose_config(*trial_overrides(broken, concept_images), *fast_evaluation(tiny_judge, tmp_path / "refs"))
+    cfg = compose_config(
+        *trial_overrides(broken, concept_images), *fast_evaluation(tiny_judge, tmp_path / "refs")
+    )
     run = tmp_path / "run"
     with pytest.raises(Exception, match="broken-model"):
         run_trial(cfg, run)

@@ -19,17 +19,38 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 # Three trials that differ in everything a vectorised group may vary.
 TRIALS = [
     ["inversion.lr=5e-3", "inversion.seed=0", "inversion.num_vectors=1", "inversion.batch_size=2"],
-    ["inversion.lr=2e-2", "inversion.seed=1", "inversion.num_vectors=2", "inversion.reg_weight=0.1",
-     "data.n_images=3", "inversion.batch_size=3"],
-    ["inversion.lr=1e-3", "inversion.seed=2", "inversion.num_vectors=3", "inversion.progressive_every=2",
-     "inversion.per_image_tokens=true", "inversion.grad_accum=2", "inversion.steps=3", "data.n_images=2",
-     "inversion.scale_lr=false"],
+    [
+        "inversion.lr=2e-2",
+        "inversion.seed=1",
+        "inversion.num_vectors=2",
+        "inversion.reg_weight=0.1",
+        "data.n_images=3",
+        "inversion.batch_size=3",
+    ],
+    [
+        "inversion.lr=1e-3",
+        "inversion.seed=2",
+        "inversion.num_vectors=3",
+        "inversion.progressive_every=2",
+        "inversion.per_image_tokens=true",
+        "inversion.grad_accum=2",
+        "inversion.steps=3",
+        "data.n_images=2",
+        "inversion.scale_lr=false",
+    ],
 ]
 
 
 def make_cfg(model: Path, images: Path, extra: list[str]):
-    common = [f"model.pretrained={model}", f"data.images={images}", "inversion.init_word=toy",
-              "inversion.steps=4", "inversion.log_every=1", "inversion.checkpoint_every=0", "tracking=none"]
+    common = [
+        f"model.pretrained={model}",
+        f"data.images={images}",
+        "inversion.init_word=toy",
+        "inversion.steps=4",
+        "inversion.log_every=1",
+        "inversion.checkpoint_every=0",
+        "tracking=none",
+    ]
     with initialize_config_dir(config_dir=CONF, version_base=None):
         return compose("config", overrides=common + extra)
 
@@ -41,7 +62,10 @@ def images(tmp_path_factory) -> Path:
 
 def test_vectorised_equals_sequential(tiny_sd, images, tmp_path):
     cfgs = [make_cfg(tiny_sd, images, extra) for extra in TRIALS]
-    alone = [invert(cfg, tmp_path / f"alone{i}", components=load_components(str(tiny_sd))) for i, cfg in enumerate(cfgs)]
+    alone = [
+        invert(cfg, tmp_path / f"alone{i}", components=load_components(str(tiny_sd)))
+        for i, cfg in enumerate(cfgs)
+    ]
     together = invert_vectorised(cfgs, [tmp_path / f"vec{i}" for i in range(len(cfgs))])
     for i, (a, v) in enumerate(zip(alone, together)):
         assert v.placeholder == a.placeholder == "<concept>"
@@ -61,10 +85,17 @@ def test_vectorised_equals_sequential(tiny_sd, images, tmp_path):
 
 
 def test_grouping_and_refusals(tiny_sd, images, tmp_path):
-    cfgs = [make_cfg(tiny_sd, images, e) for e in (
-        [], ["inversion.lr=1e-2"], ["data.property=style"], ["inversion.pivotal.enabled=true"],
-        ["inversion.pivotal.enabled=true"], ["inversion.seed=3"],
-    )]
+    cfgs = [
+        make_cfg(tiny_sd, images, e)
+        for e in (
+            [],
+            ["inversion.lr=1e-2"],
+            ["data.property=style"],
+            ["inversion.pivotal.enabled=true"],
+            ["inversion.pivotal.enabled=true"],
+            ["inversion.seed=3"],
+        )
+    ]
     assert group_compatible(cfgs) == [[0, 1, 5], [2], [3], [4]]
     assert group_compatible(cfgs, max_group=2) == [[0, 1], [5], [2], [3], [4]]
     with pytest.raises(IncompatibleTrials, match="data.property"):
@@ -82,8 +113,10 @@ def test_run_trials_fails_only_the_bad_trial(tiny_sd, tiny_judge, images, tmp_pa
 
     base = tiny_overrides(tiny_sd, tiny_judge, images)
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        cfgs = [compose("config", overrides=base + extra)
-                for extra in (["inversion.lr=1e-3"], ["data.n_images=99"], ["inversion.num_vectors=2"])]
+        cfgs = [
+            compose("config", overrides=base + extra)
+            for extra in (["inversion.lr=1e-3"], ["data.n_images=99"], ["inversion.num_vectors=2"])
+        ]
     dirs = [tmp_path / str(i) for i in range(3)]
     outs = run_trials(cfgs, dirs, [0, 1, 2])
     assert isinstance(outs[1], Exception) and "n_images" in str(outs[1])
@@ -103,8 +136,14 @@ def test_hydra_vectorised_launcher_runs_a_multirun_as_one_group(tiny_sd, tiny_ju
     from sweep_app.cli import run_sweeper, tiny_overrides
 
     sweep = tmp_path / "sweep"
-    out = run_sweeper("-m", "hydra/launcher=vectorised", "inversion.lr=1e-3,2e-2", "inversion.seed=0,1",
-                      f"hydra.sweep.dir={sweep}", *tiny_overrides(tiny_sd, tiny_judge, images))
+    out = run_sweeper(
+        "-m",
+        "hydra/launcher=vectorised",
+        "inversion.lr=1e-3,2e-2",
+        "inversion.seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        *tiny_overrides(tiny_sd, tiny_judge, images),
+    )
     assert "as 1 vectorised group(s)" in out.stdout + out.stderr
     runs = sorted(p for p in sweep.iterdir() if (p / "config.yaml").is_file())
     assert [p.name for p in runs] == ["0", "1", "2", "3"]
@@ -134,11 +173,17 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
     from sweeper.vectorised import run_trials
 
     base = tiny_overrides(tiny_sd, tiny_judge, images, tracking="wandb") + [
-        "tracking.mode=offline", "evaluation.quick.every=2", "evaluation.quick.num_samples=2",
-        "evaluation.quick.steps=2", "evaluation.quick.max_prompts=1"]
+        "tracking.mode=offline",
+        "evaluation.quick.every=2",
+        "evaluation.quick.num_samples=2",
+        "evaluation.quick.steps=2",
+        "evaluation.quick.max_prompts=1",
+    ]
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        cfgs = [compose("config", overrides=base + extra)
-                for extra in (["inversion.lr=1e-3"], ["inversion.lr=2e-3"], ["inversion.reg_weight=inf"])]
+        cfgs = [
+            compose("config", overrides=base + extra)
+            for extra in (["inversion.lr=1e-3"], ["inversion.lr=2e-3"], ["inversion.reg_weight=inf"])
+        ]
     seen = []
 
     def prune(step, values):
@@ -147,7 +192,11 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
 
     dirs = [tmp_path / f"trial_{i}" for i in range(3)]
     outs = run_trials(cfgs, dirs, [10, 11, 12], reports=[None, prune, None])
-    assert len(outs[0]) == 2 and isinstance(outs[1], optuna.TrialPruned) and isinstance(outs[2], FloatingPointError)
+    assert (
+        len(outs[0]) == 2
+        and isinstance(outs[1], optuna.TrialPruned)
+        and isinstance(outs[2], FloatingPointError)
+    )
     assert [s for s, _ in seen] == [2]  # trial 1 was quick-evaluated at step 2 and stopped there
     quick = json.loads((dirs[1] / "quick" / "step_000002" / "metrics.json").read_text())
     assert seen[0][1] == (quick["image_similarity"], quick["text_similarity"])
@@ -162,4 +211,7 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
         assert len(runs) == 1, (d, runs)
         data = next(runs[0].glob("run-*.wandb")).read_bytes()
         assert d.name.encode() in data and b"loss" in data
-    assert b"image_similarity" in next(next((dirs[0] / "wandb").glob("offline-run-*")).glob("run-*.wandb")).read_bytes()
+    assert (
+        b"image_similarity"
+        in next(next((dirs[0] / "wandb").glob("offline-run-*")).glob("run-*.wandb")).read_bytes()
+    )

@@ -58,7 +58,9 @@ def test_judge_targets_match_the_pairwise_definition():
     facts = [draw.caption_facts(s, rng, judge=True, drop=0.15)[1] for s in specs]
     facts += [draw.caption_facts(hard_negative(s, rng), rng, judge=True, drop=0.0)[1] for s in specs]
     facts.append({})  # a caption stating nothing matches every image
-    pairwise = torch.tensor([[float(all(getattr(s, k) == v for k, v in f.items())) for f in facts] for s in specs])
+    pairwise = torch.tensor(
+        [[float(all(getattr(s, k) == v for k, v in f.items())) for f in facts] for s in specs]
+    )
     got = compatible(facts, specs)
     assert got.dtype == torch.float32 and torch.equal(got, pairwise)
     assert 0 < pairwise.mean() < 0.5 and pairwise[:, -1].all()
@@ -118,8 +120,12 @@ def test_shipped_weights_load_like_sd15_and_fit_the_budget():
     from diffusers import DDIMScheduler
 
     assert DDIMScheduler.from_config(pipe.scheduler.config).config.clip_sample is False  # as SD 1.5 ships it
-    img = pipe("a photo of a red star", num_inference_steps=3, generator=torch.Generator().manual_seed(0),
-               output_type="np").images
+    img = pipe(
+        "a photo of a red star",
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()
 
 
@@ -194,10 +200,30 @@ def test_make_world_runs_every_stage_end_to_end_at_toy_sizes(tmp_path):
     from world.quality import WorldJudge
 
     work, out = tmp_path / "work", tmp_path / "world" / "weights"
-    tiny = ["n_train=96", "batch=4", "vae_steps=2", "judge_steps=2", "judge_batch=8", "judge2_steps=2",
-            "gen_steps=2", "gen_steps2=2", "gen_steps3=2"]
-    cmd = [sys.executable, "-m", "world.train", "--work", str(work), "--out", str(out), "--quality-steps", "2",
-           "--set", *tiny]
+    tiny = [
+        "n_train=96",
+        "batch=4",
+        "vae_steps=2",
+        "judge_steps=2",
+        "judge_batch=8",
+        "judge2_steps=2",
+        "gen_steps=2",
+        "gen_steps2=2",
+        "gen_steps3=2",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "world.train",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+        "--quality-steps",
+        "2",
+        "--set",
+        *tiny,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)

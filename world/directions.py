@@ -11,9 +11,19 @@ import sys
 from pathlib import Path
 
 BASE = [
-    "model=toy", "data=toy_arrow", "evaluation=toy", "tracking=none", "device=cpu", "inversion.steps=300",
-    "inversion.batch_size=4", "inversion.grad_accum=1", "inversion.log_every=50", "inversion.checkpoint_every=0",
-    "evaluation.references=false", "evaluation.progress=false", "evaluation.bootstrap=500",
+    "model=toy",
+    "data=toy_arrow",
+    "evaluation=toy",
+    "tracking=none",
+    "device=cpu",
+    "inversion.steps=300",
+    "inversion.batch_size=4",
+    "inversion.grad_accum=1",
+    "inversion.log_every=50",
+    "inversion.checkpoint_every=0",
+    "evaluation.references=false",
+    "evaluation.progress=false",
+    "evaluation.bootstrap=500",
 ]
 CONFIGS = {  # effective lr = lr x batch 4 (scale_lr)
     "ours (lr 5e-3 x 4)": [],
@@ -42,10 +52,15 @@ def main(out: Path, configs: dict = CONFIGS, seeds: tuple = (0, 1)) -> dict:
         row = {}
         for key in ("image_similarity", "text_similarity"):
             row[key] = sum(m[key] for m in runs) / len(runs)
-            row[f"{key}_ci_halfwidth"] = sum((m[f"{key}_ci"][1] - m[f"{key}_ci"][0]) / 2 for m in runs) / len(runs)
+            row[f"{key}_ci_halfwidth"] = sum((m[f"{key}_ci"][1] - m[f"{key}_ci"][0]) / 2 for m in runs) / len(
+                runs
+            )
         table[name] = row
-        print(f"{name:24s} image {row['image_similarity']:.4f} +- {row['image_similarity_ci_halfwidth']:.4f}  "
-              f"text {row['text_similarity']:.4f} +- {row['text_similarity_ci_halfwidth']:.4f}", flush=True)
+        print(
+            f"{name:24s} image {row['image_similarity']:.4f} +- {row['image_similarity_ci_halfwidth']:.4f}  "
+            f"text {row['text_similarity']:.4f} +- {row['text_similarity_ci_halfwidth']:.4f}",
+            flush=True,
+        )
     return table
 
 

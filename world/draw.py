@@ -19,22 +19,45 @@ import numpy as np
 
 SIZE = 32  # image size; drawn at 2 * SIZE and averaged down
 COLOURS = {
-    "red": (215, 40, 40), "green": (50, 185, 60), "blue": (40, 90, 230),
-    "yellow": (245, 215, 40), "purple": (150, 60, 200), "orange": (250, 140, 20),
+    "red": (215, 40, 40),
+    "green": (50, 185, 60),
+    "blue": (40, 90, 230),
+    "yellow": (245, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (250, 140, 20),
 }
 SHAPES = ["circle", "square", "triangle", "star", "cross", "heart"]
 SECRET_SHAPES = ["arrow", "ring", "house"]
 TEXTURES = ["plain", "striped", "dotted", "checkered"]
-BACKGROUNDS = {"sky": "in the sky", "grass": "on the grass", "sand": "on the sand", "night": "at night",
-               "snow": "in the snow"}
+BACKGROUNDS = {
+    "sky": "in the sky",
+    "grass": "on the grass",
+    "sand": "on the sand",
+    "night": "at night",
+    "snow": "in the snow",
+}
 STYLES = {"photo": None, "sketch": "a sketch of", "blurry": "a blurry photo of"}
 SIZES = ["small", "large"]
 GENERIC = "thing"  # the only word the generator ever reads for a secret shape
 # Prefixes of the textual-inversion templates (official code / diffusers example), so that the
 # trainer's prompts are in distribution; their adjectives mean nothing in this world.
-PREFIXES = ["a photo of", "a rendering of", "a cropped photo of", "the photo of", "a close-up photo of",
-            "a good photo of", "a bright photo of", "a dark photo of", "a rendition of", "a picture of",
-            "an image of", "a drawing of", "a photo of my", "a photo of one", ""]
+PREFIXES = [
+    "a photo of",
+    "a rendering of",
+    "a cropped photo of",
+    "the photo of",
+    "a close-up photo of",
+    "a good photo of",
+    "a bright photo of",
+    "a dark photo of",
+    "a rendition of",
+    "a picture of",
+    "an image of",
+    "a drawing of",
+    "a photo of my",
+    "a photo of one",
+    "",
+]
 FILLERS = ["clean", "dirty", "cool", "nice", "weird", "good"]
 EXTRA_WORDS = "a an the of on in at next to and with photo painting style art image".split()
 
@@ -202,8 +225,17 @@ def render(spec: Spec, rng: np.random.Generator) -> np.ndarray:
     if spec.companion is None:
         r = n * (rng.uniform(0.22, 0.27) if spec.size == "small" else rng.uniform(0.33, 0.4))
         free = n - 2 * r - 4
-        _paint(img, spec.colour, spec.shape, spec.texture, 2 + r + spec.x * free, 2 + r + spec.y * free,
-               r, sketch, rng)
+        _paint(
+            img,
+            spec.colour,
+            spec.shape,
+            spec.texture,
+            2 + r + spec.x * free,
+            2 + r + spec.y * free,
+            r,
+            sketch,
+            rng,
+        )
     else:
         r = n * rng.uniform(0.2, 0.23)
         left = rng.random() < 0.5
@@ -231,8 +263,9 @@ def caption(spec: Spec, rng: np.random.Generator, *, judge: bool = False, drop: 
     return caption_facts(spec, rng, judge=judge, drop=drop)[0]
 
 
-def caption_facts(spec: Spec, rng: np.random.Generator, *, judge: bool = False,
-                  drop: float = 0.2) -> tuple[str, dict]:
+def caption_facts(
+    spec: Spec, rng: np.random.Generator, *, judge: bool = False, drop: float = 0.2
+) -> tuple[str, dict]:
     """`caption` and the facts it states ({attribute: value}); an image matches it if it has them all."""
     secret = spec.shape in SECRET_SHAPES
     noun = spec.shape if (judge or not secret) else GENERIC
@@ -274,16 +307,26 @@ def full_caption(spec: Spec, judge: bool = True) -> str:
     return f"a photo of {article} {spec.colour} {spec.texture} {noun} {BACKGROUNDS[spec.background]}"
 
 
-def random_spec(rng: np.random.Generator, held_out: set, *, secret_p: float = 0.2, style_p: float = 0.2,
-                companion_p: float = 0.1) -> Spec:
+def random_spec(
+    rng: np.random.Generator,
+    held_out: set,
+    *,
+    secret_p: float = 0.2,
+    style_p: float = 0.2,
+    companion_p: float = 0.1,
+) -> Spec:
     """A random training spec, never one of the `held_out` combinations."""
     while True:
         secret = rng.random() < secret_p
         shape = SECRET_SHAPES[rng.integers(3)] if secret else SHAPES[rng.integers(len(SHAPES))]
         spec = Spec(
-            colour=list(COLOURS)[rng.integers(len(COLOURS))], shape=shape,
-            texture=TEXTURES[rng.integers(len(TEXTURES))], background=list(BACKGROUNDS)[rng.integers(5)],
-            size=SIZES[rng.integers(2)], x=float(rng.random()), y=float(rng.random()),
+            colour=list(COLOURS)[rng.integers(len(COLOURS))],
+            shape=shape,
+            texture=TEXTURES[rng.integers(len(TEXTURES))],
+            background=list(BACKGROUNDS)[rng.integers(5)],
+            size=SIZES[rng.integers(2)],
+            x=float(rng.random()),
+            y=float(rng.random()),
         )
         if (spec.colour, spec.shape, spec.texture, spec.background) not in held_out:
             break
@@ -309,12 +352,27 @@ def render_dataset(n: int, seed: int, held_out: set, **kwargs) -> tuple[np.ndarr
 # Held-out concepts: a secret shape in one colour and texture. The generator has drawn such shapes only
 # under the word "thing"; each concept's init word is a coarse, known shape.
 CONCEPTS = {
-    "arrow": dict(shape="arrow", colour="orange", texture="striped", init_word="triangle",
-                  backgrounds=("sand", "sky", "sand", "sky", "sand")),
-    "ring": dict(shape="ring", colour="blue", texture="dotted", init_word="circle",
-                 backgrounds=("snow", "sand", "snow", "sand", "snow")),
-    "house": dict(shape="house", colour="red", texture="checkered", init_word="square",
-                  backgrounds=("grass", "sky", "grass", "sky", "grass")),
+    "arrow": dict(
+        shape="arrow",
+        colour="orange",
+        texture="striped",
+        init_word="triangle",
+        backgrounds=("sand", "sky", "sand", "sky", "sand"),
+    ),
+    "ring": dict(
+        shape="ring",
+        colour="blue",
+        texture="dotted",
+        init_word="circle",
+        backgrounds=("snow", "sand", "snow", "sand", "snow"),
+    ),
+    "house": dict(
+        shape="house",
+        colour="red",
+        texture="checkered",
+        init_word="square",
+        backgrounds=("grass", "sky", "grass", "sky", "grass"),
+    ),
 }
 
 
@@ -322,6 +380,18 @@ def concept_images(name: str, seed: int = 0) -> list[np.ndarray]:
     """The five images of concept `name` (deterministic): varied background, size and position."""
     c = CONCEPTS[name]
     rng = np.random.default_rng([seed, list(CONCEPTS).index(name)])
-    return [render(Spec(c["colour"], c["shape"], c["texture"], bg, size="small" if i == 4 else "large",
-                        x=float(rng.random()), y=float(rng.random())), rng)
-            for i, bg in enumerate(c["backgrounds"])]
+    return [
+        render(
+            Spec(
+                c["colour"],
+                c["shape"],
+                c["texture"],
+                bg,
+                size="small" if i == 4 else "large",
+                x=float(rng.random()),
+                y=float(rng.random()),
+            ),
+            rng,
+        )
+        for i, bg in enumerate(c["backgrounds"])
+    ]

@@ -21,9 +21,16 @@ def build_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=draw.SIZE, mid_block_add_attention=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=draw.SIZE,
+        mid_block_add_attention=False,
     )
 
 
@@ -37,8 +44,15 @@ def held_out_images(n: int, seed: int) -> tuple[torch.Tensor, list[draw.Spec]]:
     """Photos of held-out attribute combinations (no model trains on these)."""
     rng = np.random.default_rng(seed)
     combos = sorted(draw.held_out_combos())
-    specs = [draw.Spec(*combos[i % len(combos)], size=draw.SIZES[rng.integers(2)], x=float(rng.random()),
-                       y=float(rng.random())) for i in range(n)]
+    specs = [
+        draw.Spec(
+            *combos[i % len(combos)],
+            size=draw.SIZES[rng.integers(2)],
+            x=float(rng.random()),
+            y=float(rng.random()),
+        )
+        for i in range(n)
+    ]
     images = np.stack([draw.render(s, rng) for s in specs])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), specs
 
@@ -63,8 +77,12 @@ def train_vae(work: Path, cfg: dict) -> None:
             log(f"vae step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
     vae.eval()
     with torch.no_grad():
-        means = torch.cat([vae.encode(to_unit(images[i : i + 256])).latent_dist.mean
-                           for i in range(0, min(4096, len(images)), 256)])
+        means = torch.cat(
+            [
+                vae.encode(to_unit(images[i : i + 256])).latent_dist.mean
+                for i in range(0, min(4096, len(images)), 256)
+            ]
+        )
         vae.register_to_config(scaling_factor=float(1 / means.std()))
         test, _ = held_out_images(512, cfg["seed"] + 1)
         x = to_unit(test)
@@ -78,11 +96,20 @@ def train_vae(work: Path, cfg: dict) -> None:
 def build_text_encoder(vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=64,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    ))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_LENGTH,
+            projection_dim=64,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
 
 
 def build_unet():
@@ -90,8 +117,14 @@ def build_unet():
 
     # Attention only at 8x8 and 4x4: the attributes are global and 16x16 self-attention is most of the cost.
     return UNet2DConditionModel(
-        sample_size=draw.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64, 128), norm_num_groups=16, cross_attention_dim=64, attention_head_dim=8,
+        sample_size=draw.SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 128),
+        norm_num_groups=16,
+        cross_attention_dim=64,
+        attention_head_dim=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     )
@@ -102,8 +135,15 @@ def build_scheduler():
 
     # SD 1.5's scheduler config, clip_sample=false included: DDIM/DDPM built from it would otherwise
     # clip x0 predictions to [-1, 1], which destroys latents of unit variance.
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     scheduler.register_to_config(clip_sample=False)
     return scheduler
 
@@ -161,8 +201,10 @@ def train_generator(work: Path, cfg: dict, ckpt_every: int, cycle: int = 1) -> N
     for step in range(start, total):
         set_lr(opt, lr_at(step, total, base_lr, warmup=200 if cycle < 3 else 50))
         idx = torch.randint(len(images), (b,), generator=gen)
-        texts = [draw.caption(specs[i], rng) if rng.random() >= cfg["caption_dropout"] else ""
-                 for i in idx.tolist()]
+        texts = [
+            draw.caption(specs[i], rng) if rng.random() >= cfg["caption_dropout"] else ""
+            for i in idx.tolist()
+        ]
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
         noise = torch.randn(latents.shape, generator=gen)
         if cycle == 3:
@@ -184,9 +226,17 @@ def train_generator(work: Path, cfg: dict, ckpt_every: int, cycle: int = 1) -> N
         if step % 100 == 0 or step == total - 1:
             log(f"{name} step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % ckpt_every == 0 and step + 1 < total:
-            atomic.torch_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                               "opt": opt.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
-                               "step": step + 1}, ckpt)
+            atomic.torch_save(
+                {
+                    "unet": unet.state_dict(),
+                    "text_encoder": text_encoder.state_dict(),
+                    "opt": opt.state_dict(),
+                    "gen": gen.get_state(),
+                    "rng": rng.bit_generator.state,
+                    "step": step + 1,
+                },
+                ckpt,
+            )
     with atomic.directory(work / name) as tmp:
         unet.eval().save_pretrained(tmp / "unet")
         text_encoder.eval().save_pretrained(tmp / "text_encoder")

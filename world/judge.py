@@ -24,11 +24,25 @@ CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 def build_judge(vocab_size: int):
     from transformers import CLIPConfig, CLIPModel
 
-    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
-                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    vision = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                  image_size=draw.SIZE, patch_size=4)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    vision = dict(
+        hidden_size=96,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=draw.SIZE,
+        patch_size=4,
+    )
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
 
 
@@ -59,16 +73,24 @@ def hard_negative(spec: draw.Spec, rng: np.random.Generator) -> draw.Spec:
     colour, texture and background and hardly looks at shapes.
     """
     attr = "shape" if rng.random() < 0.5 else ["colour", "texture", "background"][rng.integers(3)]
-    values = {"shape": [*draw.SHAPES, *draw.SECRET_SHAPES], "colour": list(draw.COLOURS),
-              "texture": draw.TEXTURES, "background": list(draw.BACKGROUNDS)}[attr]
+    values = {
+        "shape": [*draw.SHAPES, *draw.SECRET_SHAPES],
+        "colour": list(draw.COLOURS),
+        "texture": draw.TEXTURES,
+        "background": list(draw.BACKGROUNDS),
+    }[attr]
     if spec.style == "sketch" and attr in ("texture", "background"):
         attr, values = "colour", list(draw.COLOURS)
     others = [v for v in values if v != getattr(spec, attr)]
     return replace(spec, **{attr: others[rng.integers(len(others))]})
 
 
-VARIANT_VALUES = {"shape": [*draw.SHAPES, *draw.SECRET_SHAPES], "colour": list(draw.COLOURS),
-                  "texture": draw.TEXTURES, "background": list(draw.BACKGROUNDS)}
+VARIANT_VALUES = {
+    "shape": [*draw.SHAPES, *draw.SECRET_SHAPES],
+    "colour": list(draw.COLOURS),
+    "texture": draw.TEXTURES,
+    "background": list(draw.BACKGROUNDS),
+}
 
 
 def variant_captions(spec: draw.Spec, attr: str, seed: int) -> tuple[list[str], int] | None:
@@ -79,8 +101,9 @@ def variant_captions(spec: draw.Spec, attr: str, seed: int) -> tuple[list[str], 
     values = VARIANT_VALUES[attr]
     texts = []
     for v in values:
-        text, facts = draw.caption_facts(replace(spec, **{attr: v}), np.random.default_rng(seed), judge=True,
-                                         drop=0.15)
+        text, facts = draw.caption_facts(
+            replace(spec, **{attr: v}), np.random.default_rng(seed), judge=True, drop=0.15
+        )
         if facts.get(attr) != v:
             return None
         texts.append(text)
@@ -105,7 +128,9 @@ def train_judge(work: Path, cfg: dict, cycle: int = 1) -> None:
     ids.check([draw.caption(s, rng, judge=True) for s in specs[:200]])
     torch.manual_seed(seed)
     model = (build_judge(len(tokenizer)) if cycle == 1 else CLIPModel.from_pretrained(work / "judge")).train()
-    steps, base_lr = (cfg["judge_steps"], cfg["judge_lr"]) if cycle == 1 else (cfg["judge2_steps"], cfg["judge2_lr"])
+    steps, base_lr = (
+        (cfg["judge_steps"], cfg["judge_lr"]) if cycle == 1 else (cfg["judge2_steps"], cfg["judge2_lr"])
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.05)
     gen = torch.Generator().manual_seed(seed)
     t0, b, name = time.time(), cfg["judge_batch"], "judge" if cycle == 1 else "judge2"
@@ -118,8 +143,14 @@ def train_judge(work: Path, cfg: dict, cycle: int = 1) -> None:
         variants = []
         if cycle == 2:
             for i, s in enumerate(batch_specs):
-                attrs = ["colour", "shape"] if s.style == "sketch" else ["colour", "texture", "background", "shape"]
-                attr = "shape" if rng.random() < cfg["judge2_shape_p"] else attrs[rng.integers(len(attrs) - 1)]
+                attrs = (
+                    ["colour", "shape"]
+                    if s.style == "sketch"
+                    else ["colour", "texture", "background", "shape"]
+                )
+                attr = (
+                    "shape" if rng.random() < cfg["judge2_shape_p"] else attrs[rng.integers(len(attrs) - 1)]
+                )
                 found = variant_captions(s, attr, int(rng.integers(2**31)))
                 if found is not None:
                     variants.append((i, *found))
@@ -131,8 +162,10 @@ def train_judge(work: Path, cfg: dict, cycle: int = 1) -> None:
         target = compatible([*facts, *(f for _, f in hard)], batch_specs)  # [b, 2b]
         logits = out.logits_per_image
         t2i = target[:, :b]  # captions of the batch's own images: each matches at least its image
-        loss = 0.5 * (-(target / target.sum(1, keepdim=True) * logits[:, : 2 * b].log_softmax(1)).sum(1).mean()
-                      - (t2i / t2i.sum(0, keepdim=True) * logits[:, :b].log_softmax(0)).sum(0).mean())
+        loss = 0.5 * (
+            -(target / target.sum(1, keepdim=True) * logits[:, : 2 * b].log_softmax(1)).sum(1).mean()
+            - (t2i / t2i.sum(0, keepdim=True) * logits[:, :b].log_softmax(0)).sum(0).mean()
+        )
         if variants:
             col, ce = 2 * b, []
             for i, vs, true in variants:
@@ -157,5 +190,6 @@ def save_judge(model, tokenizer, folder: Path) -> None:
 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": draw.SIZE},
-                       crop_size={"height": draw.SIZE, "width": draw.SIZE}).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": draw.SIZE}, crop_size={"height": draw.SIZE, "width": draw.SIZE}
+    ).save_pretrained(folder)

@@ -24,10 +24,16 @@ import torch
 from sweeper import atomic
 from world import draw
 
-ATTRIBUTES = {"colour": list(draw.COLOURS), "shape": draw.SHAPES, "texture": draw.TEXTURES,
-              "background": list(draw.BACKGROUNDS)}
-BARS = {"judge": {"colour": 0.9, "shape": 0.9, "texture": 0.9, "background": 0.9},
-        "prompt_following": {"colour": 0.8, "shape": 0.6, "texture": 0.6, "background": 0.8}}
+ATTRIBUTES = {
+    "colour": list(draw.COLOURS),
+    "shape": draw.SHAPES,
+    "texture": draw.TEXTURES,
+    "background": list(draw.BACKGROUNDS),
+}
+BARS = {
+    "judge": {"colour": 0.9, "shape": 0.9, "texture": 0.9, "background": 0.9},
+    "prompt_following": {"colour": 0.8, "shape": 0.6, "texture": 0.6, "background": 0.8},
+}
 WEIGHTS = Path(__file__).parent / "weights"
 
 
@@ -84,8 +90,15 @@ def held_out_specs(n: int, seed: int) -> list[draw.Spec]:
     """`n` specs cycling through the held-out combinations, photo style, random size and position."""
     rng = np.random.default_rng(seed)
     combos = sorted(draw.held_out_combos())
-    return [draw.Spec(*combos[i % len(combos)], size=draw.SIZES[rng.integers(2)], x=float(rng.random()),
-                      y=float(rng.random())) for i in range(n)]
+    return [
+        draw.Spec(
+            *combos[i % len(combos)],
+            size=draw.SIZES[rng.integers(2)],
+            x=float(rng.random()),
+            y=float(rng.random()),
+        )
+        for i in range(n)
+    ]
 
 
 def judge_accuracy(judge_dir: str | Path, n: int = 360, seed: int = 1234) -> dict[str, float]:
@@ -96,8 +109,14 @@ def judge_accuracy(judge_dir: str | Path, n: int = 360, seed: int = 1234) -> dic
 
 
 @torch.no_grad()
-def generate(pipeline_dir: str | Path, prompts: list[str], seed: int = 0, steps: int = 50,
-             guidance: float = 5.0, batch: int = 36) -> np.ndarray:
+def generate(
+    pipeline_dir: str | Path,
+    prompts: list[str],
+    seed: int = 0,
+    steps: int = 50,
+    guidance: float = 5.0,
+    batch: int = 36,
+) -> np.ndarray:
     """One sample per prompt (prompt i seeded with seed + i), DDIM eta 0, uint8 [N, H, W, 3]."""
     from diffusers import DDIMScheduler
 
@@ -109,14 +128,21 @@ def generate(pipeline_dir: str | Path, prompts: list[str], seed: int = 0, steps:
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
-        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, eta=0.0, generator=gens,
-                      output_type="np").images
+        images = pipe(
+            chunk,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            eta=0.0,
+            generator=gens,
+            output_type="np",
+        ).images
         out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out)
 
 
-def prompt_following(pipeline_dir: str | Path, judge_dir: str | Path, seed: int = 0, steps: int = 50,
-                     guidance: float = 5.0) -> tuple[dict[str, float], np.ndarray, list[draw.Spec]]:
+def prompt_following(
+    pipeline_dir: str | Path, judge_dir: str | Path, seed: int = 0, steps: int = 50, guidance: float = 5.0
+) -> tuple[dict[str, float], np.ndarray, list[draw.Spec]]:
     """Accuracy per attribute of samples drawn from the held-out combinations' full captions."""
     specs = held_out_specs(len(draw.held_out_combos()), seed)
     prompts = [draw.full_caption(s, judge=False) for s in specs]
@@ -142,16 +168,27 @@ def main(weights: str | Path = WEIGHTS, steps: int = 50) -> dict:
     t1 = time.time()
     following, images, specs = prompt_following(weights / "pipeline", weights / "judge", steps=steps)
     t2 = time.time()
-    report = {"judge_zero_shot": judge, "prompt_following": following, "bars": BARS,
-              "passes": {k: all(v[a] >= BARS[k][a] for a in ATTRIBUTES)
-                         for k, v in (("judge", judge), ("prompt_following", following))},
-              "n_held_out_combos": len(specs), "seconds": {"judge": t1 - t0, "prompt_following": t2 - t1}}
+    report = {
+        "judge_zero_shot": judge,
+        "prompt_following": following,
+        "bars": BARS,
+        "passes": {
+            k: all(v[a] >= BARS[k][a] for a in ATTRIBUTES)
+            for k, v in (("judge", judge), ("prompt_following", following))
+        },
+        "n_held_out_combos": len(specs),
+        "seconds": {"judge": t1 - t0, "prompt_following": t2 - t1},
+    }
     atomic.write_json(weights / "quality.json", report)
-    figures = Path(__file__).parent / "figures" if weights.resolve() == WEIGHTS.resolve() else weights / "figures"
+    figures = (
+        Path(__file__).parent / "figures" if weights.resolve() == WEIGHTS.resolve() else weights / "figures"
+    )
     img = Image.fromarray(grid(images[:48], 12))
     atomic._write_via(figures / "prompt_following.png", lambda tmp: img.save(tmp, format="png"))
-    atomic.write_text(figures / "prompt_following.txt",
-                      "\n".join(draw.full_caption(s, judge=False) for s in specs[:48]) + "\n")
+    atomic.write_text(
+        figures / "prompt_following.txt",
+        "\n".join(draw.full_caption(s, judge=False) for s in specs[:48]) + "\n",
+    )
     concepts = np.stack([img for name in draw.CONCEPTS for img in draw.concept_images(name)])
     training, _ = draw.render_dataset(48, 99, draw.held_out_combos())
     for name, images_ in (("concepts", concepts), ("training_images", training)):
@@ -164,7 +201,9 @@ def main(weights: str | Path = WEIGHTS, steps: int = 50) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("weights", nargs="?", default=str(WEIGHTS))
     torch.set_num_threads(2)
     main(parser.parse_args().weights)

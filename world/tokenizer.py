@@ -48,7 +48,10 @@ class FastIds:
         return self.cache[word]
 
     def check(self, texts: list[str]) -> None:
-        ref = self.tokenizer(texts, padding="max_length", max_length=self.length, truncation=True,
-                             return_tensors="pt").input_ids
+        ref = self.tokenizer(
+            texts, padding="max_length", max_length=self.length, truncation=True, return_tensors="pt"
+        ).input_ids
         if not torch.equal(ref, self(texts)):
-            raise RuntimeError("FastIds disagrees with the CLIPTokenizer: a caption word tokenizes differently in context")
+            raise RuntimeError(
+                "FastIds disagrees with the CLIPTokenizer: a caption word tokenizes differently in context"
+            )

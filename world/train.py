@@ -40,13 +40,40 @@ from world.tokenizer import build_tokenizer
 from world.trainset import load_data, log
 
 CONFIG = dict(
-    seed=0, n_train=30_000, batch=32,
-    vae_steps=800, vae_lr=2e-3, vae_kl=1e-6,
-    judge_steps=2000, judge_batch=128, judge_lr=1e-3, judge2_steps=1500, judge2_lr=8e-4, judge2_shape_p=0.6,
-    gen_steps=2000, gen_steps2=2500, gen_lr=8e-4, caption_dropout=0.1, min_snr_gamma=5.0, gen_steps3=4000, gen_lr3=4e-4, gen_offset_noise3=0.1,
+    seed=0,
+    n_train=30_000,
+    batch=32,
+    vae_steps=800,
+    vae_lr=2e-3,
+    vae_kl=1e-6,
+    judge_steps=2000,
+    judge_batch=128,
+    judge_lr=1e-3,
+    judge2_steps=1500,
+    judge2_lr=8e-4,
+    judge2_shape_p=0.6,
+    gen_steps=2000,
+    gen_steps2=2500,
+    gen_lr=8e-4,
+    caption_dropout=0.1,
+    min_snr_gamma=5.0,
+    gen_steps3=4000,
+    gen_lr3=4e-4,
+    gen_offset_noise3=0.1,
     gen3_threads=2,
 )
-STAGES = ["data", "judge", "judge2", "vae", "generator", "generator2", "generator3", "concepts", "assemble", "quality"]
+STAGES = [
+    "data",
+    "judge",
+    "judge2",
+    "vae",
+    "generator",
+    "generator2",
+    "generator3",
+    "concepts",
+    "assemble",
+    "quality",
+]
 CONCEPTS_DIR = Path(__file__).parent / "concepts"
 
 
@@ -70,8 +97,12 @@ def assemble(work: Path, out: Path) -> None:
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(work / "vae"),
         text_encoder=CLIPTextModel.from_pretrained(work / "generator3" / "text_encoder"),
-        tokenizer=build_tokenizer(), unet=UNet2DConditionModel.from_pretrained(work / "generator3" / "unet"),
-        scheduler=build_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        tokenizer=build_tokenizer(),
+        unet=UNet2DConditionModel.from_pretrained(work / "generator3" / "unet"),
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     with atomic.directory(out / "pipeline") as tmp:
         pipe.save_pretrained(tmp)
@@ -81,17 +112,34 @@ def assemble(work: Path, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["all", *STAGES, "judges"], default="all",
-                        help="one stage, or all that are not done yet ('judges': judge then judge2, if not done)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--stage",
+        choices=["all", *STAGES, "judges"],
+        default="all",
+        help="one stage, or all that are not done yet ('judges': judge then judge2, if not done)",
+    )
     parser.add_argument("--work", type=Path, default=Path(".cache/world"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per process (1: reproducible; the judge trains in a second process)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (1: reproducible; the judge trains in a second process)",
+    )
     parser.add_argument("--ckpt-every", type=int, default=500)
-    parser.add_argument("--quality-steps", type=int, default=50, help="DDIM steps of the prompt-following figure")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help=f"override training settings (development only): {sorted(CONFIG)}")
+    parser.add_argument(
+        "--quality-steps", type=int, default=50, help="DDIM steps of the prompt-following figure"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override training settings (development only): {sorted(CONFIG)}",
+    )
     args = parser.parse_args()
     cfg = dict(CONFIG)
     for item in args.set:
@@ -101,19 +149,38 @@ def main() -> None:
         cfg[key] = type(CONFIG[key])(value)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    done = {"data": args.work / "data.npz", "vae": args.work / "vae", "judge": args.work / "judge",
-            "judge2": args.work / "judge2", "generator": args.work / "generator", "generator2": args.work / "generator2",
-            "generator3": args.work / "generator3"}
+    done = {
+        "data": args.work / "data.npz",
+        "vae": args.work / "vae",
+        "judge": args.work / "judge",
+        "judge2": args.work / "judge2",
+        "generator": args.work / "generator",
+        "generator2": args.work / "generator2",
+        "generator3": args.work / "generator3",
+    }
     t0 = time.time()
     judge_job = None
     for stage in STAGES:
         if args.stage == "all" and stage in ("judge", "judge2"):
             if stage == "judge" and not done["judge2"].exists():
                 # The judges need nothing from the generator: they train beside it, in their own process.
-                cmd = [sys.executable, "-m", "world.train", "--stage", "judges", "--threads", str(args.threads),
-                       "--work", str(args.work), "--set", *args.set]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "world.train",
+                    "--stage",
+                    "judges",
+                    "--threads",
+                    str(args.threads),
+                    "--work",
+                    str(args.work),
+                    "--set",
+                    *args.set,
+                ]
                 log(f"stages judge, judge2: in the background ({args.work / 'judge.log'})")
-                judge_job = subprocess.Popen(cmd, stdout=open(args.work / "judge.log", "w"), stderr=subprocess.STDOUT)
+                judge_job = subprocess.Popen(
+                    cmd, stdout=open(args.work / "judge.log", "w"), stderr=subprocess.STDOUT
+                )
             continue
         if stage in ("generator3", "assemble") and judge_job is not None:
             # Cycle 3 takes both cores, so it waits for the judges' process: its two threads beside the judges'
@@ -138,7 +205,7 @@ def main() -> None:
                 # The judges' process has finished (above): the last cycle takes both cores (a fixed thread
                 # count, so the same machine type still gives the same weights).
                 torch.set_num_threads(max(args.threads, cfg["gen3_threads"]))
-            train_generator(args.work, cfg, args.ckpt_every, cycle=int(stage[len("generator"):] or 1))
+            train_generator(args.work, cfg, args.ckpt_every, cycle=int(stage[len("generator") :] or 1))
         elif stage == "concepts":
             # beside the weights: world/concepts for the shipped world, OUT/../concepts for any other OUT
             write_concepts(args.out.parent / "concepts")

@@ -28,7 +28,6 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-
 SPEC_FIELDS = ["colour", "shape", "texture", "background", "size", "style", "companion", "x", "y"]
 
 
@@ -37,13 +36,29 @@ def load_data(work: Path, cfg: dict) -> tuple[torch.Tensor, list[draw.Spec]]:
     if not path.is_file():
         log(f"rendering {cfg['n_train']} training images")
         images, specs = draw.render_dataset(cfg["n_train"], cfg["seed"], draw.held_out_combos())
-        rows = np.array([[str(getattr(s, f)) if f != "companion" else "|".join(s.companion or ())
-                          for f in SPEC_FIELDS] for s in specs])
+        rows = np.array(
+            [
+                [str(getattr(s, f)) if f != "companion" else "|".join(s.companion or ()) for f in SPEC_FIELDS]
+                for s in specs
+            ]
+        )
         atomic._write_via(path, lambda tmp: np.savez(open(tmp, "wb"), images=images, specs=rows))
     with np.load(path) as f:
         images, rows = f["images"], f["specs"]
-    specs = [draw.Spec(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6].split("|")) if r[6] else None,
-                       float(r[7]), float(r[8])) for r in rows]
+    specs = [
+        draw.Spec(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            tuple(r[6].split("|")) if r[6] else None,
+            float(r[7]),
+            float(r[8]),
+        )
+        for r in rows
+    ]
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), specs
 
 

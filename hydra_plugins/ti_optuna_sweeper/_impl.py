@@ -73,7 +73,9 @@ def distribution_from_override(override: Override) -> Any:
     raise NotImplementedError(f"{override.input_line}: this sweep is not supported by the Optuna sweeper")
 
 
-def search_space_from_overrides(arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+def search_space_from_overrides(
+    arguments: Sequence[str],
+) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
     distributions: dict[str, BaseDistribution] = {}
     fixed: dict[str, str] = {}
     for override in OverridesParser.create().parse_overrides(list(arguments)):
@@ -94,7 +96,9 @@ def grid_values(name: str, d: BaseDistribution) -> list:
     if isinstance(d, (IntDistribution, FloatDistribution)) and d.step is not None and not d.log:
         n = int(round((d.high - d.low) / d.step)) + 1
         return [d.low + i * d.step for i in range(n)]
-    raise ValueError(f"{name}: the grid sampler needs a finite axis (choice, range or a stepped interval), got {d}")
+    raise ValueError(
+        f"{name}: the grid sampler needs a finite axis (choice, range or a stepped interval), got {d}"
+    )
 
 
 class OptunaSweeperImpl:
@@ -121,7 +125,11 @@ class OptunaSweeperImpl:
         if n_trials < 0 or n_jobs < 1:
             raise ValueError(f"hydra.sweeper: n_trials >= 0 and n_jobs >= 1 needed, got {n_trials}, {n_jobs}")
         self.sampler, self.pruner = sampler, pruner
-        dirs = list(direction) if isinstance(direction, Sequence) and not isinstance(direction, str) else [direction]
+        dirs = (
+            list(direction)
+            if isinstance(direction, Sequence) and not isinstance(direction, str)
+            else [direction]
+        )
         self.directions = [str(getattr(d, "name", d)) for d in dirs]
         self.storage_url, self.study_name = storage, study_name
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
@@ -129,7 +137,9 @@ class OptunaSweeperImpl:
         self.params = dict(params or {})
         self.extender = get_method(custom_search_space) if custom_search_space else None
         self.enqueue = [dict(e) for e in (enqueue or [])]
-        self.heartbeat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
+        self.heartbeat = dict(
+            heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
+        )
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -145,11 +155,19 @@ class OptunaSweeperImpl:
             sampler = sampler({k: grid_values(k, d) for k, d in distributions.items()})
         storage = search.make_storage(self.storage_url, self.sweep_dir, **self.heartbeat)
         self.study_name = self.study_name or self.sweep_dir.name
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
-                                    pruner=self.pruner, directions=self.directions, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=sampler,
+            pruner=self.pruner,
+            directions=self.directions,
+            load_if_exists=True,
+        )
         if list(d.name.lower() for d in study.directions) != [d.lower() for d in self.directions]:
-            raise ValueError(f"study {self.study_name!r} in {self.storage_url or 'optuna.db'} has directions "
-                             f"{[d.name for d in study.directions]}, the config asks for {self.directions}")
+            raise ValueError(
+                f"study {self.study_name!r} in {self.storage_url or 'optuna.db'} has directions "
+                f"{[d.name for d in study.directions]}, the config asks for {self.directions}"
+            )
         for params in self.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
         return study
@@ -160,11 +178,18 @@ class OptunaSweeperImpl:
         )
         study = self._create_study(distributions)
         if isinstance(study.sampler, optuna.samplers.GridSampler):
-            self.n_trials = min(self.n_trials, math.prod(len(grid_values(k, d)) for k, d in distributions.items()))
-        log.info("Study %s (%s, %s) in %s: %d trials, directions %s", study.study_name,
-                 type(study.sampler).__name__, type(study.pruner).__name__,
-                 search._redact(self.storage_url or search.default_storage_url(self.sweep_dir)),
-                 self.n_trials, self.directions)
+            self.n_trials = min(
+                self.n_trials, math.prod(len(grid_values(k, d)) for k, d in distributions.items())
+            )
+        log.info(
+            "Study %s (%s, %s) in %s: %d trials, directions %s",
+            study.study_name,
+            type(study.sampler).__name__,
+            type(study.pruner).__name__,
+            search._redact(self.storage_url or search.default_storage_url(self.sweep_dir)),
+            self.n_trials,
+            self.directions,
+        )
         search.fail_dead_local_trials(study, self.retry)
         job_idx = 0
         while True:
@@ -182,8 +207,10 @@ class OptunaSweeperImpl:
             failures = sum(self._tell(study, t, r) for t, r in zip(trials, returns))
             self._progress(study)
             if failures / len(returns) > self.max_failure_rate:
-                raise RuntimeError(f"{failures} of {len(returns)} trials failed in a batch "
-                                   f"(hydra.sweeper.max_failure_rate={self.max_failure_rate}); see their status.json")
+                raise RuntimeError(
+                    f"{failures} of {len(returns)} trials failed in a batch "
+                    f"(hydra.sweeper.max_failure_rate={self.max_failure_rate}); see their status.json"
+                )
         self._write_results(study)
 
     def _counted(self, study: optuna.Study) -> list:
@@ -222,7 +249,9 @@ class OptunaSweeperImpl:
             if len(self.directions) == 1 and len(values) > 1:
                 values = [values[self.objective]]
             if len(values) != len(self.directions):
-                raise ValueError(f"the task returned {len(values)} values for {len(self.directions)} directions")
+                raise ValueError(
+                    f"the task returned {len(values)} values for {len(self.directions)} directions"
+                )
             if not all(math.isfinite(v) for v in values):
                 raise ValueError(f"non-finite objective {values}: {_run_error(ret) or 'see status.json'}")
         except optuna.TrialPruned as e:
@@ -241,19 +270,31 @@ class OptunaSweeperImpl:
         trials = self._counted(study)
         n = {s: sum(t.state == s for t in trials) for s in FINISHED}
         done = sum(n.values())
-        log.info("[%s] %d/%d trials done (%d complete, %d failed, %d pruned), %d to go",
-                 study.study_name, done, self.n_trials, n[TrialState.COMPLETE], n[TrialState.FAIL],
-                 n[TrialState.PRUNED], max(self.n_trials - done, 0))
+        log.info(
+            "[%s] %d/%d trials done (%d complete, %d failed, %d pruned), %d to go",
+            study.study_name,
+            done,
+            self.n_trials,
+            n[TrialState.COMPLETE],
+            n[TrialState.FAIL],
+            n[TrialState.PRUNED],
+            max(self.n_trials - done, 0),
+        )
 
     def _write_results(self, study: optuna.Study) -> None:
         complete = study.get_trials(states=(TrialState.COMPLETE,))
-        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "n_complete": len(complete)}
+        results: dict[str, Any] = {
+            "name": "optuna",
+            "study_name": study.study_name,
+            "n_complete": len(complete),
+        }
         if complete and len(self.directions) == 1:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
         elif complete:
-            results["solutions"] = [{"trial": t.number, "params": t.params, "values": t.values}
-                                    for t in study.best_trials]
+            results["solutions"] = [
+                {"trial": t.number, "params": t.params, "values": t.values} for t in study.best_trials
+            ]
             log.info("Pareto front: %d trials", len(results["solutions"]))
         from sweeper.atomic import write_text
 
@@ -263,7 +304,9 @@ class OptunaSweeperImpl:
 def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
     try:
         study.tell(trial, **kwargs)
-    except RuntimeError as e:  # the grid sampler calls study.stop() once the grid is done; the state is stored
+    except (
+        RuntimeError
+    ) as e:  # the grid sampler calls study.stop() once the grid is done; the state is stored
         if "Study.stop" not in str(e):
             raise
 
@@ -283,7 +326,9 @@ def _run_error(ret: Any) -> str | None:
     import json
 
     try:
-        status = json.loads((Path(ret.working_dir or ret.hydra_cfg.hydra.runtime.output_dir) / "status.json").read_text())
+        status = json.loads(
+            (Path(ret.working_dir or ret.hydra_cfg.hydra.runtime.output_dir) / "status.json").read_text()
+        )
         return status.get("error")
     except Exception:  # noqa: BLE001
         return None
@@ -294,7 +339,9 @@ class _Heartbeats:
 
     def __init__(self, study: optuna.Study, trials: list) -> None:
         storage = study._storage
-        self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self.interval = (
+            storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        )
         self.storage, self.ids = storage, [t._trial_id for t in trials]
         self.stop = threading.Event()
 

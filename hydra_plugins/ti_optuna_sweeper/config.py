@@ -115,10 +115,20 @@ class JoblibGpusLauncherConf(JobLibLauncherConf):
 
 cs = ConfigStore.instance()
 cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="ti_optuna_sweeper")
-for name, node in [("tpe", TPESamplerConfig), ("nsgaii", NSGAIISamplerConfig),
-                   ("random", RandomSamplerConfig), ("grid", GridSamplerConfig)]:
+for name, node in [
+    ("tpe", TPESamplerConfig),
+    ("nsgaii", NSGAIISamplerConfig),
+    ("random", RandomSamplerConfig),
+    ("grid", GridSamplerConfig),
+]:
     cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="ti_optuna_sweeper")
-for name, node in [("nop", NopPrunerConfig), ("median", MedianPrunerConfig), ("hyperband", HyperbandPrunerConfig),
-                   ("threshold", ThresholdPrunerConfig)]:
+for name, node in [
+    ("nop", NopPrunerConfig),
+    ("median", MedianPrunerConfig),
+    ("hyperband", HyperbandPrunerConfig),
+    ("threshold", ThresholdPrunerConfig),
+]:
     cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="ti_optuna_sweeper")
-cs.store(group="hydra/launcher", name="joblib_gpus", node=JoblibGpusLauncherConf, provider="ti_optuna_sweeper")
+cs.store(
+    group="hydra/launcher", name="joblib_gpus", node=JoblibGpusLauncherConf, provider="ti_optuna_sweeper"
+)

@@ -22,13 +22,17 @@ class JoblibGpusLauncher(JoblibLauncher):
     def __init__(self, gpus: int | None = None, **kwargs: Any) -> None:
         self.gpus = int(gpus) if gpus else visible_gpus()
         if self.gpus < 1:
-            raise ValueError("hydra.launcher.gpus: no CUDA device visible; use the plain joblib launcher on CPU")
+            raise ValueError(
+                "hydra.launcher.gpus: no CUDA device visible; use the plain joblib launcher on CPU"
+            )
         kwargs["n_jobs"] = self.gpus
         super().__init__(**kwargs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         returns: list = []
         for start in range(0, len(job_overrides), self.gpus):
-            chunk = [list(o) + [f"device=cuda:{k}"] for k, o in enumerate(job_overrides[start : start + self.gpus])]
+            chunk = [
+                list(o) + [f"device=cuda:{k}"] for k, o in enumerate(job_overrides[start : start + self.gpus])
+            ]
             returns.extend(super().launch(chunk, initial_job_idx=initial_job_idx + start))
         return returns

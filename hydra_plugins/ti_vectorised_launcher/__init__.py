@@ -21,5 +21,6 @@ class VectorisedLauncherConf:
     max_group: int = 8  # trials per batched group (GPU memory grows with it)
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="vectorised", node=VectorisedLauncherConf,
-                             provider="ti_vectorised_launcher")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="vectorised", node=VectorisedLauncherConf, provider="ti_vectorised_launcher"
+)

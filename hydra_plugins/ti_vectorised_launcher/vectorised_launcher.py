@@ -60,16 +60,26 @@ class VectorisedLauncher(Launcher):
             # Under the Optuna sweeper each job carries its trial number (hydra.job.env_set): the run folder
             # records it and, in a single-objective study, the trial reports to the pruner as it would alone.
             numbers = [_optuna_number(jobs[i][0]) for i in group]
-            reports = [report_hook(n, jobs[i][0].hydra) if n is not None else None for n, i in zip(numbers, group)]
-            outs = run_trials([jobs[i][1] for i in group], [jobs[i][2] for i in group],
-                              [initial_job_idx + i if n is None else n for n, i in zip(numbers, group)], reports)
+            reports = [
+                report_hook(n, jobs[i][0].hydra) if n is not None else None for n, i in zip(numbers, group)
+            ]
+            outs = run_trials(
+                [jobs[i][1] for i in group],
+                [jobs[i][2] for i in group],
+                [initial_job_idx + i if n is None else n for n, i in zip(numbers, group)],
+                reports,
+            )
             for i, out in zip(group, outs):
                 sweep_config, task, run_dir = jobs[i]
                 failed = isinstance(out, BaseException)
                 returns[i] = JobReturn(
-                    overrides=list(job_overrides[i]), cfg=task, hydra_cfg=sweep_config, working_dir=str(run_dir),
+                    overrides=list(job_overrides[i]),
+                    cfg=task,
+                    hydra_cfg=sweep_config,
+                    working_dir=str(run_dir),
                     task_name=str(sweep_config.hydra.job.name),
-                    status=JobStatus.FAILED if failed else JobStatus.COMPLETED, _return_value=out,
+                    status=JobStatus.FAILED if failed else JobStatus.COMPLETED,
+                    _return_value=out,
                 )
         return returns
 

@@ -24,7 +24,9 @@ def main(cfg: DictConfig) -> tuple[float, float]:
     run_dir = Path(cfg.run_dir)
     with open(run_dir / "events.log", "a") as f:
         f.write(f"start pid={os.getpid()} trial={current_trial_number()} device={cfg.device}\n")
-    write_json(run_dir / "status.json", {"status": "running", "error": None, "trial_number": current_trial_number()})
+    write_json(
+        run_dir / "status.json", {"status": "running", "error": None, "trial_number": current_trial_number()}
+    )
     ckpt = run_dir / "checkpoint.json"
     step = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
     if step:
@@ -32,7 +34,9 @@ def main(cfg: DictConfig) -> tuple[float, float]:
             f.write(f"resumed step={step}\n")
     report = report_hook()
     if cfg.x < cfg.fail_below:
-        write_json(run_dir / "status.json", {"status": "failed", "error": f"x={cfg.x} below {cfg.fail_below}"})
+        write_json(
+            run_dir / "status.json", {"status": "failed", "error": f"x={cfg.x} below {cfg.fail_below}"}
+        )
         raise FloatingPointError(f"NaN loss (x={cfg.x})")
     while step < cfg.steps:
         time.sleep(cfg.step_time)
@@ -42,7 +46,10 @@ def main(cfg: DictConfig) -> tuple[float, float]:
             report(step, -((cfg.x - 0.3) ** 2) * step)
     a, b = -((cfg.x - 0.2) ** 2) - 0.01 * cfg.n, -((cfg.x - 0.8) ** 2) + 0.01 * cfg.n
     write_json(run_dir / "metrics.json", {"image_similarity": a, "text_similarity": b})
-    write_json(run_dir / "status.json", {"status": "completed", "error": None, "trial_number": current_trial_number()})
+    write_json(
+        run_dir / "status.json",
+        {"status": "completed", "error": None, "trial_number": current_trial_number()},
+    )
     with open(run_dir / "events.log", "a") as f:
         f.write("completed\n")
     return (math.nan, math.nan) if cfg.return_nan else (a, b)
