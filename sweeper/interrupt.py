@@ -47,3 +47,26 @@ def interruptible() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGUSR1/SIGINT until the block ends, then deliver the first one to the handler that was
+    in place (inside `interruptible()`: TrialInterrupted; Ctrl-C: KeyboardInterrupt). For short sections that
+    must not stop half-way (an optimizer step and its record, a checkpoint). Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, frame):  # noqa: ARG001 - signal handler signature
+        held.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (*SIGNALS, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if held:
+            signal.raise_signal(held[0])

@@ -11,6 +11,11 @@ VAE latents of every training image and its flip are encoded once; each step sam
 cached latent distribution with the trainer's generator. Everything random in a step (prompt,
 image, flip, latent sample, noise, timestep) comes from that one generator, whose state goes into
 every checkpoint, so a resumed run ends with the same embeddings as an uninterrupted one.
+
+One training loop (`train`) for every launcher: a lone trial is a `TrainerGroup` of one, a vectorised
+group (sweeper/vectorised.py) is N compatible trials through one batched UNet call per step. The loop
+does the per-step bookkeeping (non-finite stop, history rows, callbacks, checkpoints, resume, removal
+of half-written checkpoint folders) and, on an interruption, checkpoints at the last completed step.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sweeper import data, tokens
@@ -38,7 +44,10 @@ from sweeper.checkpoints import (
     save_checkpoint,
     write_history,
 )
+from sweeper.embeddings_io import save_learned_embeds
+from sweeper.interrupt import is_interruption, signals_deferred
 from sweeper.models import Components, load_components
+from sweeper.vectorised import check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,10 @@ class Splice:
         """Write the learned rows into the embedding matrix and remove the hook (for pivotal tuning, sampling)."""
         with torch.no_grad():
             self.embedding.weight[self.rows.ids] = self.vectors().to(self.embedding.weight.dtype)
+        self.handle.remove()
+
+    def detach(self) -> None:
+        """Remove the hook, leaving the matrix as it was (a trial that ended without a result)."""
         self.handle.remove()
 
 
@@ -100,7 +113,7 @@ class Trainer:
     """One concept's inversion on loaded components: `step()` is one optimizer step."""
 
     def __init__(self, cfg: DictConfig, comps: Components, images: list[Path]):
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler  # heavy; loaded with the model, not at import
 
         inv = cfg.inversion
         self.cfg, self.comps, self.images = cfg, comps, images
@@ -188,13 +201,7 @@ class Trainer:
 
     def unet_loss(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoising MSE on one drawn micro-batch; also the input ids, to see which tokens were used."""
-        comps, d = self.comps, self.draw(m)
-        with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
-            hidden, added, ids = self.encode_prompts(d["prompts"])
-            pred = self.unet(
-                d["noisy"].to(comps.unet.dtype), d["t"], hidden.to(comps.unet.dtype), added_cond_kwargs=added
-            ).sample
-        return F.mse_loss(pred.float(), d["target"].float()), ids
+        return TrainerGroup.of([self]).losses([self.draw(m)])[0]
 
     def reg_loss(self, m: int) -> torch.Tensor:
         """Squared L2 distance of each active concept vector from its init (per-image tokens are free)."""
@@ -203,15 +210,7 @@ class Trainer:
     # --------------------------------------------------------------------------------------- step
     def step(self, m: int) -> dict:
         """One optimizer step over grad_accum micro-batches with the first m concept vectors active."""
-        inv = self.cfg.inversion
-        accum, used, total = int(inv.grad_accum), torch.zeros(0, dtype=torch.long), 0.0
-        for _ in range(accum):
-            loss, ids = self.unet_loss(m)
-            objective = loss + float(inv.reg_weight) * self.reg_loss(m) if inv.reg_weight else loss
-            self.scaler.scale(objective / accum).backward()
-            used = torch.cat([used, ids.unique().cpu()])
-            total += loss.item() / accum
-        return self.apply_step(used, total)
+        return TrainerGroup.of([self]).step([0], [m])[0]
 
     def count_non_finite(self, loss: float, bad: int, step: int) -> int:
         """Consecutive non-finite losses after this one; raises FloatingPointError past the tolerance
@@ -289,10 +288,103 @@ class Trainer:
         random.setstate((version, tuple(internal), gauss))
 
 
+class TrainerGroup:
+    """N >= 1 trainers on shared components; a lone trial is a group of one.
+
+    `step(active, ms)` is one optimizer step of each active trainer: every trainer draws its own micro-batch
+    from its own generator, the batches go through ONE text-encoder and UNet call, the prediction is split
+    back into one loss (+ regulariser) per trainer, and each trainer's optimizer steps on its own vectors.
+    Batch elements never interact in these models and the trainers' parameters are disjoint, so a trainer's
+    result equals that of running it alone up to floating-point summation order (tests/test_vectorised.py).
+    """
+
+    def __init__(self, cfgs: list[DictConfig], comps: Components, images: list[list[Path]]):
+        check_compatible(cfgs)
+        names = [str(c.inversion.placeholder) for c in cfgs]
+        clash = len(set(names)) < len(names)
+        # Trials that share a placeholder get "<name>#i" inside the process; their files carry the name.
+        self.token_names = [f"{n}#{i}" if clash else n for i, n in enumerate(names)]
+        self.placeholders = names
+        self.trainers = [
+            Trainer(_renamed(c, t) if clash else c, comps, imgs)
+            for c, t, imgs in zip(cfgs, self.token_names, images)
+        ]
+        # A trainer sized its token lookup when it was built; later trainers grew the vocabulary.
+        for t in self.trainers:
+            for s in t.splices:
+                grow = s.embedding.num_embeddings - s.lookup.numel()
+                if grow > 0:
+                    s.lookup = torch.cat([s.lookup, s.lookup.new_full((grow,), -1)])
+        self.comps = comps
+
+    @classmethod
+    def of(cls, trainers: list[Trainer]) -> TrainerGroup:
+        """A group over trainers that already exist (they share `trainers[0].comps`)."""
+        group = cls.__new__(cls)
+        group.trainers, group.comps = list(trainers), trainers[0].comps
+        group.placeholders = group.token_names = [str(t.cfg.inversion.placeholder) for t in trainers]
+        return group
+
+    def losses(self, draws: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Denoising MSE of each drawn micro-batch (one batched forward); also each batch's input ids."""
+        comps, unet = self.comps, self.comps.unet
+        with torch.autocast(comps.device.type, dtype=comps.dtype, enabled=comps.dtype != torch.float32):
+            hidden, added, ids = self.trainers[0].encode_prompts([p for d in draws for p in d["prompts"]])
+            pred = (
+                self.trainers[0]
+                .unet(
+                    torch.cat([d["noisy"] for d in draws]).to(unet.dtype),
+                    torch.cat([d["t"] for d in draws]),
+                    hidden.to(unet.dtype),
+                    added_cond_kwargs=added,
+                )
+                .sample
+            )
+        out, start = [], 0
+        for d in draws:
+            part = slice(start, start + len(d["t"]))
+            start = part.stop
+            out.append((F.mse_loss(pred[part].float(), d["target"].float()), ids[part]))
+        return out
+
+    def backward(self, active: list[int], ms: list[int]) -> dict[int, tuple[torch.Tensor, float]]:
+        """Gradients of grad_accum micro-batches per active trainer (m = its active vector count): the one
+        objective, loss + reg_weight * reg_loss, scaled by 1/grad_accum. Returns each trainer's used token
+        ids and mean loss. Changes nothing but the gradients and the trainers' generators."""
+        accums = {i: int(self.trainers[i].cfg.inversion.grad_accum) for i in active}
+        used: dict[int, list[torch.Tensor]] = {i: [] for i in active}
+        totals = dict.fromkeys(active, 0.0)
+        for a in range(max(accums.values())):
+            now = [(i, m) for i, m in zip(active, ms) if a < accums[i]]
+            results = self.losses([self.trainers[i].draw(m) for i, m in now])
+            objective = 0.0
+            for (i, m), (loss, ids) in zip(now, results):
+                t, reg = self.trainers[i], float(self.trainers[i].cfg.inversion.reg_weight)
+                obj = loss + reg * t.reg_loss(m) if reg else loss
+                objective = objective + t.scaler.scale(obj / accums[i])
+                used[i].append(ids.unique().cpu())
+                totals[i] += loss.item() / accums[i]
+            objective.backward()
+        return {i: (torch.cat(used[i]), totals[i]) for i in active}
+
+    def step(self, active: list[int], ms: list[int]) -> dict[int, dict]:
+        """One optimizer step of each trainer in `active`; returns its {"loss", "grad_norms"}."""
+        grads = self.backward(active, ms)
+        return {i: self.trainers[i].apply_step(*grads[i]) for i in active}
+
+
+def _renamed(cfg: DictConfig, placeholder: str) -> DictConfig:
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.inversion.placeholder = placeholder
+    return cfg
+
+
 @dataclass
 class InversionResult:
     trainer: Trainer
-    placeholder: str
+    placeholder: str  # the configured name, as in the files
+    token: str  # the name of its tokens inside this process (differs in a group whose names clash)
     vectors: list[torch.Tensor]  # one [k, dim] per text encoder
     per_image: dict[str, list[torch.Tensor]] | None
     paths: dict[str, Path]  # embedding files written
@@ -301,7 +393,151 @@ class InversionResult:
     resumed_from: int | None
 
 
-# ------------------------------------------------------------------------------------------ invert
+@dataclass
+class _Run:
+    """One trial's place in the training loop."""
+
+    cfg: DictConfig
+    run_dir: Path
+    trainer: Trainer
+    fingerprint: str
+    steps: int
+    start: int = 0  # the step it resumed from
+    done: int = 0  # steps completed and recorded (history row, loss window): a consistent checkpoint point
+    window: list[float] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    bad: int = 0  # consecutive non-finite losses
+    saved: int = -1  # step of its newest checkpoint
+    error: Exception | None = None
+
+
+# ------------------------------------------------------------------------------------------- train
+def train(
+    cfgs: list[DictConfig],
+    run_dirs: list[Path],
+    *,
+    components: Components | None = None,
+    on_logs: list[Callable[[int, dict], None] | None] | None = None,
+    reports: list[Callable[[int, Trainer], None] | None] | None = None,
+    seconds: list[float] | None = None,
+) -> list[InversionResult | Exception]:
+    """Train (or resume) N >= 1 compatible trials in their run folders; write each one's embedding files.
+
+    The one training loop. Per trial: resume from its last checkpoint, a history row every log_every steps
+    (then `on_logs[i]` and `reports[i]`, the W&B curves and the pruning hook), a checkpoint every
+    checkpoint_every steps and at its last step, the non-finite-loss stop. Entry i of the result is trial
+    i's InversionResult, or the exception that ended it alone (non-finite loss, pruned, a failing callback,
+    checkpoints of another config); such a trial writes no embedding file.
+
+    An interruption (a signal inside `interrupt.interruptible()`, or Ctrl-C) checkpoints every unfinished
+    trial at its last completed step, whatever checkpoint_every says, then propagates; a rerun resumes there
+    and ends as an uninterrupted run would. `seconds[i]` gets trial i's share of the time: the setup split
+    evenly, each step split among the trials it trained.
+    """
+    n = len(cfgs)
+    if len(run_dirs) != n:
+        raise ValueError(f"{n} configs but {len(run_dirs)} run folders")
+    seconds = seconds if seconds is not None else [0.0] * n
+    on_logs, reports = on_logs or [None] * n, reports or [None] * n
+    t0 = time.monotonic()
+    check_compatible(cfgs)
+    images = [
+        data.select_images(data.list_images(c.data.images), c.data.n_images, int(c.data.subset_seed))
+        for c in cfgs
+    ]
+    first = cfgs[0].inversion
+    torch.manual_seed(int(first.seed))
+    np.random.seed(int(first.seed))
+    random.seed(int(first.seed))
+    comps = components or load_components(
+        cfgs[0].model.pretrained,
+        first.precision,
+        cfgs[0].get("device", "auto"),
+        config=cfgs[0].model.get("config"),
+    )
+    group = TrainerGroup(cfgs, comps, images)
+    runs = [
+        _Run(cfg, Path(d), t, fingerprint(cfg), int(cfg.inversion.steps))
+        for cfg, d, t in zip(cfgs, run_dirs, group.trainers)
+    ]
+    for run in runs:
+        _resume(run)
+        if run.error is None:
+            log.info(
+                "inversion %s: %d images, k=%d, effective lr %.3g (base %.3g, scale_lr=%s, batch %d x accum %d)",
+                run.run_dir,
+                len(run.trainer.images),
+                run.trainer.k,
+                run.trainer.lr,
+                run.cfg.inversion.lr,
+                run.cfg.inversion.scale_lr,
+                run.cfg.inversion.batch_size,
+                run.cfg.inversion.grad_accum,
+            )
+    _share(seconds, range(n), time.monotonic() - t0)
+
+    live = [r for r in runs if r.error is None]
+    first_step = min((r.start for r in live), default=0)
+    last_step = max((r.steps for r in live), default=0)
+    bar = tqdm(
+        range(first_step, last_step),
+        initial=first_step,
+        total=last_step,
+        desc="inversion" if n == 1 else f"inversion x{n}",
+        dynamic_ncols=True,
+        mininterval=1,
+    )
+    rollback = None  # generator states at the start of the step being computed
+    try:
+        for step in bar:
+            t_step = time.monotonic()
+            active = [i for i, r in enumerate(runs) if r.error is None and r.start <= step < r.steps]
+            if not active:
+                continue
+            ms = [
+                tokens.active_count(step, runs[i].trainer.k, runs[i].cfg.inversion.progressive_every)
+                for i in active
+            ]
+            rollback = {i: runs[i].trainer.generator.get_state() for i in active}
+            grads = group.backward(active, ms)  # an interruption here rolls the step back
+            with signals_deferred():  # the step and its record land together, or not at all
+                rollback = None
+                logged = [i for i in active if _commit(runs[i], step + 1, *grads[i])]
+            for i, m in zip(active, ms):
+                if i in logged:
+                    _callbacks(runs[i], m, on_logs[i], reports[i])
+                    if n == 1 and runs[i].rows:
+                        bar.set_postfix(loss=f"{runs[i].rows[-1]['loss']:.4f}", m=m)
+                run = runs[i]
+                every = int(run.cfg.inversion.checkpoint_every or 0)
+                if run.error is None and every and (run.done % every == 0 or run.done == run.steps):
+                    _checkpoint(run)
+            _share(seconds, active, time.monotonic() - t_step)
+    except BaseException as err:
+        if is_interruption(err):
+            with signals_deferred():  # a second signal must not cut the checkpoint short
+                for i, state in (rollback or {}).items():
+                    runs[i].trainer.generator.set_state(state)
+                    runs[i].trainer.optimizer.zero_grad(set_to_none=True)
+                for run in runs:
+                    if run.error is None and run.done > max(run.start, run.saved):
+                        _checkpoint(run)
+                        log.warning("%s: interrupted; checkpoint at step %d", run.run_dir, run.done)
+        raise
+    finally:
+        bar.close()
+
+    t_save = time.monotonic()
+    results: list[InversionResult | Exception] = []
+    for run, name, token in zip(runs, group.placeholders, group.token_names):
+        if run.error is not None:
+            for splice in run.trainer.splices:
+                splice.detach()  # the shared encoder goes on to sample the other trials
+        results.append(run.error if run.error is not None else _save(run, name, token, n))
+    _share(seconds, range(n), time.monotonic() - t_save)
+    return results
+
+
 def invert(
     cfg: DictConfig,
     run_dir: Path,
@@ -310,88 +546,95 @@ def invert(
     report: Callable[[int, Trainer], None] | None = None,
     components: Components | None = None,
 ) -> InversionResult:
-    """Train (or resume) the concept's vectors in `run_dir`; write the embedding files; return the result."""
-    from sweeper.embeddings_io import save_learned_embeds
+    """`train` for one trial: its InversionResult, or its error raised."""
+    (result,) = train([cfg], [Path(run_dir)], components=components, on_logs=[on_log], reports=[report])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
-    inv, run_dir = cfg.inversion, Path(run_dir)
-    steps, log_every, ckpt_every = int(inv.steps), int(inv.log_every), int(inv.checkpoint_every or 0)
-    images = data.select_images(
-        data.list_images(cfg.data.images), cfg.data.n_images, int(cfg.data.subset_seed)
-    )
-    torch.manual_seed(int(inv.seed))
-    np.random.seed(int(inv.seed))
-    random.seed(int(inv.seed))
-    comps = components or load_components(
-        cfg.model.pretrained, inv.precision, cfg.get("device", "auto"), config=cfg.model.get("config")
-    )
-    trainer = Trainer(cfg, comps, images)
-    log.info(
-        "inversion: %d images, k=%d, effective lr %.3g (base %.3g, scale_lr=%s, batch %d x accum %d)",
-        len(images),
-        trainer.k,
-        trainer.lr,
-        inv.lr,
-        inv.scale_lr,
-        inv.batch_size,
-        inv.grad_accum,
-    )
 
-    fp, start, window, resumed = fingerprint(cfg), 0, [], None
-    for junk in (run_dir / CHECKPOINTS).glob(".step_*") if (run_dir / CHECKPOINTS).is_dir() else []:
+def _share(seconds: list[float], members, elapsed: float) -> None:
+    members = list(members)
+    for i in members:
+        seconds[i] += elapsed / len(members)
+
+
+def _resume(run: _Run) -> None:
+    folder = run.run_dir / CHECKPOINTS
+    for junk in folder.glob(".step_*") if folder.is_dir() else []:
         shutil.rmtree(junk, ignore_errors=True)  # a folder a killed run was still building
-    ckpt = latest_checkpoint(run_dir, steps)
+    ckpt = latest_checkpoint(run.run_dir, run.steps)
     if ckpt is not None:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-        if state["fingerprint"] != fp:
-            raise ResumeError(
+        if state["fingerprint"] != run.fingerprint:
+            run.error = ResumeError(
                 f"{ckpt}: checkpoint was made with a different model/data/inversion config; "
-                f"use a new hydra.run.dir or delete {run_dir / CHECKPOINTS}"
+                f"use a new hydra.run.dir or delete {folder}"
             )
-        trainer.load_state_dict(state)
-        start, window, resumed = int(state["step"]), list(state["loss_window"]), int(state["step"])
+            return
+        run.trainer.load_state_dict(state)
+        run.start = run.done = run.saved = int(state["step"])
+        run.window = list(state["loss_window"])
         log.info("resuming from %s", ckpt)
-    rows = read_history(run_dir, start)
+    run.rows = read_history(run.run_dir, run.start)
 
-    bad = 0  # consecutive non-finite losses
-    bar = tqdm(
-        range(start, steps), initial=start, total=steps, desc="inversion", dynamic_ncols=True, mininterval=1
-    )
-    for step in bar:
-        m = tokens.active_count(step, trainer.k, inv.progressive_every)
-        out = trainer.step(m)
-        done = step + 1
-        bad = trainer.count_non_finite(out["loss"], bad, done)
-        window.append(out["loss"])
-        if done % log_every == 0 or done == steps:
-            row = {"step": done, "loss": float(np.mean(window)), "lr": trainer.lr, **trainer.distances()}
-            rows.append(row)
-            write_history(run_dir, rows)
-            window = []
-            bar.set_postfix(loss=f"{row['loss']:.4f}", m=m)
-            if on_log is not None:
-                on_log(done, dict(row, active_vectors=m))
-            if report is not None:  # Optuna pruning: the caller decides what to measure (trial.py)
-                report(done, trainer)
-        if ckpt_every and (done % ckpt_every == 0 or done == steps):
-            save_checkpoint(run_dir, trainer, done, fp, window)
-    bar.close()
 
-    for s in trainer.splices:
+def _commit(run: _Run, done: int, used: torch.Tensor, loss: float) -> bool:
+    """Apply one computed step to a trial and record it; True when it wrote a history row."""
+    out = run.trainer.apply_step(used, loss)
+    try:
+        run.bad = run.trainer.count_non_finite(out["loss"], run.bad, done)
+    except FloatingPointError as err:
+        run.error = err
+        log.warning("%s: stopped: %s", run.run_dir, err)
+        return False
+    run.window.append(out["loss"])
+    run.done = done
+    if done % int(run.cfg.inversion.log_every) and done != run.steps:
+        return False
+    t = run.trainer
+    run.rows.append({"step": done, "loss": float(np.mean(run.window)), "lr": t.lr, **t.distances()})
+    write_history(run.run_dir, run.rows)
+    run.window = []
+    return True
+
+
+def _callbacks(run: _Run, m: int, on_log: Callable | None, report: Callable | None) -> None:
+    """The trial's W&B curve and pruning hook after a history row; an exception ends this trial only."""
+    try:
+        if on_log is not None:
+            on_log(run.done, dict(run.rows[-1], active_vectors=m))
+        if report is not None:  # Optuna pruning: the caller decides what to measure (trial.py)
+            report(run.done, run.trainer)
+    except Exception as err:  # noqa: BLE001 - pruned (optuna.TrialPruned) or failed: this trial only
+        run.error = err
+        log.info("%s: stopped at step %d: %s: %s", run.run_dir, run.done, type(err).__name__, err)
+
+
+def _checkpoint(run: _Run) -> None:
+    save_checkpoint(run.run_dir, run.trainer, run.done, run.fingerprint, run.window)
+    run.saved = run.done
+
+
+def _save(run: _Run, name: str, token: str, group_size: int) -> InversionResult:
+    """Bake the learned rows into the embedding matrix and write the trial's embedding files."""
+    t = run.trainer
+    for s in t.splices:
         s.bake()
-    vectors = [s.vectors()[: trainer.k].cpu() for s in trainer.splices]
+    vectors = [s.vectors()[: t.k].cpu() for s in t.splices]
     per_image = None
-    if trainer.image_tokens:
+    if t.image_tokens:
         per_image = {
-            t: [s.vectors()[trainer.k + j : trainer.k + j + 1].cpu() for s in trainer.splices]
-            for j, t in enumerate(trainer.image_tokens)
+            tok: [s.vectors()[t.k + j : t.k + j + 1].cpu() for s in t.splices]
+            for j, tok in enumerate(tokens.image_tokens(name, len(t.images)))
         }
     meta = {
-        "model": str(cfg.model.pretrained),
-        "init_word": str(inv.init_word),
-        "steps": str(steps),
-        "tokens": " ".join(trainer.concept_tokens),
+        "model": str(run.cfg.model.pretrained),
+        "init_word": str(run.cfg.inversion.init_word),
+        "steps": str(run.steps),
+        "tokens": " ".join(tokens.placeholder_tokens(name, t.k)),
+        "group_size": str(group_size),
     }
-    paths = save_learned_embeds(run_dir, inv.placeholder, vectors, per_image, meta)
-    return InversionResult(
-        trainer, str(inv.placeholder), vectors, per_image, paths, images, trainer.lr, resumed
-    )
+    paths = save_learned_embeds(run.run_dir, name, vectors, per_image, meta)
+    resumed = run.start or None
+    return InversionResult(t, name, token, vectors, per_image, paths, t.images, t.lr, resumed)

@@ -1,13 +1,22 @@
-"""The run folder: resolved config.yaml, status.json, metrics.json (every file written atomically).
+"""The run folder's record: resolved config.yaml and status.json (written atomically).
 
 Layout and schemas: ARCHITECTURE.md. A run is "running" from `start_run` until `finish_run` marks it
-"completed" or "failed" (with the error and traceback); a run folder found "running" by a reader is
-one whose process died, and rerunning it resumes from its last checkpoint.
+"completed", "failed" (with the error and traceback), "pruned" (Optuna stopped it) or "interrupted"
+(a signal or Ctrl-C; a rerun resumes from its checkpoint). status.json records the `pid` and `host` of
+the process running the trial: a "running" run whose process is gone is stale.
+
+A full disk must not leave a run "running" for good: status.json is written first and padded to
+STATUS_RESERVE bytes, so that when an atomic rewrite cannot get a new block, the status is rewritten in
+place over the blocks the file already holds (its traceback shortened to fit).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import socket
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,9 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import atomic
 
+log = logging.getLogger(__name__)
+
 CONFIG = "config.yaml"
 STATUS = "status.json"
-METRICS = "metrics.json"
+STATUSES = ("running", "completed", "failed", "pruned", "interrupted")
+STATUS_RESERVE = 16384  # bytes status.json keeps allocated for an in-place rewrite on a full disk
 
 
 def _now() -> str:
@@ -44,7 +56,7 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 def write_status(run_dir: Path, **fields) -> dict:
-    """Merge `fields` into status.json (creating it) and write it atomically."""
+    """Merge `fields` into status.json (creating it): atomically, or in place when the disk is full."""
     status = read_status(run_dir) or {
         "status": None,
         "error": None,
@@ -53,18 +65,54 @@ def write_status(run_dir: Path, **fields) -> dict:
         "finished_at": None,
         "wall_time_s": None,
         "trial_number": None,
+        "pid": None,
+        "host": None,
     }
     status.update(fields)
-    atomic.write_json(Path(run_dir) / STATUS, status)
+    if status["status"] not in STATUSES:
+        raise ValueError(f"status {status['status']!r}: one of {STATUSES}")
+    path = Path(run_dir) / STATUS
+    try:
+        atomic.write_text(path, _padded(json.dumps(status, indent=1, default=str)))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
+            raise
+        _rewrite_in_place(path, status)
+        log.error("%s: the disk is full; status %r written in place", path, status["status"])
     return status
 
 
+def _padded(text: str, size: int = STATUS_RESERVE) -> str:
+    return text + " " * max(0, size - len(text.encode()) - 1) + "\n"
+
+
+def _rewrite_in_place(path: Path, status: dict) -> None:
+    """Overwrite status.json's existing bytes (no new block needed); shorten the traceback to fit."""
+    room = path.stat().st_size - 1  # the padded text ends with a newline
+    status, full = dict(status), status.get("traceback") or ""
+    keep = len(full)
+    while True:
+        status["traceback"] = full[len(full) - keep :] if keep else None
+        text = json.dumps(status, default=str)
+        if len(text.encode()) <= room or not keep:
+            break
+        keep //= 2
+    if len(text.encode()) > room:
+        status["error"] = str(status.get("error"))[: room // 4]
+        text = json.dumps(status, default=str)
+    with path.open("r+b") as f:
+        f.write(_padded(text, room + 1).encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def start_run(run_dir: Path, cfg: DictConfig, trial_number: int | None = None) -> dict:
-    """Write config.yaml and status.json "running" (a rerun of a folder starts a new attempt)."""
+    """Write status.json "running" (first: it is the small file a full disk must not stop), then config.yaml.
+
+    A rerun of a folder starts a new attempt."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, cfg)
-    return write_status(
+    status = write_status(
         run_dir,
         status="running",
         error=None,
@@ -73,22 +121,32 @@ def start_run(run_dir: Path, cfg: DictConfig, trial_number: int | None = None) -
         finished_at=None,
         wall_time_s=None,
         trial_number=trial_number,
+        pid=os.getpid(),
+        host=socket.gethostname(),
     )
+    write_config(run_dir, cfg)
+    return status
 
 
-def finish_run(run_dir: Path, error: BaseException | None = None) -> dict:
-    """Mark the run completed, or failed with `error` and its traceback."""
+def finish_run(
+    run_dir: Path,
+    error: BaseException | None = None,
+    *,
+    status: str | None = None,
+    wall_time_s: float | None = None,
+) -> dict:
+    """Mark the run `status` (default: completed, or failed when there is an `error`, kept with its traceback).
+
+    `wall_time_s`: the trial's own wall time when it shared its process with others (a vectorised group);
+    by default the time since start_run."""
     started = (read_status(run_dir) or {}).get("started_at")
     finished = _now()
-    wall = (
-        (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
-        if started
-        else None
-    )
+    if wall_time_s is None and started:
+        wall_time_s = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
     fields = {
-        "status": "completed" if error is None else "failed",
+        "status": status or ("completed" if error is None else "failed"),
         "finished_at": finished,
-        "wall_time_s": wall,
+        "wall_time_s": wall_time_s,
     }
     if error is not None:
         fields.update(
@@ -96,12 +154,3 @@ def finish_run(run_dir: Path, error: BaseException | None = None) -> dict:
             traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
         )
     return write_status(run_dir, **fields)
-
-
-def write_metrics(run_dir: Path, metrics: dict) -> Path:
-    return atomic.write_json(Path(run_dir) / METRICS, metrics)
-
-
-def read_metrics(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / METRICS
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,28 +1,372 @@
-"""One trial: check -> invert -> (pivotal) -> evaluate -> record; returns the two objectives.
+"""The trial lifecycle, one for every launcher: a lone trial is a group of one.
 
-    run_trial(cfg, run_dir)  ->  (image_similarity, text_similarity)
+    run_trial(cfg, run_dir)          -> (image_similarity, text_similarity)   Hydra's task function (basic,
+                                                                             joblib, submitit launchers)
+    run_trials([TrialSpec, ...])     -> per trial: its scores or the exception that ended it
+                                        (hydra/launcher=vectorised: N compatible trials in one process)
 
-Bad input raises ConfigError before any model is loaded or any run file is written. Past that
-point the run folder records everything (ARCHITECTURE.md); a failure writes status.json "failed"
-with the error and traceback, then re-raises. Rerunning a folder resumes from its last checkpoint.
+Per trial: checks -> status.json "running" + config.yaml -> W&B tracker -> inversion (the group's one
+training loop, sweeper.inversion.train) -> pivotal tuning (groups of one) -> evaluation -> status.json on
+ANY exit: "completed" | "failed" (error and traceback) | "pruned" (optuna.TrialPruned) | "interrupted"
+(SIGTERM/SIGUSR1 inside `interruptible()`, or Ctrl-C: the loop checkpointed first; the exception then
+propagates and a rerun of the folder resumes from that checkpoint).
+
+Bad input is refused before any model work and leaves no run folder: the checks run before anything is
+written, and a folder that then holds only what Hydra wrote for the job (.hydra/, its log) is removed.
+
+Evaluation reuses the trained components (the learned vectors baked into the text encoder) when the
+evaluation precision can be had from them without loss (same device; trained in that precision or in
+fp32); otherwise the trainer is freed before the evaluation pipeline loads. Either way one UNet is alive
+at a time, so peak memory is the larger phase, not the sum.
+
+`wall_time_s` of a trial = its own phases (checks, records, its evaluation) + its share of what its group
+did together (model loading and latent caches split evenly; each training step split among the trials it
+trained). Over a group the trials' wall times add up to the group's; for a lone trial it is its wall time.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Callable
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from sweeper import record
+from sweeper import record, tokens
 from sweeper.checks import ConfigError, check_config
+from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
+from sweeper.evaluation import _apply_pivotal, evaluate_pipeline, resolve_prompts
 from sweeper.evaluation import check_config as check_evaluation
-from sweeper.evaluation import evaluate_run
-from sweeper.search import report_hook
+from sweeper.interrupt import interruptible, is_interruption, signals_deferred
+from sweeper.inversion import InversionResult, Trainer, train
+from sweeper.models import (
+    Components,
+    load_pipeline,
+    pipeline_from_components,
+    resolve_device,
+    resolve_dtype,
+)
+from sweeper.pivotal import pivotal_tune
+from sweeper.search import current_trial_number, report_hook
 from sweeper.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+HYDRA_OWN = (".hydra",)  # what Hydra writes into a job's folder before the task runs (besides its .log)
+
+Scores = tuple[float, float]
+
+
+@dataclass
+class TrialSpec:
+    """One trial for `run_trials`: its config, run folder, and what its launcher adds."""
+
+    cfg: DictConfig
+    run_dir: Path
+    trial_number: int | None = None
+    on_log: Callable[[int, dict], None] | None = None  # training curves (besides W&B)
+    report: Callable[[int, Scores], None] | None = None  # Optuna's pruning hook (search.report_hook)
+    scope: Callable[[], AbstractContextManager] = nullcontext  # the launcher's per-job context (Hydra, log)
+
+
+@dataclass
+class _Trial:
+    spec: TrialSpec
+    tracker: Tracker = field(default_factory=lambda: Tracker(None))
+    seconds: float = 0.0  # wall time: its own phases plus its share of the group's
+    open: bool = False  # status.json says "running"
+    outcome: Scores | BaseException | None = None
+
+
+def run_trial(
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    *,
+    on_log: Callable[[int, dict], None] | None = None,
+    report: Callable[[int, Scores], None] | None = None,
+) -> Scores:
+    """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder); raise what ended it."""
+    run_dir = _run_dir(cfg, run_dir)
+    report = report if report is not None else report_hook()  # Optuna pruning inside a search
+    (outcome,) = run_trials([TrialSpec(cfg, run_dir, _trial_number(), on_log, report)])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
+    """Run N >= 1 compatible trials (sweeper.vectorised.group_compatible) as one group; see the module doc.
+
+    A refusal, a non-finite loss, a pruner or a failing evaluation ends only its own trial; a failure of
+    the group's shared work (loading the model) fails every trial of the group. An interruption marks
+    every unfinished trial "interrupted" and propagates.
+    """
+    trials = [_Trial(spec) for spec in specs]
+    with interruptible():
+        try:
+            for trial in trials:
+                _start(trial, concurrent=len(trials) > 1)
+            started = [t for t in trials if t.open]
+            if started:
+                _invert_and_evaluate(started)
+        except BaseException as err:
+            for trial in trials:
+                if trial.open:
+                    _finish(trial, err)
+            if not isinstance(err, Exception):
+                raise
+    return [t.outcome for t in trials]  # type: ignore[misc] - every trial has an outcome by now
+
+
+# ------------------------------------------------------------------------------------------- phases
+def _start(trial: _Trial, concurrent: bool) -> None:
+    """Checks (a refusal leaves no run folder), then status.json "running", config.yaml, the tracker."""
+    spec = trial.spec
+    with spec.scope(), _clock(trial):
+        try:
+            check_config(spec.cfg)  # nothing is loaded or written before this passes
+            check_evaluation(spec.cfg.evaluation)
+        except Exception as err:  # noqa: BLE001 - every failure of a check is a refusal
+            drop_hydra_only_folder(spec.run_dir)
+            log.error("refused (no run folder written): %s", err)
+            trial.outcome = err
+            return
+        trial.open = True
+        try:
+            record.start_run(spec.run_dir, spec.cfg, trial_number=spec.trial_number)
+            trial.tracker = Tracker.from_config(spec.cfg, spec.run_dir, concurrent=concurrent)
+        except Exception as err:  # noqa: BLE001 - e.g. a full disk: this trial fails, with its record
+            _finish(trial, err)
+
+
+def _invert_and_evaluate(trials: list[_Trial]) -> None:
+    specs = [t.spec for t in trials]
+    shares = [0.0] * len(trials)
+    try:
+        results = train(
+            [s.cfg for s in specs],
+            [s.run_dir for s in specs],
+            on_logs=[_both(s.on_log, t.tracker.on_log) for s, t in zip(specs, trials)],
+            reports=[quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None for s in specs],
+            seconds=shares,
+        )
+    finally:
+        for trial, share in zip(trials, shares):
+            trial.seconds += share
+    done: list[tuple[_Trial, InversionResult]] = []
+    for trial, result in zip(trials, results):
+        if isinstance(result, Exception):
+            traceback.clear_frames(result.__traceback__)  # its frames would keep the trainers alive
+            _finish(trial, result)
+        else:
+            done.append((trial, result))
+    if len(done) == 1 and done[0][0].spec.cfg.inversion.pivotal.enabled:  # groups of one only (train)
+        trial, result = done[0]
+        with trial.spec.scope(), _clock(trial):
+            pivotal_tune(
+                trial.spec.cfg,
+                result.trainer,
+                trial.spec.run_dir,
+                on_log=_both(trial.spec.on_log, trial.tracker.on_log),
+            )
+    if done:
+        _evaluate(done, group=len(trials))
+
+
+def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
+    """Evaluate each trained trial on one sampling pipeline, then mark it completed (or failed)."""
+    t0 = time.monotonic()
+    cfg = done[0][0].spec.cfg
+    ev = check_evaluation(cfg.evaluation)
+    device = resolve_device(cfg.get("device"))
+    precision = (
+        ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    )
+    pivotal = bool(cfg.inversion.pivotal.enabled)
+    comps = done[0][1].trainer.comps
+    reuse = reusable(comps, precision, device) and (ev["use_pivotal"] or not pivotal)
+    if reuse:
+        pipe = sampling_pipeline(comps, precision)
+    else:  # free the trainer before the second copy of the model loads
+        for _, result in done:
+            result.trainer = None  # type: ignore[assignment]
+        del comps
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        pipe = load_pipeline(
+            str(cfg.model.pretrained), precision, str(device), config=cfg.model.get("config")
+        )
+        if pivotal and ev["use_pivotal"]:
+            _apply_pivotal(pipe, done[0][0].spec.run_dir / "pivotal")
+    setup = (time.monotonic() - t0) / len(done)
+    for trial, result in done:
+        trial.seconds += setup
+        spec = trial.spec
+        with spec.scope(), _clock(trial):
+            try:
+                metrics = _evaluate_one(pipe, spec, result, reuse, precision, device, group)
+                trial.tracker.log_result(spec.run_dir, metrics)
+                log.info("trial done: %s", spec.run_dir)
+            except Exception as err:  # noqa: BLE001 - this trial only
+                _finish(trial, err)
+                continue
+        _finish(trial, None, (metrics["image_similarity"], metrics["text_similarity"]))
+
+
+def _evaluate_one(
+    pipe,
+    spec: TrialSpec,
+    result: InversionResult,
+    reuse: bool,
+    precision: str,
+    device: torch.device,
+    group: int,
+) -> dict:
+    """Evaluate one trial's embedding on the shared pipeline: its baked tokens when the pipeline is the
+    trainer's and they carry the configured name, else its saved files loaded in (and unloaded after)."""
+    ev = check_evaluation(spec.cfg.evaluation)
+    ev["precision"] = precision
+    extra = {
+        "embedding": str(spec.run_dir),
+        "num_vectors": int(result.vectors[0].shape[0]),
+        "pivotal": _pivotal_mode(spec) if ev["use_pivotal"] else None,
+        "vectorised_group": group,
+    }
+    evaluate = lambda token: evaluate_pipeline(  # noqa: E731 - one call, two ways to get the token
+        pipe,
+        token,
+        ev,
+        result.training_images,
+        spec.run_dir,
+        model=str(spec.cfg.model.pretrained),
+        extra=extra,
+        device=device,
+    )
+    if reuse and result.token == result.placeholder:
+        return evaluate(result.token)
+    loaded = load_embedding_file(spec.run_dir)
+    token = load_into_pipeline(pipe, loaded)
+    try:
+        return evaluate(token)
+    finally:
+        for tokenizer, encoder in (
+            (pipe.tokenizer, pipe.text_encoder),
+            (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)),
+        ):
+            if tokenizer is not None:
+                pipe.unload_textual_inversion(
+                    tokens.placeholder_tokens(token, loaded.num_vectors),
+                    tokenizer=tokenizer,
+                    text_encoder=encoder,
+                )
+
+
+def _pivotal_mode(spec: TrialSpec) -> str | None:
+    piv = spec.cfg.inversion.pivotal
+    return str(piv.mode) if piv.enabled and (spec.run_dir / "pivotal").is_dir() else None
+
+
+def reusable(comps: Components, precision: str, device: torch.device) -> bool:
+    """Whether sampling at `precision` on `device` can use the training components as they are (or cast
+    without loss: a fresh load casts the stored weights the same way)."""
+    return comps.device == device and comps.dtype in (resolve_dtype(precision, device), torch.float32)
+
+
+def sampling_pipeline(comps: Components, precision: str):
+    """The evaluation pipeline over the training components, in the dtypes `load_pipeline` gives."""
+    dtype = resolve_dtype(precision, comps.device)
+    for encoder in comps.text_encoders:
+        encoder.to(dtype)
+    comps.unet.to(dtype)
+    comps.vae.to(torch.float32 if dtype == torch.float16 else dtype)  # as load_pipeline: no fp16 VAE
+    return pipeline_from_components(comps)
+
+
+def _finish(trial: _Trial, error: BaseException | None, scores: Scores | None = None) -> None:
+    """Record how the trial ended (a failure to record never hides the trial's own error)."""
+    spec = trial.spec
+    status = "completed" if error is None else outcome_status(error)
+    trial.open, trial.outcome = False, error if error is not None else scores
+    with signals_deferred():
+        try:
+            record.finish_run(spec.run_dir, error, status=status, wall_time_s=round(trial.seconds, 3))
+        except OSError as disk:
+            log.error("%s: could not record status %r: %s", spec.run_dir, status, disk)
+            if error is None:  # the result cannot be recorded: that is the trial's failure
+                trial.outcome, status = disk, "failed"
+        trial.tracker.finish(status)
+
+
+def outcome_status(error: BaseException) -> str:
+    """The status.json value for a trial ended by `error`."""
+    if is_interruption(error):
+        return "interrupted"
+    optuna = sys.modules.get("optuna")  # a TrialPruned can only come from an optuna already imported
+    if optuna is not None and isinstance(error, optuna.TrialPruned):
+        return "pruned"
+    return "failed"
+
+
+def drop_hydra_only_folder(run_dir: Path) -> None:
+    """Bad input leaves no run folder behind: remove it if it holds only what Hydra wrote before the job."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and all(p.name in HYDRA_OWN or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextmanager
+def _clock(trial: _Trial) -> Iterator[None]:
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        trial.seconds += time.monotonic() - t0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores], None]) -> Callable:
+    """For pruning: every `evaluation.quick.every` steps, evaluate the vectors as they are with a few
+    samples (no references, no CIs) and report (image_similarity, text_similarity) to Optuna, which
+    takes the study's objective. Values land in quick/step_<N>/metrics.json beside the run's record."""
+    quick = cfg.evaluation.quick
+    every, last = int(quick.every), int(cfg.inversion.steps)
+
+    def measure(step: int, trainer: Trainer) -> None:
+        if step % every and step != last:
+            return
+        ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
+        ev.update(
+            num_samples=int(quick.num_samples),
+            steps=int(quick.steps),
+            references=False,
+            bootstrap=1,
+            progress=False,
+        )
+        ev["prompts"] = resolve_prompts(ev["prompts"])[: int(quick.max_prompts)]
+        ev.pop("quick", None)
+        metrics = evaluate_pipeline(
+            pipeline_from_components(trainer.comps),
+            str(trainer.cfg.inversion.placeholder),  # its name in this process (a group may rename it)
+            ev,
+            trainer.images,
+            Path(run_dir) / "quick" / f"step_{step:06d}",
+            model=str(cfg.model.pretrained),
+            device=trainer.comps.device,
+        )
+        report(step, (metrics["image_similarity"], metrics["text_similarity"]))
+
+    return measure
 
 
 def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:
@@ -37,97 +381,13 @@ def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:
 
 
 def _trial_number() -> int | None:
-    from sweeper.search import current_trial_number
-
     if current_trial_number() is not None:  # an Optuna sweep: the study's trial number
         return current_trial_number()
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
-        return int(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
-    except Exception:  # noqa: BLE001 - not inside a Hydra job
+    except ValueError:  # not inside a Hydra job
         return None
-
-
-def run_trial(
-    cfg: DictConfig,
-    run_dir: Path | None = None,
-    *,
-    on_log: Callable[[int, dict], None] | None = None,
-    report: Callable[[int, float], None] | None = None,
-) -> tuple[float, float]:
-    """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder)."""
-    run_dir = _run_dir(cfg, run_dir)
-    check_config(cfg)  # nothing is loaded or written before this passes
-    check_evaluation(cfg.evaluation)
-    record.start_run(run_dir, cfg, trial_number=_trial_number())
-    tracker = Tracker.from_config(cfg, run_dir)  # W&B view; never fails the trial
-    on_log = _both(on_log, tracker.on_log)
-    report = report if report is not None else report_hook()  # Optuna pruning inside a search
-    quick = quick_evaluation(cfg, run_dir, report) if report is not None else None
-    try:
-        from sweeper.inversion import invert
-
-        result = invert(cfg, run_dir, on_log=on_log, report=quick)
-
-        if cfg.inversion.pivotal.enabled:
-            from sweeper.pivotal import pivotal_tune
-
-            pivotal_tune(cfg, result.trainer, run_dir, on_log=on_log)
-
-        metrics = evaluate_run(cfg, run_dir, result.training_images)  # writes metrics.json, samples/
-        scores = (metrics["image_similarity"], metrics["text_similarity"])
-        log.info("trial done: %s", run_dir)
-        tracker.log_result(run_dir, metrics)
-    except BaseException as err:
-        record.finish_run(run_dir, err)
-        tracker.finish("failed")
-        raise
-    record.finish_run(run_dir)
-    tracker.finish("completed")
-    return scores
-
-
-def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable) -> Callable:
-    """For pruning: every `evaluation.quick.every` steps, evaluate the vectors as they are with a few
-    samples (no references, no CIs) and report (image_similarity, text_similarity) to Optuna, which
-    takes the study's objective. Values land in quick/step_<N>/metrics.json beside the run's record."""
-    from omegaconf import OmegaConf
-
-    from sweeper.evaluation import evaluate_pipeline, resolve_prompts
-    from sweeper.models import pipeline_from_components
-
-    quick = cfg.evaluation.quick
-    every, last = int(quick.every), int(cfg.inversion.steps)
-
-    def measure(step: int, trainer) -> None:
-        if step % every and step != last:
-            return
-        ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
-        ev.update(
-            num_samples=int(quick.num_samples),
-            steps=int(quick.steps),
-            references=False,
-            bootstrap=1,
-            progress=False,
-        )
-        ev["prompts"] = resolve_prompts(ev["prompts"])[: int(quick.max_prompts)]
-        ev.pop("quick", None)
-        pipe = pipeline_from_components(trainer.comps)
-        metrics = evaluate_pipeline(
-            pipe,
-            str(cfg.inversion.placeholder),
-            ev,
-            trainer.images,
-            run_dir / "quick" / f"step_{step:06d}",
-            model=str(cfg.model.pretrained),
-            device=trainer.comps.device,
-        )
-        report(step, (metrics["image_similarity"], metrics["text_similarity"]))
-
-    return measure
+    return int(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
 
 
 def _both(a: Callable | None, b: Callable) -> Callable:

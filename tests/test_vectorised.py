@@ -10,9 +10,10 @@ from conftest import write_concept_images
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from sweeper.inversion import invert
+from sweeper.inversion import invert, train
 from sweeper.models import load_components
-from sweeper.vectorised import IncompatibleTrials, group_compatible, invert_vectorised
+from sweeper.trial import TrialSpec, run_trials
+from sweeper.vectorised import IncompatibleTrials, group_compatible
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -66,7 +67,7 @@ def test_vectorised_equals_sequential(tiny_sd, images, tmp_path):
         invert(cfg, tmp_path / f"alone{i}", components=load_components(str(tiny_sd)))
         for i, cfg in enumerate(cfgs)
     ]
-    together = invert_vectorised(cfgs, [tmp_path / f"vec{i}" for i in range(len(cfgs))])
+    together = train(cfgs, [tmp_path / f"vec{i}" for i in range(len(cfgs))])
     for i, (a, v) in enumerate(zip(alone, together)):
         assert v.placeholder == a.placeholder == "<concept>"
         assert v.vectors[0].shape == a.vectors[0].shape == (i + 1, 32)
@@ -99,17 +100,15 @@ def test_grouping_and_refusals(tiny_sd, images, tmp_path):
     assert group_compatible(cfgs) == [[0, 1, 5], [2], [3], [4]]
     assert group_compatible(cfgs, max_group=2) == [[0, 1], [5], [2], [3], [4]]
     with pytest.raises(IncompatibleTrials, match="data.property"):
-        invert_vectorised([cfgs[0], cfgs[2]], [tmp_path / "a", tmp_path / "b"])
-    with pytest.raises(IncompatibleTrials, match="pivotal"):
-        invert_vectorised([cfgs[3]], [tmp_path / "c"])
+        train([cfgs[0], cfgs[2]], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(IncompatibleTrials, match="pivotal"):  # alone, a pivotal trial is a group of one
+        train([cfgs[3], cfgs[4]], [tmp_path / "c", tmp_path / "d"])
 
 
 def test_run_trials_fails_only_the_bad_trial(tiny_sd, tiny_judge, images, tmp_path):
     import json
 
     from sweep_app.cli import tiny_overrides
-
-    from sweeper.vectorised import run_trials
 
     base = tiny_overrides(tiny_sd, tiny_judge, images)
     with initialize_config_dir(config_dir=CONF, version_base=None):
@@ -118,16 +117,17 @@ def test_run_trials_fails_only_the_bad_trial(tiny_sd, tiny_judge, images, tmp_pa
             for extra in (["inversion.lr=1e-3"], ["data.n_images=99"], ["inversion.num_vectors=2"])
         ]
     dirs = [tmp_path / str(i) for i in range(3)]
-    outs = run_trials(cfgs, dirs, [0, 1, 2])
+    outs = run_trials([TrialSpec(c, d, n) for c, d, n in zip(cfgs, dirs, [0, 1, 2])])
     assert isinstance(outs[1], Exception) and "n_images" in str(outs[1])
     for i in (0, 2):
         assert len(outs[i]) == 2 and all(isinstance(x, float) for x in outs[i])
         metrics = json.loads((dirs[i] / "metrics.json").read_text())
         assert (metrics["image_similarity"], metrics["text_similarity"]) == outs[i]
         assert metrics["placeholder"] == "<concept>" and metrics["num_vectors"] == i // 2 + 1
-    status = [json.loads((d / "status.json").read_text()) for d in dirs]
-    assert [s["status"] for s in status] == ["completed", "failed", "completed"]
-    assert [s["trial_number"] for s in status] == [0, 1, 2]
+    assert not dirs[1].exists()  # refused before any model work, as through run_trial: no run folder
+    status = [json.loads((dirs[i] / "status.json").read_text()) for i in (0, 2)]
+    assert [s["status"] for s in status] == ["completed", "completed"]
+    assert [s["trial_number"] for s in status] == [0, 2]
 
 
 def test_hydra_vectorised_launcher_runs_a_multirun_as_one_group(tiny_sd, tiny_judge, images, tmp_path):
@@ -151,13 +151,20 @@ def test_hydra_vectorised_launcher_runs_a_multirun_as_one_group(tiny_sd, tiny_ju
         assert json.loads((run / "status.json").read_text())["status"] == "completed"
         assert json.loads((run / "metrics.json").read_text())["vectorised_group"] == 4
         assert (run / "learned_embeds.safetensors").is_file() and (run / "history.csv").is_file()
+        # what Hydra's other launchers leave in a job's folder: .hydra/ and the job's log
+        hydra_files = sorted(p.name for p in (run / ".hydra").iterdir())
+        assert hydra_files == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+        assert "inversion.seed=" in (run / ".hydra" / "overrides.yaml").read_text()
+        assert "trial done: " + str(run) in (run / "__main__.log").read_text()
+    # a job's own phases (checks, records, evaluation) log to its file only; the shared training to all
+    assert not any(f"trial done: {r}" in (runs[0] / "__main__.log").read_text() for r in runs[1:])
 
 
 def test_a_non_finite_trial_stops_alone_and_the_others_are_unchanged(tiny_sd, images, tmp_path):
     # reg_weight=inf: 0 * inf makes the first objective NaN (as in test_inversion's single-trial case)
     cfgs = [make_cfg(tiny_sd, images, TRIALS[0]), make_cfg(tiny_sd, images, ["inversion.reg_weight=inf"])]
     alone = invert(cfgs[0], tmp_path / "alone", components=load_components(str(tiny_sd)))
-    outs = invert_vectorised(cfgs, [tmp_path / "vec0", tmp_path / "vec1"])
+    outs = train(cfgs, [tmp_path / "vec0", tmp_path / "vec1"])
     assert isinstance(outs[1], FloatingPointError) and "non-finite loss" in str(outs[1])
     assert not (tmp_path / "vec1" / "learned_embeds.safetensors").exists()
     torch.testing.assert_close(outs[0].vectors[0], alone.vectors[0], atol=1e-5, rtol=0)
@@ -169,8 +176,6 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
 
     import optuna
     from sweep_app.cli import tiny_overrides
-
-    from sweeper.vectorised import run_trials
 
     base = tiny_overrides(tiny_sd, tiny_judge, images, tracking="wandb") + [
         "tracking.mode=offline",
@@ -191,7 +196,9 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
         raise optuna.TrialPruned(f"pruned at step {step}")
 
     dirs = [tmp_path / f"trial_{i}" for i in range(3)]
-    outs = run_trials(cfgs, dirs, [10, 11, 12], reports=[None, prune, None])
+    outs = run_trials(
+        [TrialSpec(c, d, n, report=r) for c, d, n, r in zip(cfgs, dirs, [10, 11, 12], [None, prune, None])]
+    )
     assert (
         len(outs[0]) == 2
         and isinstance(outs[1], optuna.TrialPruned)
@@ -201,7 +208,7 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
     quick = json.loads((dirs[1] / "quick" / "step_000002" / "metrics.json").read_text())
     assert seen[0][1] == (quick["image_similarity"], quick["text_similarity"])
     status = [json.loads((d / "status.json").read_text()) for d in dirs]
-    assert [s["status"] for s in status] == ["completed", "failed", "failed"]
+    assert [s["status"] for s in status] == ["completed", "pruned", "failed"]
     assert [s["trial_number"] for s in status] == [10, 11, 12]
     assert "TrialPruned" in status[1]["error"] and "non-finite loss" in status[2]["error"]
     assert not (dirs[1] / "metrics.json").exists() and not (dirs[2] / "metrics.json").exists()
