@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import os
 import shutil
@@ -13,9 +15,11 @@ import pytest
 import torch
 import yaml
 from conftest import compose_config
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
+from sweeper import atomic, data
+from sweeper.evaluation import evaluate_embedding
 from sweeper.trial import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,3 +143,156 @@ def test_failure_inside_trial_is_recorded_then_raised(tiny_sd, tiny_judge, conce
     assert status["status"] == "failed" and "broken-model" in status["error"]
     assert "Traceback" in status["traceback"] and status["finished_at"] is not None
     assert (run / "config.yaml").is_file() and not (run / "learned_embeds.safetensors").exists()
+
+
+def test_ctrl_c_ends_interrupted_with_a_checkpoint_and_a_pruned_trial_says_pruned(
+    tiny_sd, tiny_judge, concept_images, tmp_path
+):
+    import optuna
+
+    cfg = compose_config(
+        *trial_overrides(tiny_sd, concept_images, "inversion.checkpoint_every=0", "inversion.log_every=2"),
+        *fast_evaluation(tiny_judge, tmp_path / "refs"),
+    )
+
+    def ctrl_c_at_4(step, values):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, tmp_path / "ctrl_c", on_log=ctrl_c_at_4)
+    status = json.loads((tmp_path / "ctrl_c" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["error"].startswith("KeyboardInterrupt")
+    assert status["pid"] == os.getpid() and status["host"]
+    assert [p.name for p in (tmp_path / "ctrl_c" / "checkpoints").iterdir()] == ["step_4"]
+
+    def prune(step, values):
+        raise optuna.TrialPruned(f"pruned at step {step}")
+
+    quick = ["evaluation.quick.every=3", "evaluation.quick.num_samples=2", "evaluation.quick.steps=2"]
+    cfg = compose_config(
+        *trial_overrides(tiny_sd, concept_images, *quick), *fast_evaluation(tiny_judge, tmp_path)
+    )
+    with pytest.raises(optuna.TrialPruned):
+        run_trial(cfg, tmp_path / "pruned", report=prune)
+    status = json.loads((tmp_path / "pruned" / "status.json").read_text())
+    assert status["status"] == "pruned" and "pruned at step 3" in status["error"]
+    assert not (tmp_path / "pruned" / "metrics.json").exists()
+
+
+class FullDisk:
+    """A disk that fills once the trial has started: every new file (atomic writes make one per write)
+    then fails with ENOSPC, as it would on a real full disk; rewriting existing blocks still works."""
+
+    def __init__(self, monkeypatch, *, lose_status: bool = False):
+        self.full, self.lose_status = False, lose_status
+        original = atomic._write_via
+
+        def write_via(path, write):
+            if self.full:
+                if self.lose_status and path.name == "status.json":
+                    path.unlink()  # nothing left to rewrite in place: recording the outcome fails too
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            if path.name == "config.yaml":  # start_run writes status.json, then config.yaml: the disk is full
+                self.full = True
+            return original(path, write)
+
+        monkeypatch.setattr(atomic, "_write_via", write_via)
+
+
+def test_a_full_disk_still_records_failed_with_the_disk_error(
+    tiny_sd, tiny_judge, concept_images, tmp_path, monkeypatch
+):
+    FullDisk(monkeypatch)
+    cfg = compose_config(*trial_overrides(tiny_sd, concept_images), *fast_evaluation(tiny_judge, tmp_path))
+    with pytest.raises(OSError, match="No space left"):
+        run_trial(cfg, tmp_path / "run")
+    status = json.loads((tmp_path / "run" / "status.json").read_text())  # rewritten in place, still JSON
+    assert status["status"] == "failed" and "No space left on device" in status["error"]
+    assert status["finished_at"] is not None and status["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("lose_status", [False, True])
+def test_on_a_full_disk_the_trials_own_error_surfaces(
+    tiny_sd, tiny_judge, concept_images, tmp_path, monkeypatch, lose_status
+):
+    """A non-finite loss on a full disk: status.json says failed with THAT error (rewritten in place); and
+    when even that cannot be written, the trial still raises its own error, not the disk's."""
+    FullDisk(monkeypatch, lose_status=lose_status)
+    cfg = compose_config(
+        *trial_overrides(tiny_sd, concept_images, "inversion.reg_weight=inf"),
+        *fast_evaluation(tiny_judge, tmp_path),
+    )
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        run_trial(cfg, tmp_path / "run")
+    if not lose_status:
+        status = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert status["status"] == "failed" and status["error"].startswith(
+            "FloatingPointError: non-finite loss"
+        )
+
+
+def unet_watch(events: list):
+    """A global forward hook (torch's own API, no mock) recording, per UNet call: the module's id, whether it
+    trained (grad on) or sampled, and at the first sampling call how many UNets are alive."""
+    first_sampling = []
+
+    def hook(module, args, output):
+        if not isinstance(module, UNet2DConditionModel):
+            return
+        training = torch.is_grad_enabled()
+        alive = None
+        if not training and not first_sampling:
+            first_sampling.append(id(module))
+            gc.collect()
+            alive = sum(isinstance(o, UNet2DConditionModel) for o in gc.get_objects())
+        events.append((id(module), training, alive))
+
+    return torch.nn.modules.module.register_module_forward_hook(hook)
+
+
+def test_evaluation_samples_with_the_trainers_unet_and_scores_as_a_fresh_pipeline(
+    tiny_sd, tiny_judge, concept_images, tmp_path
+):
+    cfg = compose_config(
+        *trial_overrides(tiny_sd, concept_images), *fast_evaluation(tiny_judge, tmp_path / "refs")
+    )
+    events = []
+    handle = unet_watch(events)
+    try:
+        run_trial(cfg, tmp_path / "run")
+    finally:
+        handle.remove()
+    trained = {m for m, training, _ in events if training}
+    sampled = {m for m, training, _ in events if not training}
+    assert len(trained) == 1 and sampled == trained  # one UNet, trained then sampled
+    assert [alive for *_, alive in events if alive is not None] == [1]
+    # the same run folder evaluated the old way (a freshly loaded pipeline, the embedding file loaded in)
+    fresh = evaluate_embedding(cfg, tmp_path / "run", data.list_images(concept_images), tmp_path / "fresh")
+    reused = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # same weights, embedding and noise; only float summation order may differ between the two pipelines
+    for key in ("image_similarity", "text_similarity"):
+        assert reused[key] == pytest.approx(fresh[key], abs=1e-5), key
+
+
+def test_evaluation_in_another_precision_frees_the_trainer_first(
+    tiny_sd, tiny_judge, concept_images, tmp_path
+):
+    """bf16 training, fp32 evaluation: the bf16 UNet cannot give the fp32 one, so it is freed before the
+    evaluation pipeline loads; at the first sampling call only the evaluation's UNet is alive."""
+    cfg = compose_config(
+        *trial_overrides(tiny_sd, concept_images, "inversion.precision=bf16"),
+        *fast_evaluation(tiny_judge, tmp_path / "refs"),
+        "evaluation.precision=fp32",
+    )
+    events = []
+    handle = unet_watch(events)
+    try:
+        run_trial(cfg, tmp_path / "run")
+    finally:
+        handle.remove()
+    trained = {m for m, training, _ in events if training}
+    sampled = {m for m, training, _ in events if not training}
+    assert len(trained) == 1 and len(sampled) == 1 and trained != sampled
+    assert [alive for *_, alive in events if alive is not None] == [1]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "completed"
