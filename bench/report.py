@@ -277,7 +277,7 @@ NOTES = """## Notes
     where tokens changed"), batches of 16; diffusers' own `pipe()` is timed beside them. "max pixel diff" is
     the largest difference from our samples (0-255): switching a technique off changes the speed only.
     In training every prompt carries the learned token, so the text encoder must run every step.
-- Vectorised = sweeper.vectorised.VectorisedTrainer: N trials share one UNet call per step; each trial's
+- Vectorised = sweeper.inversion.TrainerGroup: N trials share one UNet call per step; each trial's
   result equals running it alone (tests/test_vectorised.py). Trials/hour count training only.
 - SDXL memory runs first, alone on the device. On a CPU it runs cut-down SDXL shapes (sdxl-mini) to exercise
   the path; the 24 GB claim needs CUDA and the full shapes.

@@ -5,7 +5,7 @@ Sections (each a function returning rows for the table and figures for latest.js
   techniques  each technique alone over the reference (bench/techniques.py)
   sampling    evaluation=paper vs evaluation=fast on one learned embedding: time ratio, metric difference;
               each sampling technique switched off alone (bench/sampling_techniques.py)
-  vectorised  N trials in one batched trainer (sweeper/vectorised.py) vs the same N trials one by one
+  vectorised  N trials in one batched trainer (sweeper.inversion.TrainerGroup) vs the same N trials one by one
 Defaults: CUDA -> SD 1.5 shapes, bf16, the real protocol sizes; CPU -> the `mini` shapes, fp32, and
 the evaluation protocol cut to 16/8 samples per prompt (see bench/shapes.py).
 """
@@ -277,7 +277,7 @@ def bench_sampling(args, ctx) -> dict:
 
 def bench_vectorised(args, ctx) -> dict:
     from sweeper.inversion import Trainer
-    from sweeper.vectorised import VectorisedTrainer
+    from sweeper.inversion import TrainerGroup
 
     n = args.trials
     cfgs = [
@@ -285,7 +285,7 @@ def bench_vectorised(args, ctx) -> dict:
         for i in range(n)
     ]
     singles = [Trainer(c, own_text_side(ctx["comps"]), ctx["paths"]) for c in cfgs]
-    group = VectorisedTrainer(cfgs, own_text_side(ctx["comps"]), [ctx["paths"]] * n)
+    group = TrainerGroup(cfgs, own_text_side(ctx["comps"]), [ctx["paths"]] * n)
     everyone, ones = list(range(n)), [1] * n
     cases = {
         "sequential": lambda: [t.step(1) for t in singles for _ in range(args.steps)],
