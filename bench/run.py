@@ -276,8 +276,7 @@ def bench_sampling(args, ctx) -> dict:
 
 
 def bench_vectorised(args, ctx) -> dict:
-    from sweeper.inversion import Trainer
-    from sweeper.inversion import TrainerGroup
+    from sweeper.inversion import Trainer, TrainerGroup
 
     n = args.trials
     cfgs = [

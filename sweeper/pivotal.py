@@ -37,7 +37,7 @@ def pivotal_tune(
         p.requires_grad_(False)
     unet = comps.unet
     if piv.mode == "lora":
-        from peft import LoraConfig
+        from peft import LoraConfig  # heavy, and only LoRA needs it
 
         rank = int(piv.lora_rank)
         unet.add_adapter(
@@ -76,7 +76,7 @@ def pivotal_tune(
     target = Path(run_dir) / PIVOTAL
     with atomic.directory(target) as tmp:
         if piv.mode == "lora":
-            from diffusers.utils import convert_state_dict_to_diffusers
+            from diffusers.utils import convert_state_dict_to_diffusers  # heavy, LoRA only (as above)
             from peft.utils import get_peft_model_state_dict
 
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))

@@ -23,6 +23,9 @@ from hydra.core.utils import (
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sweeper.search import TRIAL_ENV, report_hook
+from sweeper.vectorised import group_compatible
+
 log = logging.getLogger(__name__)
 
 # The run folder of the job whose phase is running (None while the group works together): its log file
@@ -72,13 +75,11 @@ class VectorisedLauncher(Launcher):
         return sweep_config, task, run_dir
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        # Lazy: Hydra imports every hydra_plugins module when it scans for plugins, on any command; these
-        # pull in torch and diffusers, which only a launch needs.
+        # Lazy: Hydra imports every hydra_plugins module when it scans for plugins, on any command; torch and
+        # sweeper.trial (diffusers, transformers) take seconds to import and only a launch needs them.
         import torch
 
-        from sweeper.search import TRIAL_ENV, report_hook
         from sweeper.trial import TrialSpec, run_trials
-        from sweeper.vectorised import group_compatible
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
