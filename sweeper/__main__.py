@@ -1,40 +1,20 @@
 """`python -m sweeper <overrides>`: one trial in Hydra's run folder; `-m` runs a sweep of trials.
 
-Returns run_trial's (image_similarity, text_similarity): Hydra's sweepers read the return value.
+Returns run_trial's (image_similarity, text_similarity): Hydra's sweepers read the return value. Bad input
+is refused by the trial lifecycle (sweeper/trial.py), which also removes the folder Hydra made for the job.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.checks import ConfigError
-from sweeper.evaluation import EvaluationConfigError
 from sweeper.trial import run_trial
-
-HYDRA_OWN = (".hydra",)
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> tuple[float, float]:
-    try:
-        return run_trial(cfg)
-    except (ConfigError, EvaluationConfigError):
-        _drop_hydra_only_folder(cfg)
-        raise
-
-
-def _drop_hydra_only_folder(cfg: DictConfig) -> None:
-    """Bad input leaves no run folder behind: remove it if it holds only what Hydra wrote before the job."""
-    try:
-        run_dir = Path(str(cfg.run_dir))
-    except Exception:  # noqa: BLE001 - nothing to clean
-        return
-    if run_dir.is_dir() and all(p.name in HYDRA_OWN or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    return run_trial(cfg)
 
 
 if __name__ == "__main__":

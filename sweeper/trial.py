@@ -120,9 +120,10 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
             if started:
                 _invert_and_evaluate(started)
         except BaseException as err:
-            for trial in trials:
-                if trial.open:
-                    _finish(trial, err)
+            with signals_deferred():  # a second signal must not leave a trial "running"
+                for trial in trials:
+                    if trial.open:
+                        _finish(trial, err)
             if not isinstance(err, Exception):
                 raise
     return [t.outcome for t in trials]  # type: ignore[misc] - every trial has an outcome by now
