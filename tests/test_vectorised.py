@@ -145,6 +145,7 @@ def test_hydra_vectorised_launcher_runs_a_multirun_as_one_group(tiny_sd, tiny_ju
         *tiny_overrides(tiny_sd, tiny_judge, images),
     )
     assert "as 1 vectorised group(s)" in out.stdout + out.stderr
+    assert "(torch threads: 1)" in out.stdout + out.stderr  # OMP_NUM_THREADS=1, as make demo and joblib
     runs = sorted(p for p in sweep.iterdir() if (p / "config.yaml").is_file())
     assert [p.name for p in runs] == ["0", "1", "2", "3"]
     for run in runs:
@@ -222,3 +223,35 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
         b"image_similarity"
         in next(next((dirs[0] / "wandb").glob("offline-run-*")).glob("run-*.wandb")).read_bytes()
     )
+
+
+def test_an_interrupted_group_checkpoints_every_trial_and_resumes_exactly(
+    tiny_sd, tiny_judge, images, tmp_path
+):
+    """Ctrl-C during a group's training: every trial says "interrupted" with a checkpoint at the step the group
+    reached (checkpoint_every=0: the interruption's own); rerunning the group resumes both trials."""
+    import json
+
+    from sweep_app.cli import tiny_overrides
+
+    base = tiny_overrides(tiny_sd, tiny_judge, images, steps=6) + ["inversion.checkpoint_every=0"]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfgs = [compose("config", overrides=base + [f"inversion.lr={lr}"]) for lr in ("1e-3", "2e-2")]
+
+    def ctrl_c_at_3(step, values):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(KeyboardInterrupt):
+        run_trials([TrialSpec(cfgs[0], dirs[0], 0), TrialSpec(cfgs[1], dirs[1], 1, on_log=ctrl_c_at_3)])
+    for d in dirs:
+        assert json.loads((d / "status.json").read_text())["status"] == "interrupted"
+        assert [p.name for p in (d / "checkpoints").iterdir()] == ["step_3"]
+    outs = run_trials([TrialSpec(c, d, i) for i, (c, d) in enumerate(zip(cfgs, dirs))])
+    assert all(isinstance(o, tuple) for o in outs), outs
+    straight = train(cfgs, [tmp_path / "straight_a", tmp_path / "straight_b"])
+    for d, s in zip(dirs, straight):
+        assert json.loads((d / "status.json").read_text())["status"] == "completed"
+        # the same process and code path: the resumed vectors are the uninterrupted ones, bit for bit
+        assert torch.equal(load_file(d / "learned_embeds.safetensors")["<concept>"], s.vectors[0])
