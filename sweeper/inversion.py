@@ -357,7 +357,7 @@ class TrainerGroup:
         for a in range(max(accums.values())):
             now = [(i, m) for i, m in zip(active, ms) if a < accums[i]]
             results = self.losses([self.trainers[i].draw(m) for i, m in now])
-            objective = 0.0
+            objective = torch.zeros((), device=self.comps.device)
             for (i, m), (loss, ids) in zip(now, results):
                 t, reg = self.trainers[i], float(self.trainers[i].cfg.inversion.reg_weight)
                 obj = loss + reg * t.reg_loss(m) if reg else loss

@@ -126,7 +126,11 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
                         _finish(trial, err)
             if not isinstance(err, Exception):
                 raise
-    return [t.outcome for t in trials]  # type: ignore[misc] - every trial has an outcome by now
+    outcomes: list[Scores | BaseException] = []
+    for trial in trials:
+        assert trial.outcome is not None, f"{trial.spec.run_dir}: the lifecycle ended without an outcome"
+        outcomes.append(trial.outcome)
+    return outcomes
 
 
 # ------------------------------------------------------------------------------------------- phases
@@ -346,7 +350,7 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
     def measure(step: int, trainer: Trainer) -> None:
         if step % every and step != last:
             return
-        ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
+        ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
         ev.update(
             num_samples=int(quick.num_samples),
             steps=int(quick.steps),

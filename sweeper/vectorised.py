@@ -55,7 +55,7 @@ def group_compatible(cfgs: list[DictConfig], max_group: int | None = None) -> li
     for i, cfg in enumerate(cfgs):
         key = compatibility_key(cfg)
         groups[key if not key[-1] else (i,)].append(i)
-    out = []
+    out: list[list[int]] = []
     for members in groups.values():
         size = max_group or len(members)
         out.extend(members[j : j + size] for j in range(0, len(members), size))

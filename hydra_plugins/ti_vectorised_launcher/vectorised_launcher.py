@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
@@ -43,7 +44,9 @@ class VectorisedLauncher(Launcher):
             )
         self.max_group = int(max_group)
         self.threads = int(threads) if threads is not None else int(os.environ.get("OMP_NUM_THREADS") or 1)
-        self.config = self.hydra_context = self.task_function = None
+        self.config: Any = None  # set by setup(); Hydra calls it before launch()
+        self.hydra_context: Any = None
+        self.task_function: Any = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
@@ -94,7 +97,7 @@ class VectorisedLauncher(Launcher):
             groups,
             self.threads,
         )
-        returns: list[JobReturn | None] = [None] * len(jobs)
+        returns: list[JobReturn] = [JobReturn()] * len(jobs)  # each replaced by its job's below
         for group in groups:
             handlers = {i: _job_log(jobs[i][0], jobs[i][2]) for i in group}
             specs = []
