@@ -24,7 +24,8 @@ def main(cfg: DictConfig) -> tuple[float, float]:
     run_dir = Path(cfg.run_dir)
     with open(run_dir / "events.log", "a") as f:
         f.write(
-            f"start pid={os.getpid()} trial={current_trial_number()} device={cfg.device} t={time.time()}\n"
+            f"start pid={os.getpid()} trial={current_trial_number()} device={cfg.device} t={time.time()} "
+            f"slurm={os.environ.get('SLURM_JOB_ID', '-')}\n"
         )
     write_json(
         run_dir / "status.json", {"status": "running", "error": None, "trial_number": current_trial_number()}
