@@ -95,9 +95,16 @@ def make_storage(
             return RDBStorage(url, **kwargs)
         except Exception as e:
             # Workers starting together on an empty database race to create Optuna's tables: the loser
-            # sees a duplicate type/table and only has to connect again.
+            # sees a duplicate type/table/row (or SQLite's lock) and only has to connect again.
             if attempt < 4 and any(
-                m in str(e) for m in ("already exists", "duplicate key", "UniqueViolation")
+                m in str(e)
+                for m in (
+                    "already exists",
+                    "duplicate key",
+                    "UniqueViolation",
+                    "UNIQUE constraint failed",  # SQLite
+                    "database is locked",
+                )
             ):
                 time.sleep(0.5 + random.random())
                 continue
