@@ -32,6 +32,7 @@ import os
 import random
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,22 +66,37 @@ def make_storage(
     grace_period: int | None = None,
     max_retry: int | None = 3,
 ) -> Any:
-    """An Optuna storage for `url` (None = SQLite in `sweep_dir`; no '://' = a journal file path)."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    """An Optuna storage for `url` (None = SQLite in `sweep_dir`; no '://' = a journal file path).
 
+    One storage per URL and settings per process: every trial of a worker (its pruning hook included)
+    shares one connection pool instead of opening a new one per trial."""
     if not url:
         if sweep_dir is None:
             raise ValueError("hydra.sweeper.storage is null and there is no sweep folder to put optuna.db in")
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
         url = default_storage_url(sweep_dir)
-    url = str(url)
+    key = (str(url), heartbeat_interval, grace_period, max_retry, os.getpid())
+    with _STORAGES_LOCK:
+        if key not in _STORAGES:
+            _STORAGES[key] = _open_storage(str(url), heartbeat_interval, grace_period, max_retry)
+        return _STORAGES[key]
+
+
+_STORAGES: dict[tuple, Any] = {}
+_STORAGES_LOCK = threading.Lock()
+
+
+def _open_storage(
+    url: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None
+) -> Any:
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite:///"):  # the sweep folder (default) or the folder a URL names
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     url = _postgres_driver(url)
     kwargs: dict[str, Any] = {}
@@ -271,7 +287,14 @@ def report_hook(
 
     hc = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
     sweeper, sweep_dir = hc.sweeper, str(hc.sweep.dir)
-    storage = make_storage(sweeper.get("storage"), sweep_dir)
+    # The sweeper's own settings, so that a trial run in the sweeper's process shares its storage (pool).
+    storage = make_storage(
+        sweeper.get("storage"),
+        sweep_dir,
+        heartbeat_interval=sweeper.get("heartbeat_interval"),
+        grace_period=sweeper.get("grace_period"),
+        max_retry=sweeper.get("max_retry"),
+    )
     study_name = sweeper.get("study_name") or Path(sweep_dir).name
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
