@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -167,3 +168,47 @@ def test_a_job_slurm_cannot_run_is_an_error_not_a_wait(tmp_path, slurm_env, laun
         ["squeue", "-h", "-t", "pending,running"], env=slurm_env, capture_output=True, text=True
     )
     assert queue.stdout.strip() == ""  # the unschedulable job was cancelled
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])  # one batch / asynchronous slots
+def test_sweeper_told_to_stop_cancels_its_jobs_and_the_rerun_resumes(tmp_path, slurm_env, n_jobs):
+    # The sweeper itself preempted (SIGTERM, as SLURM sends it): its SLURM job must not run on unwatched
+    # while the rerun reuses the run folder; the trial is interrupted, re-queued and resumed.
+    sweep = tmp_path / "stop"
+    args = [*optuna_args(n_trials=1, n_jobs=n_jobs), "steps=30"]
+    log = open(tmp_path / "sweeper.log", "w")
+    proc = subprocess.Popen(
+        sweep_cmd(sweep, *args, "step_time=0.3"),
+        cwd=ROOT,
+        env=slurm_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    ckpt = sweep / "trial_0000" / "checkpoint.json"
+    deadline = time.time() + 120
+    try:
+        while not (ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 3):
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "sweeper.log").read_text()[
+                -3000:
+            ]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM, (tmp_path / "sweeper.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    queue = subprocess.run(
+        ["squeue", "-h", "-t", "pending,running"], env=slurm_env, capture_output=True, text=True
+    )
+    assert queue.stdout.strip() == ""  # its job was cancelled with it
+    (trial,) = load(sweep).trials[:1]
+    assert trial.state == TrialState.FAIL and "SIGTERM" in trial.user_attrs["interrupted"]
+
+    out = run(slurm_env, sweep_cmd(sweep, *args, "step_time=0"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = load(sweep).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    events = (sweep / "trial_0000" / "events.log").read_text()
+    assert int(re.search(r"resumed step=(\d+)", events).group(1)) >= 3
+    assert events.count("completed") == 1

@@ -273,6 +273,9 @@ class OptunaSweeperImpl:
                 else:
                     self._run_batches(study, distributions, fixed)
         except TrialInterrupted as e:
+            cancel = getattr(self.launcher, "cancel_running", None)
+            if cancel is not None:  # jobs on a cluster would go on writing to run folders the rerun reuses
+                log.warning("cancelled the sweep's running jobs: %s", cancel())
             with self.lock:
                 for trial in list(self.in_flight.values()):
                     search.mark_interrupted(study, trial._trial_id, f"sweeper {e}")

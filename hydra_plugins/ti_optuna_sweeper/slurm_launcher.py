@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import OmegaConf
 
+from sweeper.interrupt import TrialInterrupted
 from sweeper.search import JobEndedWithoutResult
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,36 @@ FIX = (
 class SlurmLauncher(SubmititSlurmLauncher):
     def __init__(self, poll_s: float = 2.0, **params: Any) -> None:
         self.poll_s = float(poll_s)
+        self.live: set[str] = set()  # ids of submitted jobs not finished yet (all launch calls)
+        self.live_lock = threading.Lock()
         super().__init__(**params)
+
+    def cancel_running(self) -> list[str]:
+        """scancel every job this launcher submitted that has not finished (the sweeper is stopping)."""
+        with self.live_lock:
+            ids = sorted(self.live)
+        if ids:
+            scancel(ids)
+        return ids
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs = self._submit(job_overrides, initial_job_idx)
-        return self._wait(jobs, job_overrides)
+        ids = {j.job_id for j in jobs}
+        with self.live_lock:
+            self.live |= ids
+        try:
+            results = self._wait(jobs, job_overrides)
+        except TrialInterrupted:  # the sweeper was told to stop: its jobs stay listed for cancel_running
+            raise
+        except BaseException:
+            self._forget(ids)
+            raise
+        self._forget(ids)
+        return results
+
+    def _forget(self, ids: set[str]) -> None:
+        with self.live_lock:
+            self.live -= ids
 
     def _submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
         """hydra-submitit-launcher's submission, with sbatch's refusal turned into one clear error."""
