@@ -5,8 +5,12 @@ same run folder, its history.csv going on from the checkpoint's step."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -91,3 +95,37 @@ def test_sigterm_mid_trial_requeues_it_and_the_rerun_resumes_it(tmp_path, tiny_s
         if int(row["step"]) <= resumed_at:
             assert row == before[int(row["step"])]
     assert log.count("trial done") == 1
+
+
+def test_sigterm_when_the_interrupted_trial_is_the_whole_budget(tmp_path):
+    # n_trials=1: the retry is the study's only counted trial, WAITING; the rerun must run it, not call
+    # the study full.
+    root = Path(__file__).resolve().parents[1]
+    sweep = tmp_path / "one"
+    cmd = [
+        sys.executable,
+        str(root / "tests" / "sweep_app" / "app.py"),
+        "-m",
+        "hydra/sweeper=optuna",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=1",
+        "x=interval(0,1)",
+        "steps=200",
+    ]
+    proc = subprocess.Popen(
+        [*cmd, "step_time=0.05"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    ckpt = sweep / "trial_0000" / "checkpoint.json"
+    deadline = time.time() + 120
+    while not (ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    out = subprocess.run([*cmd, "step_time=0"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = optuna.load_study(study_name="one", storage=f"sqlite:///{sweep}/optuna.db").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "SIGTERM" in trials[0].user_attrs["interrupted"]
+    events = (sweep / "trial_0000" / "events.log").read_text()
+    assert int(re.search(r"resumed step=(\d+)", events).group(1)) >= 3 and events.count("completed") == 1

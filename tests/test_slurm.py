@@ -208,7 +208,7 @@ def test_sweeper_told_to_stop_cancels_its_jobs_and_the_rerun_resumes(tmp_path, s
     out = run(slurm_env, sweep_cmd(sweep, *args, "step_time=0"))
     assert out.returncode == 0, out.stderr[-3000:]
     trials = load(sweep).trials
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], [(t.number, t.state, t.user_attrs, t.system_attrs) for t in trials]
     events = (sweep / "trial_0000" / "events.log").read_text()
     assert int(re.search(r"resumed step=(\d+)", events).group(1)) >= 3
     assert events.count("completed") == 1

@@ -347,7 +347,7 @@ class OptunaSweeperImpl:
         optuna.storages.fail_stale_trials(study)
         trials: list[optuna.Trial] = []
         for _ in range(n):
-            if self.n_trials - len(self._counted(study)) <= 0:
+            if not self._work_left(study):
                 break
             started = time.perf_counter()
             trial = self._ask(study)
@@ -370,6 +370,14 @@ class OptunaSweeperImpl:
                     _tell(study, trial, state=TrialState.FAIL)
                     self.in_flight.pop(trial._trial_id, None)
             raise
+
+    def _work_left(self, study: optuna.Study) -> bool:
+        """Fewer than n_trials trials in the study's budget, or a WAITING one (a retry, an enqueued
+        configuration) among the first n_trials still to run."""
+        counted = self._counted(study)  # in trial-number order
+        return len(counted) < self.n_trials or any(
+            t.state == TrialState.WAITING for t in counted[: self.n_trials]
+        )
 
     def _counted(self, study: optuna.Study) -> list:
         return [t for t in study.get_trials(deepcopy=False) if not search.is_abandoned(t)]

@@ -63,6 +63,17 @@ class SlurmLauncher(SubmititSlurmLauncher):
         self.live_lock = threading.Lock()
         super().__init__(**params)
 
+    def __getstate__(self) -> dict:
+        """The launcher travels to each job (submitit pickles it); the job needs none of this bookkeeping."""
+        state = dict(self.__dict__)
+        state.pop("live_lock", None)
+        state["live"] = set()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.live_lock = threading.Lock()
+
     def cancel_running(self) -> list[str]:
         """scancel every job this launcher submitted that has not finished (the sweeper is stopping)."""
         with self.live_lock:
@@ -120,6 +131,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
         try:
             return list(executor.map_array(self, *zip(*job_params)))
         except Exception as e:  # submitit raises on sbatch's non-zero exit with sbatch's message
+            if "sbatch" not in str(e):
+                raise
             message = " ".join(str(e).split())[-600:]
             raise RuntimeError(f"hydra.launcher: sbatch refused the job: {message}. {FIX}") from None
 
