@@ -18,7 +18,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import write_concept_images
 from optuna.trial import TrialState
+from sweep_app.cli import env as sweep_env
+from sweep_app.cli import sweeper_cmd, tiny_overrides
 from sweep_app.slurm_cluster import missing, slurm_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +211,38 @@ def test_sweeper_told_to_stop_cancels_its_jobs_and_the_rerun_resumes(tmp_path, s
     out = run(slurm_env, sweep_cmd(sweep, *args, "step_time=0"))
     assert out.returncode == 0, out.stderr[-3000:]
     trials = load(sweep).trials
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], [(t.number, t.state, t.user_attrs, t.system_attrs) for t in trials]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], [
+        (t.number, t.state, t.user_attrs, t.system_attrs) for t in trials
+    ]
     events = (sweep / "trial_0000" / "events.log").read_text()
     assert int(re.search(r"resumed step=(\d+)", events).group(1)) >= 3
     assert events.count("completed") == 1
+
+
+def test_the_real_trial_runs_as_a_slurm_job(tmp_path, slurm_env, tiny_sd, tiny_judge):
+    # `python -m sweeper` itself (tiny SD-format components): the trial function travels to the job and
+    # writes its run folder there.
+    images = write_concept_images(tmp_path / "img", n=2)
+    sweep = tmp_path / "real"
+    cmd = [
+        *sweeper_cmd("-m"),
+        f"hydra.sweep.dir={sweep}",
+        "hydra/launcher=slurm_cpu",
+        "hydra.launcher.poll_s=0.5",
+        "inversion.lr=1e-3,5e-3",
+        "data.n_images=2",
+        *tiny_overrides(tiny_sd, tiny_judge, images, steps=2),
+    ]
+    out = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**sweep_env(), "SLURM_CONF": slurm_env["SLURM_CONF"]},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for folder in ("0", "1"):
+        assert json.loads((sweep / folder / "status.json").read_text())["status"] == "completed"
+        assert json.loads((sweep / folder / "metrics.json").read_text())["image_similarity"] is not None
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # both ran as SLURM jobs
