@@ -201,3 +201,27 @@ def test_study_objectives_are_named_after_the_trial_metrics(tmp_path):
     single = tmp_path / "single"
     run_app(single, "x=interval(0,1)", "hydra.sweeper.n_trials=1", "hydra.sweeper.objective=1")
     assert load(single).metric_names == ["text_similarity"]
+
+
+def test_asynchronous_slots_stop_on_the_failure_rate_without_leaving_a_trial_running(tmp_path):
+    sweep = tmp_path / "failing"
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=20",
+        "hydra.sweeper.max_failure_rate=0.5",
+        f"hydra.sweep.dir={sweep}",
+        "x=interval(0,1)",
+        "fail_below=2.0",  # every trial fails
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0 and "max_failure_rate=0.5" in out.stderr, out.stderr[-3000:]
+    assert "asynchronous slots" in out.stdout + out.stderr
+    trials = load(sweep).trials
+    assert 2 <= len(trials) < 20  # it stopped early
+    assert all(t.state == TrialState.FAIL and "FloatingPointError" in t.user_attrs["error"] for t in trials)
