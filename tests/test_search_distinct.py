@@ -75,7 +75,7 @@ def test_two_concurrent_workers_never_suggest_the_same_configuration(tmp_path, s
 
 def test_kill_and_rerun_continues_with_new_configurations(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.seed=0", "steps=50", "step_time=0.05"]
+    args = ["hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.seed=0", "steps=200", "step_time=0.05"]
     first = start(app_cmd(sweep, *args, "hydra.sweeper.n_trials=6"), tmp_path / "first.log")
     study_db = f"sqlite:///{sweep}/optuna.db"
     deadline = time.time() + 120
