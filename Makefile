@@ -59,6 +59,15 @@ postgres:
 
 system-deps: postgres
 
+# A one-node SLURM cluster for tests/test_slurm.py (Debian's slurm-wlm + munge; the test starts its own
+# private daemons, nothing is configured system-wide).
+.PHONY: slurm
+slurm:
+	@command -v slurmctld >/dev/null 2>&1 || test -x /usr/sbin/slurmctld || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y slurm-wlm munge; }
+
+system-deps: slurm
+
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -72,6 +81,12 @@ test-slow: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Many workers on one study: batches vs asynchronous workers (simulated GPUs), and K = 1, 2, 4, 8 sweeper
+# processes on one PostgreSQL study (measured). Writes its own section of BENCHMARKS.md and benchmarks/scale.json.
+.PHONY: bench-scale
+bench-scale: $(STAMP) postgres
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # make plot SWEEP="sweep_dir [more sweep dirs...]" [OUT=dir]: runs.csv, plots, report.html
 plot: $(STAMP)

@@ -11,14 +11,28 @@ at once and re-queued through the same callback, instead of waiting out the grac
 
 A retried trial keeps the run folder of the trial it retries (`trial_<original number>`), so the
 trainer resumes from that folder's checkpoints.
+
+Interrupted trials (SIGTERM/SIGUSR1: `scancel`, preemption, a time limit; or a SLURM job that ended
+without a result) are told FAIL with the user attr `interrupted` (the reason) and no `error`, so they do
+not count as finished, and are re-queued at once by `requeue` in Optuna's retry format (`failed_trial`,
+`retry_history`): the retry runs in the same run folder and resumes from its checkpoint. Interruptions
+are not bounded by max_retry (each resumes where the last stopped, so a time limit still progresses).
+
+Per-process sampler seeds: every sweeper process (a worker, a restart, a SLURM array task) seeds its
+sampler with `process_seed(base, trials already in the study, worker)`, so no two processes draw the same
+sequence, and records the seed and what it was derived from in each trial it asks (`sampler_seed`,
+`sampler_seed_from`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
+import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +43,15 @@ log = logging.getLogger(__name__)
 TRIAL_ENV = "TI_OPTUNA_TRIAL"  # set for each job by the sweeper plugin: the Optuna trial number
 WORKER_ATTR = "worker"  # user attr "<host>:<pid>" of the sweeper process that asked the trial
 ERROR_ATTR = "error"  # user attr set on trials the sweeper told FAIL (their error); absent on stale ones
+INTERRUPTED_ATTR = "interrupted"  # user attr of a trial stopped by a signal / a SLURM job gone: the reason
+SEED_ATTR = "sampler_seed"  # user attr: the seed of the sampler of the process that asked the trial
+SEED_FROM_ATTR = "sampler_seed_from"  # user attr: what that seed was derived from (base, trials, worker)
+# Attributes of one attempt, not carried over to its retry.
+ATTEMPT_ATTRS = (WORKER_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, SEED_ATTR, SEED_FROM_ATTR)
+
+
+class JobEndedWithoutResult(RuntimeError):
+    """A launcher's job ended without a result (cancelled, preempted, out of time, killed): resumable."""
 
 
 def default_storage_url(sweep_dir: str | Path) -> str:
@@ -43,22 +66,37 @@ def make_storage(
     grace_period: int | None = None,
     max_retry: int | None = 3,
 ) -> Any:
-    """An Optuna storage for `url` (None = SQLite in `sweep_dir`; no '://' = a journal file path)."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    """An Optuna storage for `url` (None = SQLite in `sweep_dir`; no '://' = a journal file path).
 
+    One storage per URL and settings per process: every trial of a worker (its pruning hook included)
+    shares one connection pool instead of opening a new one per trial."""
     if not url:
         if sweep_dir is None:
             raise ValueError("hydra.sweeper.storage is null and there is no sweep folder to put optuna.db in")
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
         url = default_storage_url(sweep_dir)
-    url = str(url)
+    key = (str(url), heartbeat_interval, grace_period, max_retry, os.getpid())
+    with _STORAGES_LOCK:
+        if key not in _STORAGES:
+            _STORAGES[key] = _open_storage(str(url), heartbeat_interval, grace_period, max_retry)
+        return _STORAGES[key]
+
+
+_STORAGES: dict[tuple, Any] = {}
+_STORAGES_LOCK = threading.Lock()
+
+
+def _open_storage(
+    url: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None
+) -> Any:
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite:///"):  # the sweep folder (default) or the folder a URL names
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     url = _postgres_driver(url)
     kwargs: dict[str, Any] = {}
@@ -73,9 +111,16 @@ def make_storage(
             return RDBStorage(url, **kwargs)
         except Exception as e:
             # Workers starting together on an empty database race to create Optuna's tables: the loser
-            # sees a duplicate type/table and only has to connect again.
+            # sees a duplicate type/table/row (or SQLite's lock) and only has to connect again.
             if attempt < 4 and any(
-                m in str(e) for m in ("already exists", "duplicate key", "UniqueViolation")
+                m in str(e)
+                for m in (
+                    "already exists",
+                    "duplicate key",
+                    "UniqueViolation",
+                    "UNIQUE constraint failed",  # SQLite
+                    "database is locked",
+                )
             ):
                 time.sleep(0.5 + random.random())
                 continue
@@ -120,6 +165,28 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def process_token() -> str:
+    """What makes this process unique among a study's workers: host, pid and the SLURM job/array task."""
+    slurm = [os.environ.get(k) for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID")]
+    slurm_part = "/".join(v for v in slurm if v)
+    return worker_id() + (f":slurm={slurm_part}" if slurm_part else "")
+
+
+def process_seed(base_seed: int | None, n_trials_before: int, token: str | None = None) -> tuple[int, str]:
+    """A sampler seed for this process and the record of what it came from.
+
+    Derived from the base seed (the config's `sampler.seed`), the number of trials the study held when the
+    process started and a token unique to the process: restarts and concurrent workers draw different
+    sequences, and the recorded basis reproduces each one. A null base seed draws a fresh random one
+    (recorded too).
+    """
+    token = process_token() if token is None else token
+    base = secrets.randbits(31) if base_seed is None else int(base_seed)
+    basis = f"base={base} trials_before={n_trials_before} worker={token}"
+    seed = int.from_bytes(hashlib.sha256(basis.encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return seed, basis
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -151,6 +218,39 @@ def fail_dead_local_trials(study: Any, retry: Callable | None) -> list[int]:
             if retry is not None:
                 retry(study, study._storage.get_trial(t._trial_id))
     return failed
+
+
+def requeue(study: Any, trial: Any) -> int:
+    """Put a WAITING copy of an interrupted trial in the study (Optuna's retry format); its number."""
+    import optuna
+    from optuna.trial import TrialState
+
+    system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+    retry = optuna.create_trial(
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=user_attrs,
+        system_attrs=system_attrs,
+    )
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=retry)
+    return study._storage.get_trial_number_from_id(trial_id)
+
+
+def mark_interrupted(study: Any, trial_id: int, reason: str) -> int | None:
+    """Fail a RUNNING trial as interrupted (not counted as finished) and re-queue it; the retry's number."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, INTERRUPTED_ATTR, reason[:2000])
+    if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+        return None  # someone else (a stale-trial check) finished it first; it re-queued it then
+    frozen = storage.get_trial(trial_id)
+    number = requeue(study, frozen)
+    log.warning("trial %d interrupted (%s): re-queued as trial %d", frozen.number, reason, number)
+    return number
 
 
 def is_abandoned(trial: Any) -> bool:
@@ -187,7 +287,14 @@ def report_hook(
 
     hc = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
     sweeper, sweep_dir = hc.sweeper, str(hc.sweep.dir)
-    storage = make_storage(sweeper.get("storage"), sweep_dir)
+    # The sweeper's own settings, so that a trial run in the sweeper's process shares its storage (pool).
+    storage = make_storage(
+        sweeper.get("storage"),
+        sweep_dir,
+        heartbeat_interval=sweeper.get("heartbeat_interval"),
+        grace_period=sweeper.get("grace_period"),
+        max_retry=sweeper.get("max_retry"),
+    )
     study_name = sweeper.get("study_name") or Path(sweep_dir).name
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)

@@ -169,3 +169,59 @@ def test_pip_check_is_clean():
     # The released hydra-optuna-sweeper pins optuna < 3; this plugin must not need it.
     out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_search_parameter_for_a_missing_key_fails_before_any_trial_is_asked(tmp_path):
+    sweep = tmp_path / "missing"
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        "hydra/sweeper=optuna",
+        f"hydra.sweep.dir={sweep}",
+        "x=interval(0,1)",
+        "no_such_key=interval(0,1)",
+        "hydra.sweeper.n_trials=2",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "Could not override 'no_such_key'" in out.stderr  # Hydra's own message, naming the key
+    assert "+no_such_key" in out.stderr  # and what to write to add it
+    if (sweep / "optuna.db").exists():  # no trial asked, so none left RUNNING
+        assert load(sweep).trials == []
+    assert not list(sweep.glob("trial_*"))
+
+
+def test_study_objectives_are_named_after_the_trial_metrics(tmp_path):
+    sweep = tmp_path / "named"
+    run_app(
+        sweep, "x=interval(0,1)", "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=[maximize,maximize]"
+    )
+    assert load(sweep).metric_names == ["image_similarity", "text_similarity"]
+    single = tmp_path / "single"
+    run_app(single, "x=interval(0,1)", "hydra.sweeper.n_trials=1", "hydra.sweeper.objective=1")
+    assert load(single).metric_names == ["text_similarity"]
+
+
+def test_asynchronous_slots_stop_on_the_failure_rate_without_leaving_a_trial_running(tmp_path):
+    sweep = tmp_path / "failing"
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=20",
+        "hydra.sweeper.max_failure_rate=0.5",
+        f"hydra.sweep.dir={sweep}",
+        "x=interval(0,1)",
+        "fail_below=2.0",  # every trial fails
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0 and "max_failure_rate=0.5" in out.stderr, out.stderr[-3000:]
+    assert "asynchronous slots" in out.stdout + out.stderr
+    trials = load(sweep).trials
+    assert 2 <= len(trials) < 20  # it stopped early
+    assert all(t.state == TrialState.FAIL and "FloatingPointError" in t.user_attrs["error"] for t in trials)

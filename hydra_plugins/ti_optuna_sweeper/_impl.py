@@ -12,13 +12,29 @@ Loop: ask a batch of n_jobs trials -> suggest -> launch one job per trial in the
 `trial_<original number>` -> tell each its values, or FAIL with the error as a user attr, or PRUNED.
 `n_trials` is the number of finished trials the study should hold, so rerunning the same command runs
 only what is missing.
+
+Two ways to run n_jobs trials at once:
+- asynchronous slots (launchers whose jobs run in other processes: joblib, submitit/SLURM): n_jobs threads,
+  each asks one trial, launches it alone, tells it, and asks the next. No batch barrier: a slow trial
+  holds only its own slot (GPU). Asking and telling are serialised by a lock.
+- batches (in-process launchers: the basic one, the vectorised one, which trains a batch together):
+  ask n_jobs, launch them as one batch, tell all.
+Many workers: start N sweeper processes on one RDB or journal study (README, "Many workers").
+
+Each process seeds its sampler from the config's base seed, the trials already in the study and the
+process (sweeper.search.process_seed), recorded in every trial it asks: workers and restarts never
+replay one another's suggestions. SIGTERM/SIGUSR1 to the sweeper (scancel, preemption, time limit) fail
+its running trials as interrupted and re-queue them (sweeper.search.mark_interrupted) before it exits;
+a launcher's job that ended without a result (a cancelled SLURM job) is re-queued the same way.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,19 +45,30 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from sweeper import search
+from sweeper.atomic import write_text
+from sweeper.interrupt import TrialInterrupted, interruptible
 
 log = logging.getLogger(__name__)
 # Heartbeats are Optuna's own mechanism; they are just driven from this ask-and-tell loop.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# What a trial returns, in order (sweeper.trial): the default names of a study's objectives.
+TRIAL_METRICS = ("image_similarity", "text_similarity")
+# Launchers whose jobs run in other processes: safe to call from several threads at once (async slots).
+OUT_OF_PROCESS_LAUNCHERS = (
+    "hydra_plugins.hydra_joblib_launcher",
+    "hydra_plugins.hydra_submitit_launcher",
+    "hydra_plugins.ti_optuna_sweeper.gpu_launcher",
+    "hydra_plugins.ti_optuna_sweeper.slurm_launcher",
+)
 
 
 def distribution_from_override(override: Override) -> Any:
@@ -119,12 +146,16 @@ class OptunaSweeperImpl:
         heartbeat_interval: int | None,
         grace_period: int | None,
         max_retry: int | None,
+        metric_names: Sequence[str] | None = None,
     ) -> None:
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate}")
         if n_trials < 0 or n_jobs < 1:
             raise ValueError(f"hydra.sweeper: n_trials >= 0 and n_jobs >= 1 needed, got {n_trials}, {n_jobs}")
-        self.sampler, self.pruner = sampler, pruner
+        # The sampler config stays a config (the sweeper config is not instantiated recursively): each
+        # process builds it with its own seed (_create_study).
+        self.sampler_config = sampler
+        self.pruner = instantiate(pruner) if OmegaConf.is_config(pruner) else pruner
         dirs = (
             list(direction)
             if isinstance(direction, Sequence) and not isinstance(direction, str)
@@ -141,6 +172,28 @@ class OptunaSweeperImpl:
             heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
         )
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.metric_names = self._metric_names(metric_names)
+        self.lock = threading.RLock()  # ask / tell / bookkeeping, shared by the async slots
+        self.in_flight: dict[int, optuna.Trial] = {}  # trial id -> trial launched by this process
+        self.told: list[bool] = []  # this process's finished trials: True = failed
+        self.ask_s: dict[int, float] = {}  # trial id -> seconds its ask took (logged when told)
+        self.job_idx = 0
+        self.seed: int | None = None
+        self.seed_from = ""
+
+    def _metric_names(self, names: Sequence[str] | None) -> list[str] | None:
+        if names:
+            names = [str(n) for n in names]
+            if len(names) != len(self.directions):
+                raise ValueError(
+                    f"hydra.sweeper.metric_names: {len(names)} names for {len(self.directions)} directions"
+                )
+            return names
+        if len(self.directions) == len(TRIAL_METRICS):
+            return list(TRIAL_METRICS)
+        if len(self.directions) == 1 and 0 <= self.objective < len(TRIAL_METRICS):
+            return [TRIAL_METRICS[self.objective]]
+        return None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -149,16 +202,24 @@ class OptunaSweeperImpl:
         )
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
-    def _create_study(self, distributions: dict[str, BaseDistribution]) -> optuna.Study:
-        sampler = self.sampler
+    def _build_sampler(self, distributions: dict[str, BaseDistribution], n_before: int) -> Any:
+        cfg = self.sampler_config
+        if not OmegaConf.is_config(cfg):  # an already built sampler (Python callers): used as given
+            return cfg
+        base = cfg.get("seed")
+        self.seed, self.seed_from = search.process_seed(base, n_before)
+        sampler = instantiate(cfg, seed=self.seed)
         if getattr(sampler, "func", None) is optuna.samplers.GridSampler:  # a partial: build the grid
             sampler = sampler({k: grid_values(k, d) for k, d in distributions.items()})
+        return sampler
+
+    def _create_study(self, distributions: dict[str, BaseDistribution]) -> optuna.Study:
         storage = search.make_storage(self.storage_url, self.sweep_dir, **self.heartbeat)
         self.study_name = self.study_name or self.sweep_dir.name
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
-            sampler=sampler,
+            sampler=optuna.samplers.RandomSampler(),  # replaced below, once the study's size is known
             pruner=self.pruner,
             directions=self.directions,
             load_if_exists=True,
@@ -168,50 +229,155 @@ class OptunaSweeperImpl:
                 f"study {self.study_name!r} in {self.storage_url or 'optuna.db'} has directions "
                 f"{[d.name for d in study.directions]}, the config asks for {self.directions}"
             )
+        study.sampler = self._build_sampler(distributions, len(study.get_trials(deepcopy=False)))
+        if self.metric_names and study.metric_names != self.metric_names:
+            study.set_metric_names(self.metric_names)
         for params in self.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
         return study
+
+    def _check_overrides(self, distributions: dict[str, BaseDistribution], fixed: dict[str, str]) -> None:
+        """Compose one job's config before any trial is asked: a bad key fails here, not in a RUNNING trial."""
+        sample = {name: _sample_value(d) for name, d in distributions.items()}
+        overrides = [f"{k}={_encode(v)}" for k, v in {**sample, **fixed}.items()]
+        self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
     def sweep(self, arguments: list[str]) -> None:
         distributions, fixed = search_space_from_overrides(
             [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         )
+        self._check_overrides(distributions, fixed)
         study = self._create_study(distributions)
         if isinstance(study.sampler, optuna.samplers.GridSampler):
             self.n_trials = min(
                 self.n_trials, math.prod(len(grid_values(k, d)) for k, d in distributions.items())
             )
+        asynchronous = self.n_jobs > 1 and _runs_out_of_process(self.launcher)
         log.info(
-            "Study %s (%s, %s) in %s: %d trials, directions %s",
+            "Study %s (%s seed %s, %s) in %s: %d trials, directions %s, %d at once (%s)",
             study.study_name,
             type(study.sampler).__name__,
+            self.seed,
             type(study.pruner).__name__,
             search._redact(self.storage_url or search.default_storage_url(self.sweep_dir)),
             self.n_trials,
             self.directions,
+            self.n_jobs,
+            "asynchronous slots" if asynchronous else "batches",
         )
         search.fail_dead_local_trials(study, self.retry)
-        job_idx = 0
+        try:
+            with interruptible():
+                if asynchronous:
+                    self._run_slots(study, distributions, fixed)
+                else:
+                    self._run_batches(study, distributions, fixed)
+        except TrialInterrupted as e:
+            cancel = getattr(self.launcher, "cancel_running", None)
+            if cancel is not None:  # jobs on a cluster would go on writing to run folders the rerun reuses
+                log.warning("cancelled the sweep's running jobs: %s", cancel())
+            with self.lock:
+                for trial in list(self.in_flight.values()):
+                    search.mark_interrupted(study, trial._trial_id, f"sweeper {e}")
+                self.in_flight.clear()
+            log.warning("sweep stopped (%s): rerun the same command to resume", e)
+            raise SystemExit(128 + e.signum) from None
+        self._write_results(study)
+
+    def _run_batches(self, study: optuna.Study, distributions: dict, fixed: dict) -> None:
         while True:
-            optuna.storages.fail_stale_trials(study)
-            todo = self.n_trials - len(self._counted(study))
-            if todo <= 0:
-                break
-            trials = [t for t in (self._ask(study) for _ in range(min(todo, self.n_jobs))) if t is not None]
-            if not trials:
-                break
-            overrides = [self._overrides(t, distributions, fixed) for t in trials]
-            with _Heartbeats(study, trials):
-                returns = self.launcher.launch(overrides, initial_job_idx=job_idx)
-            job_idx += len(returns)
-            failures = sum(self._tell(study, t, r) for t, r in zip(trials, returns))
-            self._progress(study)
+            with self.lock:
+                trials = self._ask_up_to(study, self.n_jobs)
+                if not trials:
+                    return
+                overrides = [self._overrides(t, distributions, fixed) for t in trials]
+                job_idx, self.job_idx = self.job_idx, self.job_idx + len(trials)
+            returns = self._launch(study, trials, overrides, job_idx)
+            with self.lock:
+                failures = sum(self._tell(study, t, r) for t, r in zip(trials, returns))
+                self._progress(study)
             if failures / len(returns) > self.max_failure_rate:
                 raise RuntimeError(
                     f"{failures} of {len(returns)} trials failed in a batch "
                     f"(hydra.sweeper.max_failure_rate={self.max_failure_rate}); see their status.json"
                 )
-        self._write_results(study)
+
+    def _run_slots(self, study: optuna.Study, distributions: dict, fixed: dict) -> None:
+        """n_jobs threads, each: ask one trial, launch it alone, tell it, ask the next (no barrier)."""
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def slot() -> None:
+            while not stop.is_set():
+                with self.lock:
+                    trials = self._ask_up_to(study, 1)
+                    if not trials:
+                        return
+                    overrides = [self._overrides(trials[0], distributions, fixed)]
+                    job_idx, self.job_idx = self.job_idx, self.job_idx + 1
+                try:
+                    returns = self._launch(study, trials, overrides, job_idx)
+                except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                    errors.append(e)
+                    stop.set()
+                    return
+                with self.lock:
+                    self._tell(study, trials[0], returns[0])
+                    self._progress(study)
+                    failed, n = sum(self.told), len(self.told)
+                    if n >= self.n_jobs and failed / n > self.max_failure_rate:
+                        errors.append(
+                            RuntimeError(
+                                f"{failed} of {n} trials failed "
+                                f"(hydra.sweeper.max_failure_rate={self.max_failure_rate}); see their status.json"
+                            )
+                        )
+                        stop.set()
+
+        threads = [threading.Thread(target=slot, name=f"slot{k}", daemon=True) for k in range(self.n_jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():  # a timed join keeps the main thread responsive to SIGTERM/SIGUSR1
+                t.join(timeout=0.5)
+        if errors:
+            raise errors[0]
+
+    def _ask_up_to(self, study: optuna.Study, n: int) -> list[optuna.Trial]:
+        optuna.storages.fail_stale_trials(study)
+        trials: list[optuna.Trial] = []
+        for _ in range(n):
+            if not self._work_left(study):
+                break
+            started = time.perf_counter()
+            trial = self._ask(study)
+            if trial is None:
+                break
+            self.ask_s[trial._trial_id] = time.perf_counter() - started
+            trials.append(trial)
+            self.in_flight[trial._trial_id] = trial
+        return trials
+
+    def _launch(self, study: optuna.Study, trials: list, overrides: list, job_idx: int) -> Sequence[Any]:
+        """Launch the jobs of `trials`; if the launcher itself fails, fail them with its error first."""
+        try:
+            with _Heartbeats(study, trials):
+                return self.launcher.launch(overrides, initial_job_idx=job_idx)
+        except Exception as e:
+            with self.lock:
+                for trial in trials:
+                    trial.set_user_attr(search.ERROR_ATTR, f"{type(e).__name__}: {e}"[:2000])
+                    _tell(study, trial, state=TrialState.FAIL)
+                    self.in_flight.pop(trial._trial_id, None)
+            raise
+
+    def _work_left(self, study: optuna.Study) -> bool:
+        """Fewer than n_trials trials in the study's budget, or a WAITING one (a retry, an enqueued
+        configuration) among the first n_trials still to run."""
+        counted = self._counted(study)  # in trial-number order
+        return len(counted) < self.n_trials or any(
+            t.state == TrialState.WAITING for t in counted[: self.n_trials]
+        )
 
     def _counted(self, study: optuna.Study) -> list:
         return [t for t in study.get_trials(deepcopy=False) if not search.is_abandoned(t)]
@@ -222,6 +388,9 @@ class OptunaSweeperImpl:
         rank = sum(1 for t in self._counted(study) if t.number < trial.number)
         if rank < self.n_trials:
             trial.set_user_attr(search.WORKER_ATTR, search.worker_id())
+            if self.seed is not None:
+                trial.set_user_attr(search.SEED_ATTR, self.seed)
+                trial.set_user_attr(search.SEED_FROM_ATTR, self.seed_from)
             return trial
         study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
         return None
@@ -242,7 +411,9 @@ class OptunaSweeperImpl:
         ]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> bool:
-        """Tell Optuna how the job ended; True when it failed."""
+        """Tell Optuna how the job ended; True when it failed (an interruption is re-queued, not failed)."""
+        self.in_flight.pop(trial._trial_id, None)
+        started = time.perf_counter()
         try:
             value = ret.return_value  # re-raises the job's exception
             values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
@@ -257,14 +428,30 @@ class OptunaSweeperImpl:
         except optuna.TrialPruned as e:
             _tell(study, trial, state=TrialState.PRUNED)
             log.info("trial %d pruned: %s", trial.number, e)
-            return False
-        except Exception as e:  # noqa: BLE001 - a failing trial never stops the sweep
+            return self._told(trial, False, started)
+        except (Exception, TrialInterrupted) as e:  # noqa: BLE001 - a failing trial never stops the sweep
+            if isinstance(e, (TrialInterrupted, search.JobEndedWithoutResult)) or _run_status(ret) == (
+                "interrupted"
+            ):
+                search.mark_interrupted(study, trial._trial_id, f"{type(e).__name__}: {e}")
+                return False
             trial.set_user_attr(search.ERROR_ATTR, f"{type(e).__name__}: {e}"[:2000])
             _tell(study, trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
-            return True
+            return self._told(trial, True, started)
         _tell(study, trial, values=values)
-        return False
+        return self._told(trial, False, started)
+
+    def _told(self, trial: optuna.Trial, failed: bool, started: float) -> bool:
+        self.told.append(failed)
+        log.info(
+            "trial %d told (%s): ask %.3f s, tell %.3f s",
+            trial.number,
+            "failed" if failed else "ok",
+            self.ask_s.pop(trial._trial_id, math.nan),
+            time.perf_counter() - started,
+        )
+        return failed
 
     def _progress(self, study: optuna.Study) -> None:
         trials = self._counted(study)
@@ -296,8 +483,6 @@ class OptunaSweeperImpl:
                 {"trial": t.number, "params": t.params, "values": t.values} for t in study.best_trials
             ]
             log.info("Pareto front: %d trials", len(results["solutions"]))
-        from sweeper.atomic import write_text
-
         write_text(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
 
 
@@ -321,17 +506,33 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
+def _run_record(ret: Any) -> dict:
+    """The run folder's status.json of a job, {} when there is none."""
+    try:
+        folder = Path(ret.working_dir or ret.hydra_cfg.hydra.runtime.output_dir)
+        return dict(json.loads((folder / "status.json").read_text()))
+    except Exception:  # noqa: BLE001 - no folder, no file, or a job that never started
+        return {}
+
+
 def _run_error(ret: Any) -> str | None:
     """The error a run folder's status.json recorded, if the task wrote one."""
-    import json
+    return _run_record(ret).get("error")
 
-    try:
-        status = json.loads(
-            (Path(ret.working_dir or ret.hydra_cfg.hydra.runtime.output_dir) / "status.json").read_text()
-        )
-        return status.get("error")
-    except Exception:  # noqa: BLE001
-        return None
+
+def _run_status(ret: Any) -> str | None:
+    return _run_record(ret).get("status")
+
+
+def _sample_value(d: BaseDistribution) -> Any:
+    """One value of a distribution, to compose a job's config before asking any trial."""
+    if isinstance(d, CategoricalDistribution):
+        return d.choices[0]
+    return d.low
+
+
+def _runs_out_of_process(launcher: Any) -> bool:
+    return any(c.__module__.startswith(OUT_OF_PROCESS_LAUNCHERS) for c in type(launcher).__mro__)
 
 
 class _Heartbeats:

@@ -5,12 +5,14 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import MISSING
 
 
 @dataclass
 class TPESamplerConfig:
     _target_: str = "optuna.samplers.TPESampler"
+    # base seed: each sweeper process derives its own from it (recorded in each trial's sampler_seed)
     seed: int | None = None
     n_startup_trials: int = 10
     multivariate: bool = False
@@ -77,6 +79,8 @@ class ThresholdPrunerConfig:
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.ti_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     defaults: list = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "nop"}])
+    # the sampler stays a config: each sweeper process builds it with its own seed derived from `seed`
+    _recursive_: bool = False
 
     sampler: Any = MISSING
     # "minimize" | "maximize" or a list of them (one per returned objective)
@@ -87,9 +91,10 @@ class OptunaSweeperConf:
     study_name: str | None = None
     # total number of finished trials the study should hold (a rerun only runs what is missing)
     n_trials: int = 20
-    # trials asked at once and handed to the launcher as one batch
+    # trials in flight at once: asynchronous slots on joblib / SLURM launchers (each slot asks its next
+    # trial when its own finishes), one batch on in-process launchers (basic, vectorised)
     n_jobs: int = 1
-    # stop the sweep when a batch has more failed trials than this fraction (1.0 = never stop)
+    # stop the sweep when more than this fraction of its trials failed (1.0 = never stop)
     max_failure_rate: float = 1.0
     # single-objective search of a multi-value task: which returned value is the objective
     objective: int = 0
@@ -104,6 +109,9 @@ class OptunaSweeperConf:
     heartbeat_interval: int | None = 60
     grace_period: int | None = 180
     max_retry: int | None = 3
+    # names of the objectives shown by optuna-dashboard; null = image_similarity, text_similarity (the
+    # trial's two values; the `objective`-th one for a single-objective study)
+    metric_names: list | None = None
 
 
 @dataclass
@@ -131,4 +139,21 @@ for name, node in [
     cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="ti_optuna_sweeper")
 cs.store(
     group="hydra/launcher", name="joblib_gpus", node=JoblibGpusLauncherConf, provider="ti_optuna_sweeper"
+)
+
+
+@dataclass
+class CheckedSlurmLauncherConf(SlurmQueueConf):
+    """hydra-submitit's SLURM launcher that reports unschedulable and cancelled jobs (slurm_launcher.py)."""
+
+    _target_: str = "hydra_plugins.ti_optuna_sweeper.slurm_launcher.SlurmLauncher"
+    # seconds between two looks at the queue (squeue) while jobs run
+    poll_s: float = 2.0
+
+
+cs.store(
+    group="hydra/launcher",
+    name="ti_submitit_slurm",
+    node=CheckedSlurmLauncherConf,
+    provider="ti_optuna_sweeper",
 )

@@ -23,7 +23,10 @@ from sweeper.search import current_trial_number, report_hook  # noqa: E402
 def main(cfg: DictConfig) -> tuple[float, float]:
     run_dir = Path(cfg.run_dir)
     with open(run_dir / "events.log", "a") as f:
-        f.write(f"start pid={os.getpid()} trial={current_trial_number()} device={cfg.device}\n")
+        f.write(
+            f"start pid={os.getpid()} trial={current_trial_number()} device={cfg.device} t={time.time()} "
+            f"slurm={os.environ.get('SLURM_JOB_ID', '-')}\n"
+        )
     write_json(
         run_dir / "status.json", {"status": "running", "error": None, "trial_number": current_trial_number()}
     )
@@ -38,6 +41,12 @@ def main(cfg: DictConfig) -> tuple[float, float]:
             run_dir / "status.json", {"status": "failed", "error": f"x={cfg.x} below {cfg.fail_below}"}
         )
         raise FloatingPointError(f"NaN loss (x={cfg.x})")
+    if cfg.wait_for:  # hold this trial until another one has finished (tests of asynchronous slots)
+        deadline = time.time() + 180
+        while not Path(cfg.wait_for).exists():
+            if time.time() > deadline:
+                raise TimeoutError(f"{cfg.wait_for} never appeared")
+            time.sleep(0.1)
     while step < cfg.steps:
         time.sleep(cfg.step_time)
         step += 1
@@ -51,7 +60,7 @@ def main(cfg: DictConfig) -> tuple[float, float]:
         {"status": "completed", "error": None, "trial_number": current_trial_number()},
     )
     with open(run_dir / "events.log", "a") as f:
-        f.write("completed\n")
+        f.write(f"completed t={time.time()}\n")
     return (math.nan, math.nan) if cfg.return_nan else (a, b)
 
 
