@@ -115,7 +115,7 @@ def check_images(paths: list[Path]) -> None:
             bad.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})")
     if bad:
         raise DataError(
-            f"data.images: {len(bad)} file(s) are corrupt, not images or too large: "
+            f"data.images: {len(bad)} file(s) are corrupt or not images: "
             + "; ".join(bad)
             + ". Remove or replace them."
         )
