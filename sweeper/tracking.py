@@ -41,6 +41,7 @@ DEFAULT_INIT_TIMEOUT = 15.0  # seconds; tracking.init_timeout
 PROBE_TIMEOUT = 5.0  # seconds for the TCP probe of the W&B server (or its proxy)
 # a failure of these kinds means W&B's service process is gone: nothing later can reach it
 SERVICE_LOST = (ConnectionError, EOFError, BrokenPipeError)
+_OPEN_RUNS: set[int] = set()  # the W&B runs this process opened through a Tracker and has not finished
 
 
 def _safe(method: Callable) -> Callable:
@@ -217,6 +218,7 @@ class Tracker:
                 sync_dir,
                 sync_dir,
             )
+        _OPEN_RUNS.add(id(run))
         tracker = cls(
             run, bool(t.get("log_images", True)), bool(t.get("log_embeddings", True)), group, sync_dir
         )
@@ -297,9 +299,19 @@ class Tracker:
 
     @_safe
     def finish(self, status: str = "completed") -> None:
-        self.run.summary["status"] = status
-        self.run.finish(exit_code=0 if status == "completed" else 1)
-        self.run = None
+        run, self.run = self.run, None
+        try:
+            run.summary["status"] = status
+            run.finish(exit_code=0 if status == "completed" else 1)
+        finally:
+            _OPEN_RUNS.discard(id(run))
+        if not _OPEN_RUNS:
+            import wandb
+
+            # finish() only tells W&B's service the run is over; the service writes the run's last records
+            # after that. Shutting it down (the next wandb.init starts a new one) waits for them, so the run
+            # folder's W&B run is complete when the trial is.
+            wandb.teardown()
         if self._fell_back:
             log.warning(
                 "W&B run kept offline in %s; upload it with: wandb sync %s", self.sync_dir, self.sync_dir
