@@ -19,6 +19,25 @@ class EvaluationConfigError(ValueError):
     """A bad `evaluation.*` setting; the message names the key and what to do."""
 
 
+class NonFiniteError(ValueError):
+    """NaN or infinite numbers where evaluation needs finite ones (decoded samples, CLIP features)."""
+
+
+def require_finite(values: np.ndarray | torch.Tensor, what: str) -> np.ndarray | torch.Tensor:
+    """`values` unchanged if every entry is finite; NonFiniteError naming `what` otherwise.
+
+    Without this, NaN samples become black images (uint8 conversion) and NaN features give NaN or
+    normal-looking scores; a metric from either would be recorded as if it were a measurement."""
+    array = values.detach().float().cpu().numpy() if torch.is_tensor(values) else np.asarray(values)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise NonFiniteError(
+            f"{what}: {int(bad.sum())} of {bad.size} values are NaN or infinite; the model, the embedding or the "
+            "judge produces non-finite numbers (in fp16, try evaluation.precision=fp32), so no score is recorded"
+        )
+    return values
+
+
 # -------------------------------------------------------------------------------------------- judge
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from sweeper.templates import (
     OBJECT_TEMPLATES,
@@ -31,6 +33,24 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PROPERTIES = ("object", "style")
+# The largest image accepted (width x height). Checked from the file's header before anything is decoded;
+# decoding one at the cap holds at most ~4 bytes per pixel (268 MB). Larger photos: downscale them first.
+MAX_PIXELS = 8192 * 8192
+_TOO_LARGE = (
+    f"over the {MAX_PIXELS // 10**6}-megapixel cap (sweeper.data.MAX_PIXELS); "
+    "downscale it (e.g. to 4096 px on the long side) or remove it"
+)
+REDUCE_TO_SIDES = 4  # a large image is reduced to no less than this many times the resolution first
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {  # EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class DataError(ValueError):
@@ -49,10 +69,23 @@ def list_images(folder: str | Path) -> list[Path]:
         )
     if not folder.is_dir():
         raise DataError(f"data.images={folder}: not a folder; give the folder that holds the concept images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    # is_file() is False for a broken symlink or a symlink loop: an image-named one is skipped with a warning
+    unreadable = [
+        p.name for p in entries if p.is_symlink() and not p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if unreadable:
+        log.warning(
+            "data.images=%s: ignoring %d image-named symlink(s) that lead to no file (broken or a loop): %s",
+            folder,
+            len(unreadable),
+            ", ".join(unreadable[:10]),
+        )
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if not images:
+        others += unreadable
         found = f"found only {', '.join(others[:10])}" if others else "it is empty"
         raise DataError(
             f"data.images={folder}: no images ({'/'.join(IMAGE_SUFFIXES)}): {found}; add the concept's images"
@@ -65,16 +98,19 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def check_images(paths: list[Path]) -> None:
-    """Decode every image fully; raise one DataError naming every file that fails."""
-    from PIL import Image, ImageOps
+    """Decode every image; raise one DataError naming every file that is corrupt, not an image, or too large.
 
+    A file over MAX_PIXELS is refused from its header, before any pixel is decoded; a JPEG is decoded at
+    reduced scale (the whole stream is still read, so a truncated file fails here)."""
     bad = []
     for path in paths:
         try:
-            with Image.open(path) as im:
+            with _open_image(path) as im:
+                im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
-                im = ImageOps.exif_transpose(im)
                 _to_float_rgb(im.crop((0, 0, min(im.width, 8), min(im.height, 8))))  # same mode path, cheaply
+        except DataError as e:
+            bad.append(str(e))
         except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ...
             bad.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})")
     if bad:
@@ -110,8 +146,6 @@ def select_images(paths: list[Path], n_images: int | None, seed: int) -> list[Pa
 
 def _to_float_rgb(im) -> np.ndarray:
     """Any PIL mode -> float32 [H, W, 3] in [0, 1]; transparency composited on white, 16-bit kept exact."""
-    from PIL import Image
-
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
@@ -132,20 +166,64 @@ def _to_float_rgb(im) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32) / 255.0
 
 
+def _open_image(path: Path):
+    """Open an image lazily (header only) and refuse it if it is over MAX_PIXELS, before decoding anything."""
+    try:
+        with warnings.catch_warnings():
+            # our own cap below is stricter than Pillow's decompression-bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:  # over twice Pillow's own limit: Image.open refuses before we can
+        raise DataError(f"{path}: {_TOO_LARGE}") from None
+    if im.width * im.height > MAX_PIXELS:
+        size = f"{im.width}x{im.height} ({im.width * im.height / 1e6:.0f} megapixels)"
+        im.close()
+        raise DataError(f"{path}: {size}; {_TOO_LARGE}")
+    return im
+
+
+def _decode_reduced(im, min_side: int):
+    """Decode `im` at the smallest integer reduction whose shorter side is still >= min_side.
+
+    JPEG: `draft` makes libjpeg decode at 1/2, 1/4 or 1/8 scale, so the full-size image never exists.
+    Other formats are decoded once at their own bit depth, then box-reduced before any float conversion.
+    """
+    factor = max(1, min(im.size) // min_side)
+    if factor > 1:
+        im.draft(None, (max(1, im.width // factor), max(1, im.height // factor)))  # no-op unless JPEG
+    im.load()
+    factor = max(1, min(im.size) // min_side)
+    if factor == 1:
+        return im
+    if im.mode.startswith("I;16"):  # reduce() lacks the 16-bit modes; a box resize is the same filter
+        size = (-(-im.width // factor), -(-im.height // factor))
+        return im.resize(size, Image.Resampling.BOX)
+    if im.mode in ("1", "P", "PA"):  # averaging bits or palette indices is meaningless: to pixels first
+        has_alpha = im.mode == "PA" or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else ("L" if im.mode == "1" else "RGB"))
+    return im.reduce(factor)
+
+
 def load_image(path: Path, resolution: int) -> torch.Tensor:
     """One training image as float32 [3, R, R] in [-1, 1].
 
     EXIF orientation applied; any mode to RGB; the centred square of side min(H, W) resized to R
     (bicubic, antialiased): the same pixels as resizing the shorter side to R and centre-cropping.
+    An image over MAX_PIXELS is refused from its header. A large one is first decoded reduced to no less
+    than 4R on its shorter side (JPEG by draft, others by reduce()), so float copies are only ever made at
+    that size: loading holds at most the 8-bit decode (a JPEG's reduced one), not gigabytes of floats.
     """
-    from PIL import Image, ImageOps
-
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
+        with _open_image(path) as opened:
+            orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
+            im = _decode_reduced(opened, REDUCE_TO_SIDES * resolution)
+            if orientation in _TRANSPOSE:
+                im = im.transpose(_TRANSPOSE[orientation])
             arr = _to_float_rgb(im)
+    except DataError as e:
+        raise DataError(f"data.images: {e}") from None
     except Exception as e:
         raise DataError(
             f"data.images: cannot read {path} ({type(e).__name__}: {e}); remove or replace it"

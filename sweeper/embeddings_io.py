@@ -7,12 +7,19 @@ Written by a run (see ARCHITECTURE.md):
     per_image_embeds.safetensors      {token: [1, dim]}         per-image tokens (SDXL: + per_image_embeds_2)
 
 Read: diffusers .safetensors/.bin ({token: tensor}), A1111/ComfyUI .pt (string_to_param["*"], name) and
-.safetensors (emb_params; clip_l/clip_g), a raw tensor, or a run folder. Pickle-based files go only
-through torch.load(weights_only=True): a file that would run code when unpickled is refused.
+.safetensors (emb_params; clip_l/clip_g), the official textual_inversion code's embeddings_gs-N.pt
+(string_to_token + string_to_param as an nn.ParameterDict), a raw tensor, or a run folder. Pickle-based files
+go only through torch's weights-only unpickler, whose allow-list (tensors, Parameters, plain containers, set)
+gets exactly one class more, nn.ParameterDict, for the official format: a file that would run code is refused.
+
+Refused when read, before any model work, each naming the file: non-finite values (NaN/inf), and, through
+`check_fits_model`, a width that is not the model's text encoder's (read from the model's config.json or its
+single file's header, no weights).
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import warnings
@@ -22,6 +29,7 @@ from pathlib import Path
 import torch
 
 from sweeper import atomic
+from sweeper.models import resolve_model, single_file_shapes
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 DIFFUSERS_FILE_2 = "learned_embeds_2.safetensors"
@@ -32,6 +40,14 @@ DEFAULT_TOKEN = "<concept>"
 SDXL_KEYS = ("clip_l", "clip_g")
 # globals a tensor pickle legitimately names; anything else is code we refuse
 SAFE_MODULES = ("torch", "collections", "_codecs")
+SAFE_BUILTINS = (
+    "__builtin__.set",
+    "builtins.set",
+)  # a Module's state holds a set (protocol 2 spells it __builtin__)
+# The one class the official textual_inversion code's files need beyond torch's weights-only allow-list:
+# EmbeddingManager.save() pickles string_to_param as an nn.ParameterDict, a Module whose state is plain
+# containers and Parameters (Module.__setstate__ only updates __dict__; it runs nothing from the file).
+OFFICIAL_FORMAT_GLOBALS = (torch.nn.ParameterDict,)
 
 
 class EmbeddingFormatError(ValueError):
@@ -46,6 +62,7 @@ class UnsafeEmbeddingError(EmbeddingFormatError):
 class LoadedEmbedding:
     placeholder: str | None
     vectors: list[torch.Tensor]  # one [k, dim] tensor per text encoder (SD 1/2: one; SDXL: clip_l, clip_g)
+    source: str | None = None  # the file or run folder it was read from, for messages
 
     @property
     def num_vectors(self) -> int:
@@ -119,7 +136,7 @@ def save_learned_embeds(
 
 def _torch_load_safe(path: Path) -> object:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(OFFICIAL_FORMAT_GLOBALS)):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -132,12 +149,15 @@ def _torch_load_safe(path: Path) -> object:
         # the opcodes statically (nothing is executed either way).
         refused = re.findall(r"Unsupported global: GLOBAL (\S+)", msg)
         code = sorted(
-            set(refused) | {g for g in _pickle_globals(path) if g.split(".")[0] not in SAFE_MODULES}
+            g
+            for g in set(refused) | set(_pickle_globals(path))
+            if g.split(".")[0] not in SAFE_MODULES and g not in SAFE_BUILTINS
         )
         if code:
             raise UnsafeEmbeddingError(
                 f"{path}: refused: this pickle file contains code (it imports {', '.join(code[:5])}), which "
-                "loading would execute. Only tensors are accepted; convert it to .safetensors from a source you trust."
+                "loading would execute. Only tensors and plain containers (and the official code's ParameterDict) "
+                "are accepted; convert it to .safetensors from a source you trust."
             ) from None
         reason = re.findall(r"WeightsUnpickler error: \s*(.+)", msg)
         raise EmbeddingFormatError(
@@ -209,8 +229,10 @@ def _from_state(path: Path, obj: object, meta_name: str | None) -> LoadedEmbeddi
         return LoadedEmbedding(meta_name, [_as_matrix(obj, str(path))])
     if not isinstance(obj, dict):
         raise EmbeddingFormatError(f"{path}: no embedding layout holds {_describe(obj)}")
-    if "string_to_param" in obj:  # A1111 / ComfyUI .pt
-        params = obj["string_to_param"]
+    if "string_to_param" in obj:  # A1111 / ComfyUI .pt, and the official code's embeddings_gs-N.pt
+        # the official code saves an nn.ParameterDict; read its _parameters (files from torch < 1.12 lack
+        # the _keys that ParameterDict's own accessors need in newer torch)
+        params = getattr(obj["string_to_param"], "_parameters", obj["string_to_param"])
         if not isinstance(params, dict) or not params:
             raise EmbeddingFormatError(
                 f"{path}: A1111 file with an empty or odd string_to_param ({_describe(params)})"
@@ -242,11 +264,15 @@ def _load_run_folder(folder: Path) -> LoadedEmbedding:
     second = folder / DIFFUSERS_FILE_2
     if second.is_file():
         emb.vectors += load_embedding_file(second).vectors
+    emb.source = str(folder)
     return emb
 
 
 def load_embedding_file(path: str | Path) -> LoadedEmbedding:
-    """Read an embedding from any known layout (see module docstring); never executes code from the file."""
+    """Read an embedding from any known layout (see module docstring); never executes code from the file.
+
+    Raises EmbeddingFormatError (UnsafeEmbeddingError for code) naming the file for anything unusable,
+    including NaN or infinite values."""
     path = Path(path).expanduser()
     if path.is_dir():
         return _load_run_folder(path)
@@ -258,8 +284,25 @@ def load_embedding_file(path: str | Path) -> LoadedEmbedding:
     is_safetensors = path.suffix == ".safetensors" or (len(head) == 8 and _looks_like_safetensors(path, head))
     if is_safetensors:
         tensors, meta = _load_safetensors(path)
-        return _from_state(path, tensors, meta.get("placeholder") or meta.get("name"))
-    return _from_state(path, _torch_load_safe(path), None)
+        emb = _from_state(path, tensors, meta.get("placeholder") or meta.get("name"))
+    else:
+        emb = _from_state(path, _torch_load_safe(path), None)
+    emb.source = str(path)
+    _require_finite(emb, path)
+    return emb
+
+
+def _require_finite(emb: LoadedEmbedding, path: Path) -> None:
+    for i, vectors in enumerate(emb.vectors):
+        finite = torch.isfinite(vectors.float())
+        if not finite.all():
+            bad_rows = (~finite).any(dim=-1).nonzero().flatten().tolist()
+            where = f" (encoder {i + 1} of {len(emb.vectors)})" if len(emb.vectors) > 1 else ""
+            raise EmbeddingFormatError(
+                f"{path}: {int((~finite).sum())} of {finite.numel()} values are NaN or infinite, in vector(s) "
+                f"{bad_rows}{where}; the training that wrote it diverged or the file is damaged: use an earlier "
+                "checkpoint or retrain (e.g. with a lower inversion.lr)"
+            )
 
 
 def _looks_like_safetensors(path: Path, head: bytes) -> bool:
@@ -269,6 +312,67 @@ def _looks_like_safetensors(path: Path, head: bytes) -> bool:
     with open(path, "rb") as f:
         f.seek(8)
         return f.read(1) == b"{"
+
+
+# ------------------------------------------------------------------------------------ model widths
+
+
+def _fit_widths(embedding: LoadedEmbedding, dims: list[int], model: str) -> LoadedEmbedding:
+    """The embedding's vector sets for text encoders of widths `dims`; EmbeddingFormatError if they differ."""
+    got = [v.shape[-1] for v in embedding.vectors]
+    if len(got) == 2 and len(dims) == 1 and got[1] in dims and got[0] not in dims:  # SDXL file, refiner-like
+        return LoadedEmbedding(embedding.placeholder, embedding.vectors[1:], embedding.source)
+    if got != dims:
+        raise EmbeddingFormatError(
+            f"{embedding.source or 'the embedding'}: holds {len(got)} vector set(s) of width {got}, but {model} "
+            f"take {dims}; the embedding was trained for a different model family (text-encoder widths: "
+            "SD 1.x 768, SD 2.x 1024, SDXL 768 + 1280): give the model it was trained with"
+        )
+    return embedding
+
+
+def model_text_widths(pretrained: str, config: str | None = None) -> list[int] | None:
+    """The text-encoder width(s) of a model, from its config.json files or its single file's header (no weights).
+
+    None when they cannot be read without a download (a hub model not in the cache); loading checks again.
+    Raises models.ModelLoadError for a model that cannot be used at all, as loading it would.
+    """
+    source = resolve_model(pretrained, config)
+    if source.kind == "file":
+        return _single_file_widths(single_file_shapes(source.pretrained))
+    widths = []
+    for sub in ["text_encoder", "text_encoder_2"] if source.is_sdxl else ["text_encoder"]:
+        try:
+            if source.kind == "folder":
+                path = Path(source.pretrained) / sub / "config.json"
+            else:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(source.pretrained, f"{sub}/config.json"))
+            widths.append(int(json.loads(path.read_text())["hidden_size"]))
+        except Exception:  # noqa: BLE001 - unreadable here; the pipeline's own loading reports it
+            return None
+    return widths
+
+
+def _single_file_widths(shapes: dict[str, torch.Tensor]) -> list[int] | None:
+    """Token-embedding widths of a single LDM checkpoint's text encoder(s), in encoder order (SDXL: 0, 1)."""
+    found = {}
+    for key, tensor in shapes.items():
+        if not key.endswith("token_embedding.weight"):
+            continue
+        if key.startswith("cond_stage_model."):
+            found[0] = tensor.shape[-1]
+        elif key.startswith("conditioner.embedders."):
+            found[int(key.split(".")[2])] = tensor.shape[-1]
+    return [found[i] for i in sorted(found)] or None
+
+
+def check_fits_model(embedding: LoadedEmbedding, pretrained: str, config: str | None = None) -> None:
+    """Refuse an embedding whose width is not the model's, from the model's configs alone (before loading it)."""
+    dims = model_text_widths(pretrained, config)
+    if dims is not None:
+        _fit_widths(embedding, dims, f"model.pretrained={pretrained}'s text encoder(s)")
 
 
 # ---------------------------------------------------------------------------------------- pipelines
@@ -286,23 +390,13 @@ def load_into_pipeline(pipe, embedding: LoadedEmbedding | str | Path, token: str
     Write the returned string once in a prompt: diffusers expands a multi-vector token "<t>" into
     "<t> <t>_1 ..." itself when the pipeline encodes the prompt.
     """
-    source = embedding if isinstance(embedding, (str, Path)) else "embedding"
     if not isinstance(embedding, LoadedEmbedding):
         embedding = load_embedding_file(embedding)
+    source = embedding.source or "the embedding"
     token = token or embedding.placeholder or DEFAULT_TOKEN
     pairs = _encoders(pipe)
     dims = [enc.get_input_embeddings().weight.shape[-1] for _, enc in pairs]
-    got = [v.shape[-1] for v in embedding.vectors]
-    if len(got) == 2 and len(dims) == 1 and got[1] in dims and got[0] not in dims:
-        embedding = LoadedEmbedding(
-            embedding.placeholder, embedding.vectors[1:]
-        )  # SDXL file, refiner-like pipe
-        got = got[1:]
-    if got != dims:
-        raise EmbeddingFormatError(
-            f"{source}: holds {len(got)} vector set(s) of width {got}, but the pipeline's text encoder(s) "
-            f"take {dims}; the embedding was trained for a different model family"
-        )
+    embedding = _fit_widths(embedding, dims, "the pipeline's text encoder(s)")
     # diffusers refuses a taken token per encoder; check all first so SDXL is never left half-loaded
     for tokenizer, _ in pairs:
         taken = [t for t in (token, f"{token}_1") if t in tokenizer.get_vocab()]

@@ -3,9 +3,10 @@
     python -m sweeper.evaluate SOURCE [--out DIR | --in-place] [--token TOKEN] [OVERRIDE ...]
 
 SOURCE    a run folder (its config.yaml gives model, data and evaluation settings), or an embedding file:
-          diffusers .safetensors/.bin ({token: [k, dim]}), A1111/ComfyUI .pt/.safetensors. Every file
-          goes through embeddings_io.load_embedding_file: pickles are read with weights_only=True and a
-          file carrying code is refused (exit status 2).
+          diffusers .safetensors/.bin ({token: [k, dim]}), A1111/ComfyUI .pt/.safetensors, the official
+          code's embeddings_gs-N.pt. Every file goes through embeddings_io.load_embedding_file: pickles are
+          read by torch's weights-only unpickler, and a file carrying code, holding NaN/inf, or of a width
+          the model's text encoder cannot take is refused before any model loads (exit status 2).
 OVERRIDE  Hydra overrides, the same as for `python -m sweeper`, applied on top of the run's config (or of
           conf/config.yaml for a file): evaluation=fast, evaluation/prompts=paper_examples,
           evaluation.judge=/path/to/clip, evaluation.num_samples=16, model.pretrained=..., data.images=...
@@ -31,6 +32,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import atomic
+from sweeper.embeddings_io import check_fits_model, load_embedding_file
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
@@ -118,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.in_place and not source.is_dir():
             raise ValueError("--in-place needs a run folder as SOURCE")
         cfg = load_config(source, args.overrides)
-        from sweeper.embeddings_io import load_embedding_file
-
-        load_embedding_file(source)  # refuse unsafe or unknown files before loading any model
+        # before loading any model: refuse unsafe, unknown or non-finite files, and a width the model's
+        # configs (or its single file's header) say its text encoder(s) cannot take
+        check_fits_model(load_embedding_file(source), str(cfg.model.pretrained), cfg.model.get("config"))
         images = training_images(cfg)
         out = (
             source

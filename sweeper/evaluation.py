@@ -24,7 +24,15 @@ from pathlib import Path
 import torch
 
 from sweeper import atomic
-from sweeper.clip_score import VARIANTS, EvaluationConfigError, Judge, image_only_similarity, score
+from sweeper.clip_score import (
+    VARIANTS,
+    EvaluationConfigError,
+    Judge,
+    NonFiniteError,
+    image_only_similarity,
+    require_finite,
+    score,
+)
 from sweeper.sampling import SAMPLERS, Sampler, save_grid, slugs
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "prompts"
@@ -121,10 +129,13 @@ def check_config(ev) -> dict:
 
 
 def _sample_and_embed(sampler: Sampler, judge: Judge, prompt: str, key: str, n: int, grid_path=None, ev=None):
-    images = sampler.sample(prompt, n, noise_key=key, desc=prompt[:40])
+    try:
+        images = sampler.sample(prompt, n, noise_key=key, desc=prompt[:40])
+    except NonFiniteError as err:
+        raise NonFiniteError(f"prompt {prompt!r}: {err}") from None
     if grid_path is not None:
         save_grid(images, grid_path, ev["grid_samples"], ev["grid_tile"])
-    return judge.images(images)
+    return require_finite(judge.images(images), f"prompt {prompt!r}: the judge's features of the samples")
 
 
 def _file_digest(path: Path) -> str:
@@ -224,8 +235,12 @@ def evaluate_pipeline(
         pixels = ((load_image(Path(path), sampler.resolution) + 1) * 127.5).round().clamp(0, 255)
         return Image.fromarray(pixels.byte().permute(1, 2, 0).numpy())
 
-    training = judge.images([to_pil(p) for p in training_images])
-    texts = judge.texts([concept_removed(p) for p in ev["prompts"]])
+    training = require_finite(
+        judge.images([to_pil(p) for p in training_images]), "the judge's features of the training images"
+    )
+    texts = require_finite(
+        judge.texts([concept_removed(p) for p in ev["prompts"]]), "the judge's text features"
+    )
     n, samples = ev["num_samples"], out_dir / "samples"
     recon = _sample_and_embed(
         sampler,

@@ -222,6 +222,64 @@ def _diffusers_default_repo(shapes: dict) -> str | None:
         return None
 
 
+# Where a single file's (first) text encoder sits in the HF CLIP layout. diffusers' own
+# convert_diffusers_to_original_stable_diffusion.py prefixes the text encoder's state dict as it finds it, and
+# transformers 5 saves CLIPTextModel without "text_model.", so under transformers 5 that script writes keys
+# diffusers' single-file loader does not recognise (it then asks for text_encoder= in Python).
+HF_TEXT_ENCODER_PREFIXES = ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer.")
+
+
+def prefixless_text_encoder(source: ModelSource, dtype: torch.dtype) -> dict:
+    """{"text_encoder": model} for a single file whose HF-layout text encoder lacks the `text_model.` prefix,
+    built from the file's own weights and the text encoder config of model.config (or diffusers' default
+    repo for the file); {} for any other file, which diffusers reads itself."""
+    shapes = single_file_shapes(source.pretrained)
+    prefix = next(
+        (p for p in HF_TEXT_ENCODER_PREFIXES if f"{p}embeddings.token_embedding.weight" in shapes), None
+    )
+    if prefix is None:
+        return {}
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    where = source.config or _diffusers_default_repo(shapes)
+    try:
+        config = CLIPTextConfig.from_pretrained(where, subfolder="text_encoder")
+    except Exception as err:  # noqa: BLE001 - offline hub, missing folder: the user's fix is model.config
+        raise ModelLoadError(single_file_hint(source.pretrained, where, _hub_reason(err))) from err
+    names = [k for k in shapes if k.startswith(prefix)]
+    state = _read_tensors(Path(source.pretrained), names)
+    encoder = CLIPTextModel(config)
+    own = encoder.state_dict()
+    state = {k.removeprefix(prefix): v for k, v in state.items()}
+    # transformers 4 names the same weights text_model.*; accept the file either way round
+    state = {
+        k if k in own or f"text_model.{k}" not in own else f"text_model.{k}": v for k, v in state.items()
+    }
+    state = {
+        k: v for k, v in state.items() if not k.endswith("position_ids")
+    }  # a buffer, rebuilt by the model
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"model.pretrained={source.pretrained}: its text encoder ({prefix}*, saved without text_model.) does "
+            f"not match the text encoder config of {where}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return {"text_encoder": encoder.to(dtype).eval()}
+
+
+def _read_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Some tensors of a single checkpoint file (a .ckpt only through weights_only=True)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in names}
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return {k: state[k] for k in names}
+
+
 def _index_is_sdxl(index: dict) -> bool:
     return "text_encoder_2" in index and index.get("text_encoder_2", [None])[0] is not None
 
@@ -248,6 +306,8 @@ def load_pipeline(
     kwargs = {"torch_dtype": dtype}
     if not source.is_sdxl:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if source.kind == "file":
+        kwargs.update(prefixless_text_encoder(source, dtype))
     try:
         if source.kind == "file":
             pipe = cls.from_single_file(source.pretrained, config=source.config, **kwargs)

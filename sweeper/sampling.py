@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sweeper import atomic
+from sweeper.clip_score import require_finite
 
 SAMPLERS = ("ddim", "dpmsolver++", "unipc", "euler")
 
@@ -170,7 +171,9 @@ class Sampler:
         latents = latents / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None):
             latents = latents + vae.config.shift_factor
-        pixels = vae.decode(latents.to(vae.device, vae.dtype)).sample.float()
+        pixels = require_finite(
+            vae.decode(latents.to(vae.device, vae.dtype)).sample.float(), "decoded samples"
+        )
         pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray((p * 255).round().astype(np.uint8)) for p in pixels]
 

@@ -4,7 +4,19 @@ One W&B run per trial: group = the Optuna study name (search) or the sweep folde
 name = the run folder's name, config = the resolved Hydra config. Offline by default, so it works
 with no network and no key; `wandb sync <run_dir>/wandb/offline-run-*` uploads later.
 
-Every W&B call goes through `_safe`: a W&B failure is logged as a warning and never fails a trial.
+Failure isolation (a W&B failure never fails a trial):
+- Every W&B call goes through `_safe`: a failure is logged as a warning; once W&B's service is gone
+  (it dies with the job on SIGTERM, e.g. `scancel`) the tracker stops calling it.
+- wandb registers post-import hooks that report to its service when packages such as diffusers, peft or
+  huggingface_hub are first imported; after the service died, such an import anywhere in the trial raised
+  ConnectionResetError. The tracker removes those hooks right after `wandb.init`.
+- `tracking.mode=online` with no reachable server falls back to offline within seconds: the server (or
+  proxy) is probed first, and `wandb.init` gets `tracking.init_timeout` seconds (wandb's default, 90 s,
+  stalled every trial). The offline run stays in the run folder and the log says how to sync it.
+- Artifact files are referenced where they lie in the run folder (`policy="immutable"`: no copy staged
+  under ~/.local/share/wandb; `wandb sync` uploads them from the run folder). Artifact names carry the
+  sweep (study) name and the run folder's name, so they differ across sweeps.
+
 `tracking=none` (tracking.enabled=false) gives a Tracker whose methods do nothing.
 """
 
@@ -14,6 +26,9 @@ import functools
 import logging
 import math
 import re
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +36,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+DEFAULT_INIT_TIMEOUT = 15.0  # seconds; tracking.init_timeout
+PROBE_TIMEOUT = 5.0  # seconds for the TCP probe of the W&B server (or its proxy)
+# a failure of these kinds means W&B's service process is gone: nothing later can reach it
+SERVICE_LOST = (ConnectionError, EOFError, BrokenPipeError)
+_OPEN_RUNS: set[int] = set()  # the W&B runs this process opened through a Tracker and has not finished
 
 
 def _safe(method: Callable) -> Callable:
@@ -31,6 +52,17 @@ def _safe(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never fail a trial
+            if isinstance(e, SERVICE_LOST):
+                self.run = None
+                log.warning(
+                    "W&B %s failed (%s: %s): W&B's service is gone (killed with the job?); W&B logging stops "
+                    "for this trial, which goes on; the run folder has everything%s",
+                    method.__name__,
+                    type(e).__name__,
+                    e,
+                    f"; what W&B got so far is in {self.sync_dir}" if self.sync_dir else "",
+                )
+                return None
             log.warning(
                 "W&B %s failed (%s: %s); the trial goes on, the run folder has everything",
                 method.__name__,
@@ -64,13 +96,68 @@ def _plain_config(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
 
 
+def unreachable(base_url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the W&B server at `base_url` cannot be reached (a TCP connect to it, or to the proxy the
+    environment names for it), or None when it can. Seconds at most, where wandb.init would wait 90."""
+    url = urllib.parse.urlsplit(base_url)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return f"base URL {base_url!r} names no host"
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        purl = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = purl.hostname or host, purl.port or 80
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host}:{port} unreachable ({type(e).__name__}: {e})"
+
+
+def _drop_import_hooks(run: Any) -> None:
+    """Remove the post-import hooks wandb.init registered for `run` (see the module docstring)."""
+    try:
+        from wandb.sdk.lib import import_hooks, telemetry
+
+        for module_name in telemetry.list_telemetry_imports():
+            import_hooks.unregister_post_import_hook(module_name, run.settings.run_id)
+    except Exception as e:  # noqa: BLE001 - a wandb without these internals: nothing to remove
+        log.debug("W&B import hooks not removed (%s: %s)", type(e).__name__, e)
+
+
+def _init_timeout(t: DictConfig) -> float:
+    value = t.get("init_timeout", DEFAULT_INIT_TIMEOUT)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        log.warning(
+            "tracking.init_timeout=%r: not a positive number of seconds; using %s",
+            value,
+            DEFAULT_INIT_TIMEOUT,
+        )
+        return DEFAULT_INIT_TIMEOUT
+    return seconds
+
+
 class Tracker:
     """Log one trial to W&B. `Tracker(None)` (or tracking=none) is a no-op tracker."""
 
-    def __init__(self, run: Any = None, log_images: bool = True, log_embeddings: bool = True) -> None:
+    def __init__(
+        self,
+        run: Any = None,
+        log_images: bool = True,
+        log_embeddings: bool = True,
+        group: str | None = None,
+        sync_dir: str | None = None,
+    ) -> None:
         self.run = run
         self._log_images = log_images
         self._log_embeddings = log_embeddings
+        self.group = group
+        self.sync_dir = sync_dir  # the offline run's folder (what `wandb sync` uploads); None online
+        self._fell_back = False  # online was asked for, offline is what runs
 
     @classmethod
     def from_config(cls, cfg: DictConfig, run_dir: str | Path, *, concurrent: bool = False) -> Tracker:
@@ -80,26 +167,63 @@ class Tracker:
             return cls(None)
         run_dir = Path(run_dir)
         wandb_dir = Path(t.dir) if t.get("dir") else run_dir
+        group = t.get("group") or default_group(cfg)
+        mode = t.get("mode") or "offline"
+        fell_back = None
         try:
-            import wandb
+            import wandb  # heavy, and only needed with tracking on
 
             wandb_dir.mkdir(parents=True, exist_ok=True)
-            run = wandb.init(
-                mode=t.get("mode") or "offline",
-                project=t.get("project"),
-                entity=t.get("entity"),
-                group=t.get("group") or default_group(cfg),
-                name=run_dir.name,
-                tags=list(t.get("tags") or []),
-                config=_plain_config(cfg),
-                dir=str(wandb_dir),
-                reinit="create_new" if concurrent else "finish_previous",
-                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
-            )
+            timeout = _init_timeout(t)
+
+            def init(mode: str):
+                return wandb.init(
+                    mode=mode,
+                    project=t.get("project"),
+                    entity=t.get("entity"),
+                    group=group,
+                    name=run_dir.name,
+                    tags=list(t.get("tags") or []),
+                    config=_plain_config(cfg),
+                    dir=str(wandb_dir),
+                    reinit="create_new" if concurrent else "finish_previous",
+                    settings=wandb.Settings(
+                        console="off", silent=True, x_disable_stats=True, init_timeout=timeout
+                    ),
+                )
+
+            run = None
+            if mode == "online":
+                base_url = wandb.setup().settings.base_url
+                fell_back = unreachable(base_url, min(PROBE_TIMEOUT, timeout))
+                if fell_back is None:
+                    try:
+                        run = init("online")
+                    except Exception as e:  # noqa: BLE001 - CommError on timeout, auth errors, ...
+                        fell_back = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if fell_back is not None:
+                    fell_back = f"W&B server {base_url}: {fell_back}"
+            if run is None:
+                run = init("offline" if mode == "online" else mode)
+            _drop_import_hooks(run)
         except Exception as e:  # noqa: BLE001
             log.warning("W&B init failed (%s: %s); tracking is off for this trial", type(e).__name__, e)
             return cls(None)
-        return cls(run, bool(t.get("log_images", True)), bool(t.get("log_embeddings", True)))
+        sync_dir = None if run.settings.mode == "online" else str(run.settings.sync_dir)
+        if fell_back:
+            log.warning(
+                "W&B online is not available (%s); this trial logs to W&B offline in %s. "
+                "Upload it when there is network with: wandb sync %s",
+                fell_back,
+                sync_dir,
+                sync_dir,
+            )
+        _OPEN_RUNS.add(id(run))
+        tracker = cls(
+            run, bool(t.get("log_images", True)), bool(t.get("log_embeddings", True)), group, sync_dir
+        )
+        tracker._fell_back = bool(fell_back)
+        return tracker
 
     @property
     def active(self) -> bool:
@@ -150,9 +274,9 @@ class Tracker:
         files = [Path(p) for p in paths if Path(p).is_file()]
         if not files:
             return
-        art = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]+", "-", name), type=type)
-        for f in files:
-            art.add_file(str(f), name=f.name)
+        art = wandb.Artifact(artifact_name(name), type=type)
+        for f in files:  # referenced where it lies in the run folder: nothing staged under ~/.local/share
+            art.add_file(str(f.resolve()), name=f.name, policy="immutable")
         self.run.log_artifact(art)
 
     def log_result(self, run_dir: Path, metrics: dict) -> None:
@@ -163,7 +287,10 @@ class Tracker:
         )
         self.summary(metrics)
         self.log_images({p.stem: p for p in sorted((run_dir / "samples").glob("*.png"))})
-        self.log_artifact(f"embeddings-{run_dir.name}", sorted(run_dir.glob("*embeds*.safetensors")))
+        sweep = (
+            self.group or run_dir.resolve().parent.name
+        )  # the study / sweep, so names differ across sweeps
+        self.log_artifact(f"embeddings-{sweep}-{run_dir.name}", sorted(run_dir.glob("*embeds*.safetensors")))
 
     @_safe
     def summary(self, values: dict) -> None:
@@ -172,9 +299,28 @@ class Tracker:
 
     @_safe
     def finish(self, status: str = "completed") -> None:
-        self.run.summary["status"] = status
-        self.run.finish(exit_code=0 if status == "completed" else 1)
-        self.run = None
+        run, self.run = self.run, None
+        try:
+            run.summary["status"] = status
+            run.finish(exit_code=0 if status == "completed" else 1)
+        finally:
+            _OPEN_RUNS.discard(id(run))
+        if not _OPEN_RUNS:
+            import wandb
+
+            # finish() only tells W&B's service the run is over; the service writes the run's last records
+            # after that. Shutting it down (the next wandb.init starts a new one) waits for them, so the run
+            # folder's W&B run is complete when the trial is.
+            wandb.teardown()
+        if self._fell_back:
+            log.warning(
+                "W&B run kept offline in %s; upload it with: wandb sync %s", self.sync_dir, self.sync_dir
+            )
+
+
+def artifact_name(name: str) -> str:
+    """`name` in the characters W&B allows in artifact names, at most 128 of them."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:128]
 
 
 def _is_number(v: Any) -> bool:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import struct
+import subprocess
+import sys
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +19,7 @@ from PIL import Image, ImageOps
 
 from sweeper.data import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
     OBJECT_TEMPLATES,
     OBJECT_TEMPLATES_WITH_IMAGE_TOKEN,
     STYLE_TEMPLATES,
@@ -28,6 +35,7 @@ from sweeper.data import (
     templates_for,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
 
@@ -215,6 +223,177 @@ def test_load_image_bad_file(tmp_path):
     (tmp_path / "x.png").write_text("nope")
     with pytest.raises(DataError, match=r"x.png"):
         load_image(tmp_path / "x.png", 16)
+
+
+# ------------------------------------------------------------------------------------- large images
+
+
+def write_blank_png(path: Path, width: int, height: int) -> Path:
+    """An all-white 1-bit PNG written row by row, never held in memory: 12000 x 12000 is ~20 KB on disk."""
+    row = b"\x00" + b"\xff" * ((width + 7) // 8)  # filter byte + packed bits
+    comp = zlib.compressobj(9)
+    body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+# Runs in a fresh process: the peak resident memory of one load_image call above the process's memory just
+# before it (Linux: VmHWM reset through /proc/self/clear_refs; ru_maxrss - current RSS if that is refused,
+# which can only over-state the growth).
+RSS_PROBE = """
+import os, resource, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from sweeper.data import DataError, load_image
+
+load_image(Path(sys.argv[1]), 16)  # warm-up: decoders and torch kernels allocate their buffers once
+def kib(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+try:
+    open("/proc/self/clear_refs", "w").write("5")
+    peak_kib = lambda: kib("VmHWM")
+except OSError:
+    peak_kib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+baseline = kib("VmRSS")
+try:
+    load_image(Path(sys.argv[2]), int(sys.argv[3]))
+    outcome = "loaded"
+except DataError as err:
+    outcome = "refused: " + str(err)
+peak = peak_kib()
+print(outcome)
+print((peak - baseline) * 1024)
+"""
+
+
+def load_memory(path: Path, resolution: int, warm_up: Path) -> tuple[str, int]:
+    """(outcome, bytes of peak memory growth) of load_image(path, resolution) in a fresh process."""
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", RSS_PROBE, str(warm_up), str(path), str(resolution)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        .stdout.strip()
+        .splitlines()
+    )
+    return out[0], int(out[1])
+
+
+def test_image_over_the_pixel_cap_is_refused_from_its_header(tmp_path):
+    huge = write_blank_png(tmp_path / "huge.png", 12000, 12000)
+    assert huge.stat().st_size < 64_000  # a decompression bomb: 144 megapixels in a few KB
+    with pytest.warns(Image.DecompressionBombWarning), Image.open(huge) as im:  # Pillow only warns
+        assert im.size == (12000, 12000) and im.width * im.height > MAX_PIXELS
+    with pytest.raises(DataError, match=r"huge.png: 12000x12000 \(144 megapixels\).*MAX_PIXELS.*downscale"):
+        check_images([huge])
+    with pytest.raises(DataError, match=r"huge.png: 12000x12000.*cap"):
+        load_image(huge, 32)
+    # refused from the header: the load never decodes it (4.3 GiB before this was checked)
+    small = write_concept_images(tmp_path / "c", n=1) / "img_00.png"
+    outcome, growth = load_memory(huge, 32, small)
+    assert outcome.startswith("refused: data.images: ") and "huge.png" in outcome
+    assert growth < 16 * 2**20, growth
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    # 6000 x 4000 = 24 megapixels, under the cap: red | white | blue, the centre square all white
+    arr = np.zeros((4000, 6000, 3), np.uint8)
+    arr[:, :1000], arr[:, 1000:5000], arr[:, 5000:] = RED, WHITE, BLUE
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=90)
+    full_decode = arr.nbytes  # 72 MB of 8-bit pixels
+    del arr
+    x = load_image(tmp_path / "big.jpg", 64)
+    assert x.shape == (3, 64, 64) and close(px(x, 32, 32), WHITE) and close(px(x, 32, 2), WHITE, 12)
+    small = write_concept_images(tmp_path / "c", n=1) / "img_00.png"
+    outcome, growth = load_memory(tmp_path / "big.jpg", 64, small)
+    assert outcome == "loaded"
+    # draft decodes at 1/8 scale: the full-size image never exists (before: ~10x full_decode in floats)
+    assert growth < full_decode / 4, (growth, full_decode)
+
+
+def test_large_png_is_reduced_before_any_float_copy(tmp_path):
+    arr = np.zeros((4000, 6000, 3), np.uint8)
+    arr[:, :1000], arr[:, 1000:5000], arr[:, 5000:] = RED, WHITE, BLUE
+    Image.fromarray(arr).save(tmp_path / "big.png", compress_level=1)
+    full_decode = arr.nbytes
+    del arr
+    x = load_image(tmp_path / "big.png", 64)
+    assert close(px(x, 32, 32), WHITE) and close(px(x, 32, 2), WHITE, 12)
+    small = write_concept_images(tmp_path / "c", n=1) / "img_00.png"
+    outcome, growth = load_memory(tmp_path / "big.png", 64, small)
+    assert outcome == "loaded"
+    # a PNG must be decoded once at full size; nothing bigger than that one 8-bit copy is made (before: the
+    # full image converted to float32 twice: 824 MiB here, ~12x this)
+    assert growth < 2 * full_decode, (growth, full_decode)
+
+
+@pytest.mark.parametrize("mode", ["RGB-exif", "I;16", "P-transparent", "1", "LA"])
+def test_reduced_path_gives_the_same_picture_as_the_direct_one(tmp_path, mode):
+    # the same two-colour picture at 24 px (loaded directly) and 768 px (reduced first: 768 // (4 * 12) = 16)
+    def picture(side: int) -> Image.Image:
+        half = side // 2
+        if mode == "I;16":
+            arr = np.full((side, side), 1000, np.uint16)
+            arr[:, half:] = 50000
+            return Image.fromarray(arr)
+        if mode == "P-transparent":
+            im = Image.new("P", (side, side), 1)
+            im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+            im.paste(0, (0, 0, half, side))
+            return im
+        if mode == "1":
+            im = Image.new("1", (side, side), 0)
+            im.paste(1, (half, 0, side, side))
+            return im
+        if mode == "LA":
+            im = Image.new("LA", (side, side), (0, 0))
+            im.paste((0, 255), (half, 0, side, side))
+            return im
+        arr = np.zeros((side, side, 3), np.uint8)
+        arr[:, :half], arr[:, half:] = RED, BLUE
+        return Image.fromarray(arr)
+
+    for side in (24, 768):
+        kwargs = {"transparency": 0} if mode == "P-transparent" else {}
+        if mode == "RGB-exif":  # stored red | blue, displayed rotated: red on top
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            picture(side).save(tmp_path / f"{side}.jpg", exif=exif, quality=100)
+        else:
+            picture(side).save(tmp_path / f"{side}.png", **kwargs)
+    suffix = ".jpg" if mode == "RGB-exif" else ".png"
+    direct, reduced = (load_image(tmp_path / f"{side}{suffix}", 12) for side in (24, 768))
+    # interior pixels of each half agree (edges differ by the filters' support: box+bicubic vs bicubic)
+    for y, col in ((2, 2), (2, 9), (9, 2), (9, 9), (3, 3), (8, 8)):
+        assert close(px(direct, y, col), px(reduced, y, col), 8), (y, col)
+    assert not close(px(reduced, 2, 2), px(reduced, 9, 9), 8)  # opposite halves (either orientation) differ
+
+
+def test_image_named_symlink_loop_is_warned_about(tmp_path, caplog):
+    folder = write_concept_images(tmp_path / "c", n=2)
+    (folder / "loop.jpg").symlink_to("loop.jpg")  # a loop: is_file() is False
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # broken
+    with caplog.at_level(logging.WARNING, logger="sweeper.data"):
+        paths = list_images(folder)
+    assert [p.name for p in paths] == ["img_00.png", "img_01.png"]
+    assert "loop.jpg" in caplog.text and "gone.png" in caplog.text and "symlink" in caplog.text
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "loop.jpg").symlink_to("loop.jpg")
+    with pytest.raises(DataError, match=r"no images.*loop.jpg"):
+        list_images(only)
 
 
 def test_hflip():

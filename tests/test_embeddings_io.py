@@ -300,3 +300,93 @@ def test_half_precision_pipeline_and_taken_token(tmp_path, tiny_sd, sdxl_pipe):
     with pytest.raises(ValueError, match="already in the pipeline's vocabulary"):
         load_into_pipeline(sdxl_pipe, emb)
     assert len(sdxl_pipe.tokenizer) == n1  # the first encoder was not touched
+
+
+# ------------------------------------------------------------------------------ the paper's own files
+
+
+def write_official(path: Path, vectors: torch.Tensor, drop_keys: bool = False) -> Path:
+    """An embeddings_gs-N.pt as rinongal/textual_inversion's EmbeddingManager.save() writes it: the token is a
+    0-dim view into the tokenizer's output, the vectors an nn.ParameterDict of trainable Parameters."""
+    tokens = torch.tensor([[49406, 265, 49407] + [49407] * 74])  # the tokenizer's [1, 77] output for "*"
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(vectors.clone(), requires_grad=True)})
+    if drop_keys:  # as torch < 1.12 pickled it: no _keys, which newer ParameterDict accessors need
+        del params._keys
+    torch.save({"string_to_token": {"*": tokens[0, 1]}, "string_to_param": params}, path)
+    return path
+
+
+@pytest.mark.parametrize("drop_keys", [False, True])
+def test_the_official_codes_embeddings_are_read(tmp_path, sd_pipe, drop_keys):
+    from sweeper.embeddings_io import _pickle_globals
+
+    vectors = torch.randn(2, SD_DIM)
+    path = write_official(tmp_path / "embeddings_gs-4999.pt", vectors, drop_keys)
+    names = set(_pickle_globals(path))  # the classes that format needs beyond plain tensors
+    assert "torch.nn.modules.container.ParameterDict" in names and "__builtin__.set" in names
+    with pytest.raises(pickle.UnpicklingError, match="ParameterDict"):
+        torch.load(path, weights_only=True)  # torch's own safe loader refuses it
+    loaded = load_embedding_file(path)
+    assert torch.equal(loaded.vectors[0], vectors) and not loaded.vectors[0].requires_grad
+    assert load_into_pipeline(sd_pipe, loaded, token="<paper>") == "<paper>"
+    assert torch.equal(rows(sd_pipe.tokenizer, sd_pipe.text_encoder, multi("<paper>", 2)), vectors)
+    generate(sd_pipe, "a photo of <paper>")
+
+
+def test_a_parameterdict_carrying_anything_else_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    hooked = torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.randn(1, SD_DIM))})
+    hooked._forward_hooks[0] = _ShellPayload(marker)  # code inside the allowed class's state
+    torch.save({"string_to_token": {"*": torch.tensor(265)}, "string_to_param": hooked}, tmp_path / "hook.pt")
+    beside = torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.randn(1, SD_DIM))})
+    torch.save({"string_to_param": beside, "extra": _ShellPayload(marker)}, tmp_path / "beside.pt")
+    for name in ("hook.pt", "beside.pt"):
+        with pytest.raises(UnsafeEmbeddingError, match=rf"{name}: refused: .*contains code.*system"):
+            load_embedding_file(tmp_path / name)
+    # another torch module is not code, but not the format either: refused without being built
+    torch.save({"string_to_param": torch.nn.Linear(2, 2)}, tmp_path / "linear.pt")
+    with pytest.raises(EmbeddingFormatError, match=r"linear.pt: torch's safe loader cannot read it.*Linear"):
+        load_embedding_file(tmp_path / "linear.pt")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------- non-finite values
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_embeddings_are_refused_when_read(tmp_path, bad):
+    vectors = torch.randn(3, SD_DIM)
+    vectors[1, 5] = bad
+    save_file({"<nan>": vectors}, str(tmp_path / "nan.safetensors"))
+    torch.save({"string_to_param": {"*": vectors}, "name": "nan"}, tmp_path / "nan.pt")
+    write_official(tmp_path / "embeddings_gs-1.pt", vectors)
+    for name in ("nan.safetensors", "nan.pt", "embeddings_gs-1.pt"):
+        with pytest.raises(
+            EmbeddingFormatError, match=rf"{name}: 1 of {3 * SD_DIM} values are NaN or infinite"
+        ):
+            load_embedding_file(tmp_path / name)
+    save_learned_embeds(tmp_path / "run", "<x>", [torch.randn(1, 32), torch.full((1, 48), float("nan"))])
+    with pytest.raises(EmbeddingFormatError, match=r"learned_embeds_2.safetensors: 48 of 48 .* \[0\]"):
+        load_embedding_file(tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------ widths, before models
+
+
+def test_width_is_checked_against_the_models_config_without_loading_it(tmp_path, tiny_sd, tiny_sdxl):
+    from sweeper.embeddings_io import check_fits_model, model_text_widths
+
+    assert model_text_widths(str(tiny_sd)) == [SD_DIM] and model_text_widths(str(tiny_sdxl)) == list(
+        SDXL_DIMS
+    )
+    save_file({"<wide>": torch.randn(1, 768)}, str(tmp_path / "wide.safetensors"))
+    wide = load_embedding_file(tmp_path / "wide.safetensors")
+    with pytest.raises(
+        EmbeddingFormatError, match=r"wide.safetensors: holds 1 vector set\(s\) of width \[768\]"
+    ):
+        check_fits_model(wide, str(tiny_sd))
+    save_learned_embeds(tmp_path / "xl", "<xl>", [torch.randn(1, 32), torch.randn(1, 48)])
+    xl = load_embedding_file(tmp_path / "xl")
+    check_fits_model(xl, str(tiny_sdxl))
+    with pytest.raises(EmbeddingFormatError, match=r"xl: holds 2 vector set\(s\) of width \[32, 48\]"):
+        check_fits_model(xl, str(tiny_sd))

@@ -346,3 +346,53 @@ def test_run_with_pivotal_tuning_is_evaluated_with_its_tuned_unet(
     base = evaluate_run(cfg, run, images)
     assert tuned["pivotal"] == mode and base["pivotal"] is None and base["references"] is None
     assert abs(tuned["image_similarity"] - base["image_similarity"]) > 1e-6
+
+
+# ------------------------------------------------------------------------------- non-finite numbers
+
+
+def test_non_finite_samples_are_refused_not_scored(tiny_sd, tiny_judge, concept_images, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from sweeper.clip_score import NonFiniteError
+    from sweeper.data import list_images
+    from sweeper.evaluation import evaluate_pipeline
+    from sweeper.sampling import Sampler
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias[0] = float("nan")  # a decoder that overflowed: NaN in every image
+    with pytest.raises(NonFiniteError, match=r"decoded samples: .* NaN or infinite"):
+        Sampler(pipe, steps=2, progress=False).sample("a photo of a cat", 2, noise_key="k")
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteError, match=r"prompt 'a photo of <t>': decoded samples"):
+        evaluate_pipeline(
+            pipe, "<t>", eval_cfg(tiny_judge, tmp_path / "refs"), list_images(concept_images), out, model="m"
+        )
+    assert not (out / "metrics.json").exists()
+
+
+def test_non_finite_judge_features_are_refused_not_scored(tiny_sd, tiny_judge, concept_images, tmp_path):
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    from sweeper.clip_score import NonFiniteError
+    from sweeper.data import list_images
+    from sweeper.evaluation import evaluate_pipeline
+
+    broken = shutil.copytree(tiny_judge, tmp_path / "judge")
+    judge = CLIPModel.from_pretrained(broken)
+    with torch.no_grad():
+        judge.visual_projection.weight[0, 0] = float("inf")  # every image feature becomes non-finite
+    judge.save_pretrained(broken)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    out = tmp_path / "out"
+    with pytest.raises(
+        NonFiniteError, match=r"the judge's features of the training images: .* NaN or infinite"
+    ):
+        evaluate_pipeline(
+            pipe, "<t>", eval_cfg(broken, tmp_path / "refs"), list_images(concept_images), out, model="m"
+        )
+    assert not (out / "metrics.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,62 @@ def test_bad_override_is_one_clear_line(tmp_path, capsys):
     assert main([str(tmp_path / "e.safetensors"), "evaluation=nope", "--out", str(tmp_path / "o")]) == 2
     assert "evaluation" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main([str(tmp_path / "e.safetensors"), "evaluation.steps=[", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_refuses_a_nan_embedding_before_any_model_work(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(ROOT)  # model=toy and data=toy_arrow name repository paths
+    nan = tmp_path / "nan.safetensors"
+    save_file({"<nan>": torch.full((1, 64), float("nan"))}, str(nan))  # the toy world's width, all NaN
+    out = tmp_path / "out"
+    assert main([str(nan), "model=toy", "data=toy_arrow", "evaluation=toy", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{nan}: 64 of 64 values are NaN or infinite" in err and not out.exists()
+
+
+def weightless_copy(model: Path, dest: Path) -> Path:
+    """The model folder's configs and tokenizer without any weights: loading it fails, reading its configs works."""
+    shutil.copytree(model, dest, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return dest
+
+
+def test_cli_refuses_a_wrong_width_from_the_configs_naming_the_file(
+    tiny_sd, concept_images, tmp_path, capsys
+):
+    from safetensors.torch import save_file
+
+    wide = tmp_path / "sd15-concept.safetensors"
+    save_file({"<wide>": torch.randn(1, 768)}, str(wide))  # an SD 1.x embedding for the 32-wide tiny model
+    model = weightless_copy(tiny_sd, tmp_path / "no-weights")  # any model loading would fail differently
+    out = tmp_path / "out"
+    args = [str(wide), f"model.pretrained={model}", f"data.images={concept_images}", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{wide}: holds 1 vector set(s) of width [768], but model.pretrained={model}" in err
+    assert "take [32]" in err and "loading failed" not in err and not out.exists()
+
+
+def test_reevaluate_the_official_codes_embeddings_file(tiny_sd, tiny_judge, concept_images, tmp_path):
+    from safetensors.torch import save_file
+
+    vec = torch.randn(2, 32)
+    official = tmp_path / "embeddings_gs-4999.pt"  # as rinongal/textual_inversion's EmbeddingManager.save()
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(vec.clone())})
+    torch.save(
+        {"string_to_token": {"*": torch.tensor([[49406, 265, 49407]])[0, 1]}, "string_to_param": params},
+        official,
+    )
+    save_file({"<same>": vec}, str(tmp_path / "same.safetensors"))
+    common = [
+        f"model.pretrained={tiny_sd}",
+        f"data.images={concept_images}",
+        *tiny_eval(tiny_judge, tmp_path / "r"),
+    ]
+    assert main([str(official), "--out", str(tmp_path / "official"), *common]) == 0
+    assert main([str(tmp_path / "same.safetensors"), "--out", str(tmp_path / "same"), *common]) == 0
+    got, ref = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("official", "same"))
+    assert got["num_vectors"] == 2 and got["placeholder"] == "<concept>"
+    # the same vectors, noise and judge: the same numbers (one code path after reading; float32 sums)
+    assert abs(got["image_similarity"] - ref["image_similarity"]) < 1e-6
+    assert abs(got["text_similarity"] - ref["text_similarity"]) < 1e-6

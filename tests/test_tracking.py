@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -46,7 +51,7 @@ def test_offline_run_holds_config_curves_metrics_images_and_embeddings(tmp_path)
     tr.summary(
         {"image_similarity": 0.61803, "image_similarity_ci": [0.6, 0.64], "per_prompt": {"p": {"m": 0.2}}}
     )
-    tr.finish()
+    tr.finish()  # the run's records are on disk when finish() returns (it waits for W&B's service)
     assert not tr.active
 
     run = offline_run(run_dir)
@@ -99,3 +104,199 @@ def test_default_group_outside_hydra_is_none(tmp_path):
         assert tr.run.group in (None, "")
     finally:
         tr.finish()
+
+
+# --------------------------------------------------------------------- failures W&B must not pass on
+# Each runs in a fresh process with its own HOME: wandb's service and its settings (base URL) are per process,
+# and what W&B writes outside the run folder must be seen.
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, home: Path, **env: str) -> subprocess.CompletedProcess:
+    home.mkdir(parents=True, exist_ok=True)
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**keep, "HOME": str(home), "PYTHONPATH": str(ROOT / "tests"), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+ONLINE = """
+import logging, sys, time
+import conftest  # torch threads, offline hub
+from omegaconf import OmegaConf
+from sweeper.tracking import Tracker
+
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+t = OmegaConf.load("conf/tracking/wandb.yaml")
+t.mode = "online"
+t.init_timeout = 5
+start = time.monotonic()
+tracker = Tracker.from_config(OmegaConf.create({"tracking": t, "inversion": {"lr": 0.00731}}), sys.argv[1])
+tracker.log({"loss": 0.25}, step=1)
+tracker.finish()
+print("seconds", time.monotonic() - start)
+"""
+
+FAKE_KEY = "x" * 40  # online init needs some key before it tries the network; nothing is ever sent anywhere
+
+
+def refusing_port() -> int:
+    """A loopback port nothing listens on: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("server", ["refusing", "silent"])
+def test_online_without_a_server_falls_back_to_offline_in_seconds(tmp_path, server):
+    # "refusing": nothing listens (the probe fails at once); "silent": a loopback socket that accepts and never
+    # answers, so wandb.init itself has to give up (tracking.init_timeout=5 instead of wandb's 90 s)
+    listener = socket.socket()
+    if server == "silent":
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+    else:
+        port = refusing_port()
+    run_dir = tmp_path / "trial_0003"
+    script = ONLINE.replace("sys.argv[1]", repr(str(run_dir)))
+    try:
+        proc = run_script(
+            script, tmp_path / "home", WANDB_BASE_URL=f"http://127.0.0.1:{port}", WANDB_API_KEY=FAKE_KEY
+        )
+    finally:
+        listener.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    offline = offline_run(run_dir)  # the W&B run is kept, offline, in the run folder
+    data = next(offline.glob("run-*.wandb")).read_bytes()
+    assert b"loss" in data and b"0.00731" in data
+    assert f"wandb sync {offline}" in proc.stderr and "W&B online is not available" in proc.stderr
+    seconds = float(proc.stdout.split()[-1])
+    # wandb's own default waited 90 s per trial and then dropped the run; a loose bound, far from both
+    assert seconds < 60, seconds
+
+
+SERVICE_DIES = """
+import os, signal, sys
+import psutil  # installed with peft, a dependency
+import conftest
+from omegaconf import OmegaConf
+from sweeper.tracking import Tracker
+
+t = OmegaConf.load("conf/tracking/wandb.yaml")
+t.mode = "offline"
+run_dir = sys.argv[1]
+tracker = Tracker.from_config(OmegaConf.create({"tracking": t}), run_dir)
+assert tracker.active
+tracker.log({"loss": 0.5}, step=1)
+for child in psutil.Process().children(recursive=True):  # what SIGTERM from scancel does to W&B's service
+    if child.name().startswith("wandb"):
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+import peft, diffusers  # first imports of packages wandb watches: they raised ConnectionResetError
+tracker.log({"loss": 0.25}, step=2)
+tracker.log_result(__import__("pathlib").Path(run_dir), {"image_similarity": 0.5, "text_similarity": 0.25})
+tracker.finish("completed")
+assert not tracker.active
+print("trial code went on")
+"""
+
+
+def test_wandb_service_dying_on_sigterm_fails_nothing(tmp_path):
+    run_dir = tmp_path / "trial_0000"
+    script = SERVICE_DIES.replace("sys.argv[1]", repr(str(run_dir)))
+    proc = run_script(script, tmp_path / "home")
+    assert proc.returncode == 0 and "trial code went on" in proc.stdout, proc.stderr[-3000:]
+    assert "W&B's service is gone" in proc.stderr
+
+
+TRIAL = """
+import json, signal, sys
+import psutil  # installed with peft, a dependency
+from conftest import compose_config
+from sweeper.tracking import Tracker
+from sweeper.trial import run_trial
+
+assert "diffusers" not in sys.modules  # the trial imports the model code itself, after W&B started
+real_from_config = Tracker.from_config.__func__
+
+def from_config_then_sigterm(cls, *args, **kwargs):
+    # fault injection: the job's SIGTERM arrives as the trial starts; W&B's service dies of it
+    tracker = real_from_config(cls, *args, **kwargs)
+    assert tracker.active
+    for child in psutil.Process().children(recursive=True):
+        if child.name().startswith("wandb"):
+            child.send_signal(signal.SIGTERM)
+            child.wait(60)
+    return tracker
+
+Tracker.from_config = classmethod(from_config_then_sigterm)
+run_trial(compose_config(*OVERRIDES), RUN_DIR)
+print(json.load(open(f"{RUN_DIR}/status.json"))["status"])
+"""
+
+
+def test_a_trial_survives_its_wandb_service_dying(tiny_sd, tiny_judge, tmp_path):
+    from conftest import write_concept_images
+
+    images = write_concept_images(tmp_path / "concept", n=2)
+    run_dir = tmp_path / "trial_0001"
+    overrides = [
+        f"model.pretrained={tiny_sd}",
+        f"data.images={images}",
+        "inversion.init_word=cat",
+        "inversion.steps=2",
+        "inversion.batch_size=1",
+        "inversion.grad_accum=1",
+        "inversion.checkpoint_every=0",
+        "evaluation/prompts=paper_examples",
+        f"evaluation.judge={tiny_judge}",
+        "evaluation.num_samples=2",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=20",
+        f"evaluation.cache_dir={tmp_path / 'refs'}",
+        "evaluation.progress=false",
+        "tracking=wandb",
+        "tracking.mode=offline",
+        "device=cpu",
+    ]
+    script = TRIAL.replace("OVERRIDES", repr(overrides)).replace("RUN_DIR", repr(str(run_dir)))
+    proc = run_script(script, tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "completed" and (run_dir / "metrics.json").is_file()
+
+
+def test_artifacts_reference_the_run_folder_and_are_named_per_sweep(tmp_path):
+    script = """
+import sys
+import conftest
+from pathlib import Path
+from omegaconf import OmegaConf
+from sweeper.tracking import Tracker
+
+for study in ("study-a", "study-b"):
+    run_dir = Path(sys.argv[1]) / study / "trial_0000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "learned_embeds.safetensors").write_bytes(b"0123456789")
+    t = OmegaConf.load("conf/tracking/wandb.yaml")
+    t.mode, t.group = "offline", study
+    tracker = Tracker.from_config(OmegaConf.create({"tracking": t}), run_dir)
+    tracker.log_result(run_dir, {"image_similarity": 0.5, "text_similarity": 0.25})
+    tracker.finish()
+""".replace("sys.argv[1]", repr(str(tmp_path / "sweeps")))
+    home = tmp_path / "home"
+    proc = run_script(script, home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for study in ("study-a", "study-b"):
+        run_dir = tmp_path / "sweeps" / study / "trial_0000"
+        data = next(offline_run(run_dir).glob("run-*.wandb")).read_bytes()
+        assert f"embeddings-{study}-trial_0000".encode() in data  # unique across sweeps
+        assert str(run_dir / "learned_embeds.safetensors").encode() in data  # the file where it lies
+    staged = [p for p in home.rglob("*") if p.is_file() and "artifacts" in p.parts]
+    assert staged == []  # no copy under ~/.local/share/wandb/artifacts/staging
