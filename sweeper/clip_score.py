@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sweeper.config import ConfigError
+
 VARIANTS = ("mean_embedding", "per_image")
 
 
-class EvaluationConfigError(ValueError):
+class EvaluationConfigError(ConfigError):
     """A bad `evaluation.*` setting; the message names the key and what to do."""
 
 

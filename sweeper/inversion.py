@@ -38,6 +38,8 @@ from sweeper.checkpoints import (
     save_checkpoint,
     write_history,
 )
+from sweeper.checks import select_images
+from sweeper.config import effective_lr
 from sweeper.models import Components, load_components
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ class Trainer:
         # torch.compile pays back its compile time only on long runs, and on CUDA only (checks.py): off by default.
         self.unet = torch.compile(comps.unet) if inv.get("compile") else comps.unet
         self.generator = torch.Generator().manual_seed(int(inv.seed))
-        self.lr = float(inv.lr) * (int(inv.batch_size) * int(inv.grad_accum) if inv.scale_lr else 1)
+        self.lr = effective_lr(inv)
         self.optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.lr, weight_decay=float(inv.weight_decay)
         )
@@ -315,9 +317,7 @@ def invert(
 
     inv, run_dir = cfg.inversion, Path(run_dir)
     steps, log_every, ckpt_every = int(inv.steps), int(inv.log_every), int(inv.checkpoint_every or 0)
-    images = data.select_images(
-        data.list_images(cfg.data.images), cfg.data.n_images, int(cfg.data.subset_seed)
-    )
+    images = select_images(cfg.data)  # the images config.yaml's derived: block lists
     torch.manual_seed(int(inv.seed))
     np.random.seed(int(inv.seed))
     random.seed(int(inv.seed))

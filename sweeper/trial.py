@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 
 from sweeper import record
 from sweeper.checks import ConfigError, check_config
-from sweeper.evaluation import check_config as check_evaluation
 from sweeper.evaluation import evaluate_run
 from sweeper.search import report_hook
 from sweeper.tracking import Tracker
@@ -60,8 +59,7 @@ def run_trial(
 ) -> tuple[float, float]:
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder)."""
     run_dir = _run_dir(cfg, run_dir)
-    check_config(cfg)  # nothing is loaded or written before this passes
-    check_evaluation(cfg.evaluation)
+    check_config(cfg)  # nothing is loaded or written before this passes (evaluation.* included)
     record.start_run(run_dir, cfg, trial_number=_trial_number())
     tracker = Tracker.from_config(cfg, run_dir)  # W&B view; never fails the trial
     on_log = _both(on_log, tracker.on_log)
@@ -96,7 +94,8 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable) -> Callab
     takes the study's objective. Values land in quick/step_<N>/metrics.json beside the run's record."""
     from omegaconf import OmegaConf
 
-    from sweeper.evaluation import evaluate_pipeline, resolve_prompts
+    from sweeper.config import resolve_prompts
+    from sweeper.evaluation import evaluate_pipeline
     from sweeper.models import pipeline_from_components
 
     quick = cfg.evaluation.quick

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sweeper import data, tokens
+from sweeper import tokens
 from sweeper.checkpoints import (
     CHECKPOINTS,
     ResumeError,
@@ -46,6 +46,7 @@ from sweeper.checkpoints import (
     save_checkpoint,
     write_history,
 )
+from sweeper.checks import select_images
 from sweeper.inversion import InversionResult, Trainer
 from sweeper.models import Components, load_components
 
@@ -177,10 +178,7 @@ def invert_vectorised(
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"{len(cfgs)} configs but {len(run_dirs)} run folders")
     run_dirs = [Path(r) for r in run_dirs]
-    images = [
-        data.select_images(data.list_images(c.data.images), c.data.n_images, int(c.data.subset_seed))
-        for c in cfgs
-    ]
+    images = [select_images(c.data) for c in cfgs]
     first = cfgs[0]
     comps = components or load_components(
         first.model.pretrained,
@@ -303,8 +301,8 @@ def run_trials(
     """
     from sweeper import record
     from sweeper.checks import check_config
+    from sweeper.config import evaluation_settings as check_evaluation
     from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
-    from sweeper.evaluation import check_config as check_evaluation
     from sweeper.evaluation import evaluate_pipeline
     from sweeper.models import load_pipeline, resolve_device
     from sweeper.tracking import Tracker
