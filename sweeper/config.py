@@ -45,6 +45,14 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key or file and the fix."""
 
 
+class EvaluationConfigError(ConfigError):
+    """A bad `evaluation.*` setting; the message names the key and what to do."""
+
+
+def _error(key: str, message: str) -> ConfigError:
+    return (EvaluationConfigError if key.startswith("evaluation") else ConfigError)(message)
+
+
 def knob(
     default: Any = MISSING,
     *,
@@ -223,7 +231,7 @@ def _shown(value: Any) -> str:
 def _check_field(key: str, value: Any, meta: dict) -> None:
     hint = f" ({meta['hint']})" if meta.get("hint") else ""
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(meta['choices'])}")
+        raise _error(key, f"{key}={value!r}: choose one of {', '.join(meta['choices'])}")
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     bounds = [
@@ -235,7 +243,7 @@ def _check_field(key: str, value: Any, meta: dict) -> None:
     in_range = all(ok(b) for b, ok, _ in bounds if b is not None)
     if not math.isfinite(value) or not in_range:
         kind = "a whole number" if isinstance(value, int) else "a finite number"
-        raise ConfigError(f"{key}={_shown(value)}: must be {kind}{' ' + rule if rule else ''}{hint}")
+        raise _error(key, f"{key}={_shown(value)}: must be {kind}{' ' + rule if rule else ''}{hint}")
 
 
 def check_fields(obj: Any, prefix: str) -> None:
@@ -250,7 +258,7 @@ def check_fields(obj: Any, prefix: str) -> None:
 
 def _template_check(key: str, template: str) -> None:
     if str(template).count("{}") != 1:
-        raise ConfigError(f"{key}: {template!r} must contain '{{}}' exactly once (where S* goes)")
+        raise EvaluationConfigError(f"{key}: {template!r} must contain '{{}}' exactly once (where S* goes)")
 
 
 def resolve_prompts(prompts: Any) -> list[str]:
@@ -259,7 +267,7 @@ def resolve_prompts(prompts: Any) -> list[str]:
         preset = PROMPTS_DIR / f"{prompts}.yaml"
         if not preset.is_file():
             names = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
-            raise ConfigError(
+            raise EvaluationConfigError(
                 f"evaluation.prompts={prompts!r}: not a list and not a preset name; presets: {', '.join(names)}"
             )
         prompts = yaml.safe_load(preset.read_text())["prompts"]
@@ -271,7 +279,7 @@ def check_evaluation(ev: EvaluationConfig) -> list[str]:
     check_fields(ev, "evaluation")
     prompts = resolve_prompts(ev.prompts)
     if not prompts:
-        raise ConfigError(
+        raise EvaluationConfigError(
             "evaluation.prompts is empty: give edit prompts such as 'a photo of {} on the moon'"
         )
     for p in prompts:
@@ -279,11 +287,15 @@ def check_evaluation(ev: EvaluationConfig) -> list[str]:
     _template_check("evaluation.reconstruction_prompt", ev.reconstruction_prompt)
     local = Path(ev.judge).expanduser()
     if local.exists() and not (local / "config.json").is_file():
-        raise ConfigError(f"evaluation.judge={ev.judge}: folder has no config.json; give a CLIPModel folder")
+        raise EvaluationConfigError(
+            f"evaluation.judge={ev.judge}: folder has no config.json; give a CLIPModel folder"
+        )
     if not local.exists() and (
         not ev.judge or ev.judge.startswith((".", "/", "~")) or ev.judge.count("/") != 1
     ):
-        raise ConfigError(f"evaluation.judge={ev.judge!r}: no such folder, and not a hub id (owner/name)")
+        raise EvaluationConfigError(
+            f"evaluation.judge={ev.judge!r}: no such folder, and not a hub id (owner/name)"
+        )
     return prompts
 
 
@@ -294,6 +306,12 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device={device!r}: choose auto, cpu, cuda or cuda:N (N = the GPU's index)")
 
 
+def _key(prefix: str, full_key: Any) -> str:
+    """The dotted key an OmegaConf error is about, whether its full_key is relative to the group or not."""
+    full = str(full_key or "")
+    return full if full == prefix or full.startswith(prefix + ".") else f"{prefix}.{full}".rstrip(".")
+
+
 def _refuse_unknown_keys(schema: type, node: Any, prefix: str) -> None:
     """A key the schema lacks (`+inversion.lrr=1` gets past Hydra's struct mode) is refused, not ignored."""
     if not isinstance(node, (dict, DictConfig)):
@@ -301,7 +319,7 @@ def _refuse_unknown_keys(schema: type, node: Any, prefix: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in node.keys():
         if key not in fields:
-            raise ConfigError(f"{prefix}.{key}: no such key; known keys: {', '.join(fields)}")
+            raise _error(prefix, f"{prefix}.{key}: no such key; known keys: {', '.join(fields)}")
         nested = fields[key].type
         if isinstance(nested, str):
             nested = globals().get(nested)
@@ -316,15 +334,15 @@ def _typed(schema: type, node: Any, prefix: str) -> Any:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
     except MissingMandatoryValue as err:
-        key = f"{prefix}.{err.full_key}".rstrip(".")
-        meta = _metadata(schema, str(err.full_key))
-        raise ConfigError(f"{key} is not set: {meta.get('hint') or 'give it a value'}") from None
+        key = _key(prefix, err.full_key)
+        meta = _metadata(schema, key.removeprefix(prefix + "."))
+        raise _error(key, f"{key} is not set: {meta.get('hint') or 'give it a value'}") from None
     except ConfigKeyError as err:
         known = ", ".join(f.name for f in dataclasses.fields(schema))
-        raise ConfigError(f"{prefix}: {str(err).splitlines()[0]}; known keys: {known}") from None
+        raise _error(prefix, f"{prefix}: {str(err).splitlines()[0]}; known keys: {known}") from None
     except (ValidationError, OmegaConfBaseException) as err:
-        key = f"{prefix}.{err.full_key}".rstrip(".") if getattr(err, "full_key", None) else prefix
-        raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
+        key = _key(prefix, getattr(err, "full_key", ""))
+        raise _error(key, f"{key}: {str(err).splitlines()[0]}") from None
 
 
 def _metadata(schema: type, dotted: str) -> dict:
@@ -338,12 +356,25 @@ def _metadata(schema: type, dotted: str) -> dict:
     return {}
 
 
+def _resolved(node: DictConfig, prefix: str) -> dict:
+    try:
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = _key(prefix, getattr(err, "full_key", ""))
+        raise _error(key, f"{key}: {str(err).splitlines()[0]}") from None
+
+
 def settings(cfg: DictConfig | dict) -> Config:
     """The whole configuration typed and checked (types, required keys, ranges, finiteness, choices,
     templates, the device's spelling); touches no model and writes nothing. Raises ConfigError."""
     groups = {}
     for name, schema in GROUPS.items():
         node = cfg.get(name) if cfg.get(name) is not None else {}
+        if isinstance(node, DictConfig):
+            own = OmegaConf.get_type(node)
+            if isinstance(own, type) and issubclass(own, schema):
+                schema = own  # a node typed by an extension of the group's schema is checked against it
+            node = _resolved(node, name)  # in the whole config: ${inversion.steps} and the like
         groups[name] = _typed(schema, node, name)
     for name in ("model", "data", "inversion", "tracking"):
         check_fields(groups[name], name)
