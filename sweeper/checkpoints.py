@@ -35,7 +35,9 @@ def fingerprint(cfg: DictConfig) -> str:
     A key no schema marks resume-safe is in it: an unmarked knob blocks a resume rather than corrupt one."""
     schema = OmegaConf.get_type(cfg.inversion)
     safe = set(resume_safe_fields(schema if is_dataclass(schema) else InversionConfig))
-    inv = {k: v for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items() if k not in safe}
+    inversion = OmegaConf.to_container(cfg.inversion, resolve=True)
+    assert isinstance(inversion, dict)
+    inv = {k: v for k, v in inversion.items() if k not in safe}
     keep = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),

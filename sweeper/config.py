@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,13 +317,12 @@ def _refuse_unknown_keys(schema: type, node: Any, prefix: str) -> None:
     """A key the schema lacks (`+inversion.lrr=1` gets past Hydra's struct mode) is refused, not ignored."""
     if not isinstance(node, (dict, DictConfig)):
         return
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key in node.keys():
-        if key not in fields:
-            raise _error(prefix, f"{prefix}.{key}: no such key; known keys: {', '.join(fields)}")
-        nested = fields[key].type
-        if isinstance(nested, str):
-            nested = globals().get(nested)
+    hints = typing.get_type_hints(schema)  # the fields' types, string annotations resolved
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in map(str, node.keys()):
+        if key not in names:
+            raise _error(prefix, f"{prefix}.{key}: no such key; known keys: {', '.join(names)}")
+        nested = hints.get(key)
         if isinstance(nested, type) and dataclasses.is_dataclass(nested):
             _refuse_unknown_keys(nested, node[key], f"{prefix}.{key}")
 
@@ -349,7 +349,7 @@ def _metadata(schema: type, dotted: str) -> dict:
     names = dotted.split(".")
     for f in dataclasses.fields(schema):
         if f.name == names[0]:
-            nested = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+            nested = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if len(names) > 1 and dataclasses.is_dataclass(nested):
                 return _metadata(type(nested), ".".join(names[1:]))
             return dict(f.metadata)
