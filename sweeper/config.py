@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 SCHEMA = "schema"  # the ConfigStore name conf/config.yaml extends
@@ -272,6 +272,10 @@ def resolve_prompts(prompts: Any) -> list[str]:
                 f"evaluation.prompts={prompts!r}: not a list and not a preset name; presets: {', '.join(names)}"
             )
         prompts = yaml.safe_load(preset.read_text())["prompts"]
+    if prompts is not None and not isinstance(prompts, (list, tuple, ListConfig)):
+        raise EvaluationConfigError(
+            f"evaluation.prompts={prompts!r}: give a list of templates or a preset name (conf/evaluation/prompts/)"
+        )
     return [str(p) for p in (prompts or [])]
 
 

@@ -318,6 +318,8 @@ def test_evaluation_settings_fill_defaults_and_refuse_bad_values(tiny_judge):
         ({"num_samples": "many"}, r"evaluation.num_samples: .*could not be converted to Integer"),
         ({"samplr": "ddim"}, r"evaluation.samplr: no such key"),
         ({"quick": {"every": 0}}, r"evaluation.quick.every=0: must be a whole number >= 1"),
+        ({"prompts": 5}, r"evaluation.prompts=5: give a list of templates or a preset name"),
+        ({"prompts": []}, r"evaluation.prompts is empty"),
     ]:
         with pytest.raises(ConfigError, match=message):
             evaluation_settings({"judge": str(tiny_judge), "prompts": "paper_examples", **bad})
