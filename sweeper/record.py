@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import atomic
-from sweeper.checks import derive
+from sweeper.checks import ConfigError, derive
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
@@ -38,7 +38,10 @@ def resolved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 def write_config(run_dir: Path, cfg: DictConfig) -> Path:
     """config.yaml: the resolved config, then its `derived:` block (effective_lr, n_images, images, prompts,
     overrides; checks.derive)."""
-    derived = OmegaConf.to_yaml({"derived": derive(cfg).as_dict()})
+    try:
+        derived = OmegaConf.to_yaml({"derived": derive(cfg).as_dict()})
+    except ConfigError:  # a refused config has no derived values; its status.json says why it failed
+        derived = ""
     return atomic.write_text(
         Path(run_dir) / CONFIG, OmegaConf.to_yaml(resolved_config(cfg, run_dir)) + derived
     )

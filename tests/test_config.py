@@ -327,3 +327,11 @@ def test_evaluation_settings_fill_defaults_and_refuse_bad_values(tiny_judge):
         evaluation_settings({"judge": str(tiny_judge)})
     # the evaluation's own error is a ConfigError too: the engine removes a run folder on either
     assert issubclass(clip_score.EvaluationConfigError, ConfigError)
+
+
+def test_a_refused_config_is_recorded_without_a_derived_block(tmp_path):
+    """A launcher that records a refused trial as failed still gets its config.yaml (no derived values)."""
+    cfg = compose_config(*base(tmp_path / "no-such-folder"))
+    record.start_run(tmp_path / "run", cfg)
+    written = yaml.safe_load((tmp_path / "run" / record.CONFIG).read_text())
+    assert "derived" not in written and written["data"]["images"].endswith("no-such-folder")
