@@ -29,7 +29,7 @@ import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 SCHEMA = "schema"  # the ConfigStore name conf/config.yaml extends
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "prompts"
@@ -344,7 +344,7 @@ def _typed(schema: type, node: Any, prefix: str) -> Any:
     except ConfigKeyError as err:
         known = ", ".join(f.name for f in dataclasses.fields(schema))
         raise _error(prefix, f"{prefix}: {str(err).splitlines()[0]}; known keys: {known}") from None
-    except (ValidationError, OmegaConfBaseException) as err:
+    except OmegaConfBaseException as err:  # ValidationError and the like: a value of the wrong type
         key = _key(prefix, getattr(err, "full_key", ""))
         raise _error(key, f"{key}: {str(err).splitlines()[0]}") from None
 
@@ -402,6 +402,8 @@ def evaluation_settings(ev: Any) -> dict:
     `prompts` are the resolved templates: what evaluation.py reads."""
     if isinstance(ev, EvaluationConfig):
         ev = dataclasses.asdict(ev)
+    elif isinstance(ev, DictConfig):
+        ev = _resolved(ev, "evaluation")
     typed = _typed(EvaluationConfig, ev, "evaluation")
     prompts = check_evaluation(typed)
     return {**dataclasses.asdict(typed), "prompts": prompts}
