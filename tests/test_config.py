@@ -4,9 +4,12 @@ any edit outside the schema (and the trainer that uses it)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,16 +178,11 @@ def test_every_inversion_knob_is_in_the_fingerprint_unless_marked_resume_safe():
     safe = set(resume_safe_fields())
     assert {"lr", "seed", "num_vectors", "batch_size", "scale_lr", "init_word"}.isdisjoint(safe)
     for f in dataclasses.fields(InversionConfig):
-        changed = cfg.copy()
-        if (
-            dataclasses.is_dataclass(
-                f.default_factory if f.default_factory is not dataclasses.MISSING else None
-            )
-            or f.name == "pivotal"
-        ):
-            changed.inversion.pivotal.steps = changed.inversion.pivotal.steps + 1
-        else:
-            changed.inversion[f.name] = _changed(cfg.inversion[f.name])
+        changed = copy.deepcopy(cfg)
+        node, name = changed.inversion, f.name
+        if OmegaConf.is_config(node[name]):  # a nested group (pivotal): change one of its knobs
+            node, name = node[name], "steps"
+        node[name] = _changed(node[name])
         assert (fingerprint(changed) == before) == (f.name in safe), f.name
 
 
@@ -335,3 +333,20 @@ def test_a_refused_config_is_recorded_without_a_derived_block(tmp_path):
     record.start_run(tmp_path / "run", cfg)
     written = yaml.safe_load((tmp_path / "run" / record.CONFIG).read_text())
     assert "derived" not in written and written["data"]["images"].endswith("no-such-folder")
+
+
+def test_the_schema_is_registered_for_any_hydra_entry_point(tmp_path):
+    """hydra_plugins/ti_config_schema registers it when Hydra starts: composing conf/ in a fresh process
+    that never imported sweeper is typed, and loads no torch."""
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from omegaconf import OmegaConf\n"
+        f"with initialize_config_dir(config_dir={str(CONF_DIR)!r}, version_base=None):\n"
+        "    cfg = compose('config', overrides=['data.images=x'])\n"
+        "print(OmegaConf.get_type(cfg.inversion).__name__, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.split() == ["InversionConfig", "False"], proc.stderr[-2000:]
