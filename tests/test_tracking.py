@@ -6,16 +6,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
 from sweeper.tracking import Tracker
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "tracking"
-
 
 def tracking_cfg(name: str = "wandb", **extra) -> OmegaConf:
-    t = OmegaConf.load(CONF / f"{name}.yaml")
+    t = compose_config(f"tracking={name}").tracking  # the preset over the schema's defaults
     t.mode = "offline"
     return OmegaConf.create(
         {"tracking": OmegaConf.merge(t, extra), "inversion": {"lr": 0.00731, "num_vectors": 2}}
