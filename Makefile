@@ -70,6 +70,7 @@ system-deps: slurm
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -m "not slow" -q
 
 # Slow scientific checks (minutes); CI runs them after `make test`. pytest exits 5 when none are collected.

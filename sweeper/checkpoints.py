@@ -1,5 +1,10 @@
 """A run folder's training record: checkpoints/step_<N>/state.pt (atomic) and history.csv, and the config
-fingerprint a checkpoint must match to be resumed."""
+fingerprint a checkpoint must match to be resumed.
+
+The fingerprint holds the model and data groups and every inversion knob that changes what training
+produces; which knobs those are is the schema's to say (sweeper/config.py: `resume_safe=True` marks the
+ones that may change between a run and its resumption: steps, log_every, checkpoint_every, compile,
+pivotal). A new knob is in the fingerprint without any edit here."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import csv
 import io
 import json
 import re
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +20,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import atomic
+from sweeper.config import InversionConfig, resume_safe_fields
 
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
-# Keys that may change between a run and its resumption (train longer, log differently).
-RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "pivotal", "compile")
 
 
 class ResumeError(RuntimeError):
@@ -26,11 +31,13 @@ class ResumeError(RuntimeError):
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    inv = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items()
-        if k not in RESUMABLE_KEYS
-    }
+    """What a checkpoint must match to be resumed (the same JSON as before the schema, for old checkpoints).
+    A key no schema marks resume-safe is in it: an unmarked knob blocks a resume rather than corrupt one."""
+    schema = OmegaConf.get_type(cfg.inversion)
+    safe = set(resume_safe_fields(schema if is_dataclass(schema) else InversionConfig))
+    inversion = OmegaConf.to_container(cfg.inversion, resolve=True)
+    assert isinstance(inversion, dict)
+    inv = {k: v for k, v in inversion.items() if k not in safe}
     keep = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),

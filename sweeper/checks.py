@@ -1,118 +1,80 @@
 """Every bad-input check that runs before any model weights are loaded and before a run file is written.
 
-`check_config(cfg)` raises ConfigError naming the config key or file and what to do. Order: plain
-keys (free), then the image folder (decodes each image once), then the model source (no weights),
-then the placeholder and init word against the model's own tokenizer(s) (a few KB).
+`check_config(cfg)` raises ConfigError naming the config key or file and what to do, and returns the
+run's derived values. Order: the schema's types and ranges (sweeper/config.py: free), the device against
+this machine, the image folder (decodes each image once), the model source (no weights), then the
+placeholder and init word against the model's own tokenizer(s) (a few KB).
+
+`derive(cfg)` computes the derived values alone (lists the image folder, decodes nothing): what the run
+folder's config.yaml records and what the trainer and the evaluation use.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
 
 from sweeper import data, tokens
-from sweeper.models import PRECISIONS, ModelLoadError, resolve_model
+from sweeper.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    Derived,
+    effective_lr,
+    job_overrides,
+    resolve_prompts,
+    settings,
+)
+from sweeper.models import ModelLoadError, resolve_model
+
+__all__ = ["ConfigError", "check_config", "check_device", "derive"]
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key or file and the fix."""
+def check_device(device: str, cuda_count: int | None = None) -> torch.device:
+    """`device` (spelling already checked by the schema) against what this machine has; `cuda_count`
+    defaults to torch's count of visible CUDA devices. Needs no model."""
+    count = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if device == "auto":
+        return torch.device("cuda" if count else "cpu")
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if count == 0:
+            why = (
+                "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            )
+            raise ConfigError(f"device={device}: {why}; available: cpu. Use device=cpu (or device=auto)")
+        if index >= count:
+            raise ConfigError(
+                f"device={device}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}; "
+                "use one of them, or device=auto"
+            )
+    return torch.device(device)
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _number(node: DictConfig, key: str, prefix: str, kind: type = float):
-    value = node.get(key)
-    if value is None or isinstance(value, bool):
-        raise ConfigError(f"{prefix}.{key}={value!r}: expected a number; set it, e.g. {prefix}.{key}=...")
+def select_images(d: DataConfig | DictConfig) -> list[Path]:
+    """The training images the run uses (listed, not decoded); a DataError becomes a ConfigError."""
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{prefix}.{key}={value!r}: expected a number") from None
-    if kind is int and number != int(number):
-        raise ConfigError(f"{prefix}.{key}={value!r}: expected a whole number")
-    return kind(number)
+        return data.select_images(data.list_images(d.images), d.n_images, int(d.subset_seed))
+    except data.DataError as err:
+        raise ConfigError(str(err)) from err
 
 
-def check_inversion_keys(inv: DictConfig) -> None:
-    p = "inversion"
-    missing = [
-        k for k in ("placeholder", "init_word") if OmegaConf.is_missing(inv, k) or inv.get(k) in (None, "")
-    ]
-    _require(
-        not missing,
-        f"{p}.{missing[0] if missing else ''} is not set: e.g. inversion.placeholder='<my-cat>' "
-        "inversion.init_word=cat (a single-token coarse class word)",
-    )
-    _require(
-        _number(inv, "num_vectors", p, int) >= 1, f"{p}.num_vectors={inv.num_vectors}: need k >= 1 vectors"
-    )
-    _require(
-        _number(inv, "lr", p) > 0,
-        f"{p}.lr={inv.lr}: the learning rate must be > 0 (paper: 5e-3 with scale_lr)",
-    )
-    _require(_number(inv, "steps", p, int) >= 1, f"{p}.steps={inv.steps}: need at least 1 step")
-    _require(
-        _number(inv, "batch_size", p, int) >= 1,
-        f"{p}.batch_size={inv.batch_size}: need a batch of at least 1",
-    )
-    _require(_number(inv, "grad_accum", p, int) >= 1, f"{p}.grad_accum={inv.grad_accum}: must be >= 1")
-    _require(_number(inv, "reg_weight", p) >= 0, f"{p}.reg_weight={inv.reg_weight}: must be >= 0 (0 = off)")
-    _require(_number(inv, "weight_decay", p) >= 0, f"{p}.weight_decay={inv.weight_decay}: must be >= 0")
-    _require(
-        0 <= _number(inv, "per_image_p", p) <= 1, f"{p}.per_image_p={inv.per_image_p}: must be in [0, 1]"
-    )
-    _require(_number(inv, "log_every", p, int) >= 1, f"{p}.log_every={inv.log_every}: must be >= 1")
-    _number(inv, "seed", p, int)
-    _require(
-        isinstance(inv.get("compile", False), bool),
-        f"{p}.compile={inv.get('compile')!r}: must be true or false",
-    )
-    _require(
-        inv.precision in (*PRECISIONS, "auto"),
-        f"{p}.precision={inv.precision!r}: choose auto or one of {sorted(PRECISIONS)}",
-    )
-    if inv.get("progressive_every") is not None:
-        _require(
-            _number(inv, "progressive_every", p, int) >= 1,
-            f"{p}.progressive_every={inv.progressive_every}: must be >= 1 step, or null for off",
-        )
-    if inv.get("checkpoint_every") is not None:
-        _require(
-            _number(inv, "checkpoint_every", p, int) >= 0,
-            f"{p}.checkpoint_every={inv.checkpoint_every}: must be >= 0 (0 or null = no checkpoints)",
-        )
-    piv = inv.get("pivotal")
-    if piv is not None and piv.get("enabled"):
-        q = "inversion.pivotal"
-        _require(piv.get("mode") in ("full", "lora"), f"{q}.mode={piv.get('mode')!r}: choose full or lora")
-        _require(_number(piv, "steps", q, int) >= 1, f"{q}.steps={piv.steps}: need at least 1 step")
-        _require(_number(piv, "lr", q) > 0, f"{q}.lr={piv.lr}: must be > 0")
-        if piv.mode == "lora":
-            _require(_number(piv, "lora_rank", q, int) >= 1, f"{q}.lora_rank={piv.lora_rank}: must be >= 1")
-
-
-def check_data(cfg: DictConfig) -> list:
-    """The training images that the run will use (a DataError becomes a ConfigError)."""
-    d = cfg.data
-    _require(
-        not OmegaConf.is_missing(d, "images") and d.get("images"),
-        "data.images is not set: give a folder of concept images, e.g. data.images=/path/to/my-cat",
-    )
+def check_data(typed: Config) -> list[Path]:
+    """The training images that the run will use, each decoded once."""
     try:
-        data.templates_for(d.property, bool(cfg.inversion.per_image_tokens))
-        _require(0 <= float(d.get("flip_p", 0.5)) <= 1, f"data.flip_p={d.get('flip_p')}: must be in [0, 1]")
-        paths = data.list_images(d.images)
+        data.templates_for(typed.data.property, typed.inversion.per_image_tokens)
+        paths = data.list_images(typed.data.images)
         data.check_images(paths)
-        return data.select_images(paths, d.get("n_images"), int(d.get("subset_seed", 0)))
+        return data.select_images(paths, typed.data.n_images, typed.data.subset_seed)
     except data.DataError as err:
         raise ConfigError(str(err)) from err
 
 
 def load_tokenizers(source) -> list:
     """The model's tokenizer(s) alone (no weights); a single file's come from model.config, [] without one."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # heavy import, only where a model is named
 
     key, where = "model.pretrained", source.pretrained
     if source.kind == "file":
@@ -126,40 +88,51 @@ def load_tokenizers(source) -> list:
         raise ConfigError(f"{key}={where}: cannot load its tokenizer: {err}") from err
 
 
-def check_tokens(cfg: DictConfig, tokenizers: list, n_images: int) -> None:
-    inv = cfg.inversion
-    names = tokens.placeholder_tokens(str(inv.placeholder), int(inv.num_vectors))
+def check_tokens(typed: Config, tokenizers: list, n_images: int) -> None:
+    inv = typed.inversion
+    names = tokens.placeholder_tokens(inv.placeholder, inv.num_vectors)
     if inv.per_image_tokens:
-        names += tokens.image_tokens(str(inv.placeholder), n_images)
+        names += tokens.image_tokens(inv.placeholder, n_images)
     try:
         for tokenizer in tokenizers:
             tokens.check_placeholder(tokenizer, names)
-            tokens.init_word_ids(tokenizer, str(inv.init_word), bool(inv.get("init_word_average", False)))
+            tokens.init_word_ids(tokenizer, inv.init_word, inv.init_word_average)
     except tokens.TokenError as err:
         raise ConfigError(str(err)) from err
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for any input that cannot run; loads no model weights and writes nothing."""
-    check_inversion_keys(cfg.inversion)
-    if cfg.inversion.get("compile"):
-        from sweeper.models import resolve_device
+def _derived(typed: Config, images: list[Path]) -> Derived:
+    return Derived(
+        effective_lr=effective_lr(typed.inversion),
+        images=images,
+        prompts=resolve_prompts(typed.evaluation.prompts),
+        overrides=job_overrides(),
+    )
 
-        device = resolve_device(cfg.get("device", "auto"))
+
+def derive(cfg: DictConfig | Config) -> Derived:
+    """The run's derived values (effective LR, images used, resolved prompts, the job's overrides):
+    the one place they are computed. Lists the image folder; loads and decodes nothing."""
+    typed = cfg if isinstance(cfg, Config) else settings(cfg)
+    return _derived(typed, select_images(typed.data))
+
+
+def check_config(cfg: DictConfig) -> Derived:
+    """Raise ConfigError for any input that cannot run; loads no model weights and writes nothing.
+    Returns the derived values (as `derive`, with every image decoded once on the way)."""
+    typed = settings(cfg)
+    device = check_device(typed.device)
+    if typed.inversion.compile and device.type != "cuda":
         # Measured (torch 2.13, inductor on CPU): the compiled UNet's gradient with respect to the text
         # context is off by up to a third of its largest entry against eager and float64 (aot_eager is exact).
-        _require(
-            device.type == "cuda",
+        raise ConfigError(
             f"inversion.compile=true on {device}: torch.compile's CPU backward gives "
-            "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false",
+            "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false"
         )
-    images = check_data(cfg)
-    _require(
-        not OmegaConf.is_missing(cfg.model, "pretrained"),
-        "model.pretrained is not set: a hub id or a local folder",
-    )
+    images = check_data(typed)
     try:
-        source = resolve_model(str(cfg.model.pretrained), cfg.model.get("config"))
+        source = resolve_model(typed.model.pretrained, typed.model.config)
     except ModelLoadError as err:
         raise ConfigError(str(err)) from err
-    check_tokens(cfg, load_tokenizers(source), len(images))
+    check_tokens(typed, load_tokenizers(source), len(images))
+    return _derived(typed, images)

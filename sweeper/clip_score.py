@@ -12,11 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sweeper.config import EvaluationConfigError
+
 VARIANTS = ("mean_embedding", "per_image")
-
-
-class EvaluationConfigError(ValueError):
-    """A bad `evaluation.*` setting; the message names the key and what to do."""
 
 
 class NonFiniteError(ValueError):

@@ -8,6 +8,8 @@
   concept removed (whitespace normalised). Two named variants, averaged over prompts:
   "mean_embedding" = cos(text, normalised mean of the samples' image embeddings) (the paper's text, the
   default objective); "per_image" = mean over samples of cos(text, sample) (the official code).
+- `ev` is `evaluation.*` (sweeper/config.py EvaluationConfig: defaults, types, ranges); a dict is checked
+  against it too.
 - Bootstrap 95% CIs resample the samples (seeded); references "image_only" and "prompt_only" are cached
   on disk under evaluation.cache_dir, keyed by a hash of model, concept images, prompts, protocol and judge.
 
@@ -26,33 +28,14 @@ import torch
 from sweeper import atomic
 from sweeper.clip_score import (
     VARIANTS,
-    EvaluationConfigError,
     Judge,
     NonFiniteError,
     image_only_similarity,
     require_finite,
     score,
 )
-from sweeper.sampling import SAMPLERS, Sampler, save_grid, slugs
-
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "prompts"
-
-
-# Optional keys (the presets in conf/evaluation/ set them all); the rest are required.
-DEFAULTS = {
-    "negative_prompt": "",
-    "text_variant": "mean_embedding",
-    "bootstrap": 1000,
-    "precision": "auto",
-    "reconstruction_prompt": "a photo of {}",
-    "prompt_set": None,
-    "references": True,
-    "cache_dir": ".cache/references",
-    "grid_samples": 16,
-    "grid_tile": 256,
-    "progress": True,
-    "use_pivotal": True,
-}
+from sweeper.config import EvaluationConfigError, evaluation_settings
+from sweeper.sampling import Sampler, save_grid, slugs
 
 
 def concept_removed(template: str) -> str:
@@ -62,67 +45,6 @@ def concept_removed(template: str) -> str:
 
 def fill(template: str, placeholder: str) -> str:
     return template.replace("{}", placeholder)
-
-
-# ------------------------------------------------------------------------------------------- config
-
-
-def resolve_prompts(prompts) -> list[str]:
-    """`evaluation.prompts` as a list of templates; a string names a preset in conf/evaluation/prompts/."""
-    if isinstance(prompts, str):
-        preset = PROMPTS_DIR / f"{prompts}.yaml"
-        if not preset.is_file():
-            names = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
-            raise EvaluationConfigError(
-                f"evaluation.prompts={prompts!r}: not a list and not a preset name; presets: {', '.join(names)}"
-            )
-        import yaml
-
-        prompts = yaml.safe_load(preset.read_text())["prompts"]
-    return [str(p) for p in (prompts or [])]
-
-
-def check_config(ev) -> dict:
-    """Validate `evaluation.*` before any model work; return the settings as a plain dict."""
-    from omegaconf import OmegaConf
-
-    ev = {**DEFAULTS, **(OmegaConf.to_container(ev, resolve=True) if not isinstance(ev, dict) else ev)}
-    ev["prompts"] = resolve_prompts(ev.get("prompts"))
-    if not ev["prompts"]:
-        raise EvaluationConfigError(
-            "evaluation.prompts is empty: give edit prompts such as 'a photo of {} on the moon'"
-        )
-    for key in ("prompts", "reconstruction_prompt"):
-        for p in ev["prompts"] if key == "prompts" else [ev.get(key) or ""]:
-            if p.count("{}") != 1:
-                raise EvaluationConfigError(
-                    f"evaluation.{key}: {p!r} must contain '{{}}' exactly once (where S* goes)"
-                )
-    for key in ("num_samples", "batch_size", "steps", "bootstrap"):
-        if not isinstance(ev.get(key), int) or ev[key] < 1:
-            raise EvaluationConfigError(f"evaluation.{key}={ev.get(key)!r}: must be a positive integer")
-    if ev.get("sampler") not in SAMPLERS:
-        raise EvaluationConfigError(
-            f"evaluation.sampler={ev.get('sampler')!r}: choose one of {', '.join(SAMPLERS)}"
-        )
-    if ev.get("text_variant") not in VARIANTS:
-        raise EvaluationConfigError(
-            f"evaluation.text_variant={ev.get('text_variant')!r}: choose one of {VARIANTS}"
-        )
-    for key in ("guidance", "eta"):
-        if isinstance(ev.get(key), bool) or not isinstance(ev.get(key), (int, float)):
-            raise EvaluationConfigError(f"evaluation.{key}={ev.get(key)!r}: must be a number")
-    judge = str(ev.get("judge") or "")
-    local = Path(judge).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise EvaluationConfigError(
-            f"evaluation.judge={judge}: folder has no config.json; give a CLIPModel folder"
-        )
-    if not local.exists() and (not judge or judge.startswith((".", "/", "~")) or judge.count("/") != 1):
-        raise EvaluationConfigError(
-            f"evaluation.judge={judge!r}: no such folder, and not a hub id (owner/name)"
-        )
-    return ev
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -199,7 +121,7 @@ def evaluate_pipeline(
     from sweeper.data import load_image
 
     t0 = time.time()
-    ev = check_config(ev)
+    ev = evaluation_settings(ev)  # the schema's types, ranges and defaults; prompts resolved
     out_dir = Path(out_dir)
     judge = Judge(ev["judge"], device)
     sampler = Sampler(
@@ -299,7 +221,7 @@ def evaluate_embedding(
     from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
     from sweeper.models import load_pipeline, resolve_device
 
-    ev = check_config(cfg.evaluation)
+    ev = evaluation_settings(cfg.evaluation)
     loaded = load_embedding_file(embedding)  # refuses pickles carrying code, before any model work
     if not training_images:
         raise EvaluationConfigError("data.images: no training images to compare the samples with")

@@ -44,6 +44,8 @@ from sweeper.checkpoints import (
     save_checkpoint,
     write_history,
 )
+from sweeper.checks import select_images
+from sweeper.config import effective_lr
 from sweeper.embeddings_io import save_learned_embeds
 from sweeper.interrupt import is_interruption, signals_deferred
 from sweeper.models import Components, load_components
@@ -142,7 +144,7 @@ class Trainer:
         # torch.compile pays back its compile time only on long runs, and on CUDA only (checks.py): off by default.
         self.unet = torch.compile(comps.unet) if inv.get("compile") else comps.unet
         self.generator = torch.Generator().manual_seed(int(inv.seed))
-        self.lr = float(inv.lr) * (int(inv.batch_size) * int(inv.grad_accum) if inv.scale_lr else 1)
+        self.lr = effective_lr(inv)
         self.optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.lr, weight_decay=float(inv.weight_decay)
         )
@@ -441,10 +443,7 @@ def train(
     on_logs, reports = on_logs or [None] * n, reports or [None] * n
     t0 = time.monotonic()
     check_compatible(cfgs)
-    images = [
-        data.select_images(data.list_images(c.data.images), c.data.n_images, int(c.data.subset_seed))
-        for c in cfgs
-    ]
+    images = [select_images(c.data) for c in cfgs]
     first = cfgs[0].inversion
     torch.manual_seed(int(first.seed))
     np.random.seed(int(first.seed))

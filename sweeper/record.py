@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import atomic
+from sweeper.checks import ConfigError, derive
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,15 @@ def resolved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> Path:
-    return atomic.write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(resolved_config(cfg, run_dir)))
+    """config.yaml: the resolved config, then its `derived:` block (effective_lr, n_images, images, prompts,
+    overrides; checks.derive)."""
+    try:
+        derived = OmegaConf.to_yaml({"derived": derive(cfg).as_dict()})
+    except ConfigError:  # a refused config has no derived values; its status.json says why it failed
+        derived = ""
+    return atomic.write_text(
+        Path(run_dir) / CONFIG, OmegaConf.to_yaml(resolved_config(cfg, run_dir)) + derived
+    )
 
 
 def read_status(run_dir: Path) -> dict | None:

@@ -35,9 +35,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper.config import TrackingConfig
+
 log = logging.getLogger(__name__)
 
-DEFAULT_INIT_TIMEOUT = 15.0  # seconds; tracking.init_timeout
+DEFAULT_INIT_TIMEOUT: float = TrackingConfig.init_timeout  # the schema's default
 PROBE_TIMEOUT = 5.0  # seconds for the TCP probe of the W&B server (or its proxy)
 # a failure of these kinds means W&B's service process is gone: nothing later can reach it
 SERVICE_LOST = (ConnectionError, EOFError, BrokenPipeError)

@@ -44,9 +44,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import record, tokens
 from sweeper.checks import ConfigError, check_config
+from sweeper.config import evaluation_settings, resolve_prompts
 from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
-from sweeper.evaluation import _apply_pivotal, evaluate_pipeline, resolve_prompts
-from sweeper.evaluation import check_config as check_evaluation
+from sweeper.evaluation import _apply_pivotal, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.inversion import InversionResult, Trainer, train
 from sweeper.models import (
@@ -139,8 +139,7 @@ def _start(trial: _Trial, concurrent: bool) -> None:
     spec = trial.spec
     with spec.scope(), _clock(trial):
         try:
-            check_config(spec.cfg)  # nothing is loaded or written before this passes
-            check_evaluation(spec.cfg.evaluation)
+            check_config(spec.cfg)  # nothing is loaded or written before this passes (evaluation.* included)
         except Exception as err:  # noqa: BLE001 - every failure of a check is a refusal
             drop_hydra_only_folder(spec.run_dir)
             log.error("refused (no run folder written): %s", err)
@@ -192,7 +191,7 @@ def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
     """Evaluate each trained trial on one sampling pipeline, then mark it completed (or failed)."""
     t0 = time.monotonic()
     cfg = done[0][0].spec.cfg
-    ev = check_evaluation(cfg.evaluation)
+    ev = evaluation_settings(cfg.evaluation)
     device = resolve_device(cfg.get("device"))
     precision = (
         ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
@@ -240,7 +239,7 @@ def _evaluate_one(
 ) -> dict:
     """Evaluate one trial's embedding on the shared pipeline: its baked tokens when the pipeline is the
     trainer's and they carry the configured name, else its saved files loaded in (and unloaded after)."""
-    ev = check_evaluation(spec.cfg.evaluation)
+    ev = evaluation_settings(spec.cfg.evaluation)
     ev["precision"] = precision
     extra = {
         "embedding": str(spec.run_dir),

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
 from sweeper.clip_score import Judge, image_only_similarity, image_similarity, score
-from sweeper.evaluation import EvaluationConfigError, check_config, concept_removed, evaluate_run, fill
+from sweeper.config import ConfigError, evaluation_settings
+from sweeper.evaluation import EvaluationConfigError, concept_removed, evaluate_run, fill
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "evaluation"
 SCHEMA_KEYS = {
@@ -40,9 +42,7 @@ def _unit(rng, *shape):
 
 def eval_cfg(judge: Path, cache: Path, **over) -> dict:
     """The paper preset + the paper_examples prompts, shrunk to tiny sizes."""
-    ev = yaml.safe_load((CONF / "paper.yaml").read_text())
-    ev.pop("defaults")
-    ev.update(yaml.safe_load((CONF / "prompts" / "paper_examples.yaml").read_text()))
+    ev = OmegaConf.to_container(compose_config("evaluation/prompts=paper_examples").evaluation, resolve=True)
     ev.update(
         judge=str(judge),
         num_samples=3,
@@ -155,21 +155,21 @@ def test_confidence_intervals_contain_point_estimates_and_are_seeded(seed):
 
 def test_bad_evaluation_config_is_refused_before_model_work(tiny_judge, tmp_path):
     good = eval_cfg(tiny_judge, tmp_path)
-    with pytest.raises(EvaluationConfigError, match=r"evaluation.prompts: 'a photo on the moon'"):
-        check_config({**good, "prompts": ["a photo on the moon"]})
-    with pytest.raises(EvaluationConfigError, match="evaluation.sampler"):
-        check_config({**good, "sampler": "plms"})
-    with pytest.raises(EvaluationConfigError, match="evaluation.num_samples"):
-        check_config({**good, "num_samples": 0})
-    with pytest.raises(EvaluationConfigError, match="evaluation.prompts='nope'"):
-        check_config({**good, "prompts": "nope"})
-    assert check_config({**good, "prompts": "dreambench_object"})["prompts"][0] == "a {} in the jungle"
-    with pytest.raises(EvaluationConfigError, match="evaluation.judge=.*no such folder"):
-        check_config({**good, "judge": str(tmp_path / "no-such-judge")})
-    with pytest.raises(EvaluationConfigError, match="evaluation.judge=.*config.json"):
-        check_config({**good, "judge": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"evaluation.prompts: 'a photo on the moon'"):
+        evaluation_settings({**good, "prompts": ["a photo on the moon"]})
+    with pytest.raises(ConfigError, match="evaluation.sampler"):
+        evaluation_settings({**good, "sampler": "plms"})
+    with pytest.raises(ConfigError, match="evaluation.num_samples"):
+        evaluation_settings({**good, "num_samples": 0})
+    with pytest.raises(ConfigError, match="evaluation.prompts='nope'"):
+        evaluation_settings({**good, "prompts": "nope"})
+    assert evaluation_settings({**good, "prompts": "dreambench_object"})["prompts"][0] == "a {} in the jungle"
+    with pytest.raises(ConfigError, match="evaluation.judge=.*no such folder"):
+        evaluation_settings({**good, "judge": str(tmp_path / "no-such-judge")})
+    with pytest.raises(ConfigError, match="evaluation.judge=.*config.json"):
+        evaluation_settings({**good, "judge": str(tmp_path)})
     assert (
-        check_config({**good, "judge": "openai/clip-vit-base-patch32"})["judge"]
+        evaluation_settings({**good, "judge": "openai/clip-vit-base-patch32"})["judge"]
         == "openai/clip-vit-base-patch32"
     )
     with pytest.raises(EvaluationConfigError, match="evaluation.judge=openai/nope"):
@@ -187,7 +187,7 @@ def test_prompt_presets():
     ]
     for s in sets.values():
         assert all(p.count("{}") == 1 for p in s["prompts"])
-    paper, fast = (yaml.safe_load((CONF / f"{n}.yaml").read_text()) for n in ("paper", "fast"))
+    paper, fast = (compose_config(f"evaluation={n}").evaluation for n in ("paper", "fast"))
     assert (paper["sampler"], paper["steps"], paper["eta"], paper["guidance"]) == ("ddim", 50, 0.0, 5.0)
     assert (paper["negative_prompt"], paper["num_samples"], paper["batch_size"]) == ("", 64, 8)
     assert paper["judge"] == "openai/clip-vit-base-patch32"

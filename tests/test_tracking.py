@@ -11,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
 from sweeper.tracking import Tracker
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "tracking"
-
 
 def tracking_cfg(name: str = "wandb", **extra) -> OmegaConf:
-    t = OmegaConf.load(CONF / f"{name}.yaml")
+    t = compose_config(f"tracking={name}").tracking  # the preset over the schema's defaults
     t.mode = "offline"
     return OmegaConf.create(
         {"tracking": OmegaConf.merge(t, extra), "inversion": {"lr": 0.00731, "num_vectors": 2}}
@@ -130,10 +129,11 @@ ONLINE = """
 import logging, sys, time
 import conftest  # torch threads, offline hub
 from omegaconf import OmegaConf
+from sweeper.config import TrackingConfig
 from sweeper.tracking import Tracker
 
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
-t = OmegaConf.load("conf/tracking/wandb.yaml")
+t = OmegaConf.structured(TrackingConfig)  # the schema's defaults (conf/tracking/wandb.yaml changes none)
 t.mode = "online"
 t.init_timeout = 5
 start = time.monotonic()
@@ -187,9 +187,10 @@ import os, signal, sys
 import psutil  # installed with peft, a dependency
 import conftest
 from omegaconf import OmegaConf
+from sweeper.config import TrackingConfig
 from sweeper.tracking import Tracker
 
-t = OmegaConf.load("conf/tracking/wandb.yaml")
+t = OmegaConf.structured(TrackingConfig)
 t.mode = "offline"
 run_dir = sys.argv[1]
 tracker = Tracker.from_config(OmegaConf.create({"tracking": t}), run_dir)
@@ -278,13 +279,14 @@ import sys
 import conftest
 from pathlib import Path
 from omegaconf import OmegaConf
+from sweeper.config import TrackingConfig
 from sweeper.tracking import Tracker
 
 for study in ("study-a", "study-b"):
     run_dir = Path(sys.argv[1]) / study / "trial_0000"
     run_dir.mkdir(parents=True)
     (run_dir / "learned_embeds.safetensors").write_bytes(b"0123456789")
-    t = OmegaConf.load("conf/tracking/wandb.yaml")
+    t = OmegaConf.structured(TrackingConfig)
     t.mode, t.group = "offline", study
     tracker = Tracker.from_config(OmegaConf.create({"tracking": t}), run_dir)
     tracker.log_result(run_dir, {"image_similarity": 0.5, "text_similarity": 0.25})

@@ -219,8 +219,9 @@ def test_on_a_full_disk_the_trials_own_error_surfaces(
     """A non-finite loss on a full disk: status.json says failed with THAT error (rewritten in place); and
     when even that cannot be written, the trial still raises its own error, not the disk's."""
     FullDisk(monkeypatch, lose_status=lose_status)
+    # reg_weight=1e308 passes the checks (inf is refused) but overflows float32: a non-finite loss
     cfg = compose_config(
-        *trial_overrides(tiny_sd, concept_images, "inversion.reg_weight=inf"),
+        *trial_overrides(tiny_sd, concept_images, "inversion.reg_weight=1e308"),
         *fast_evaluation(tiny_judge, tmp_path),
     )
     with pytest.raises(FloatingPointError, match="non-finite loss"):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -91,7 +92,7 @@ def test_shipped_concepts_are_the_drawn_ones_with_known_init_words():
 
 def test_presets_point_at_the_world_and_use_only_its_words():
     assert OmegaConf.load(ROOT / "conf/model/toy.yaml").pretrained == "world/weights/pipeline"
-    ev = OmegaConf.load(ROOT / "conf/evaluation/toy.yaml")
+    ev = compose_config("evaluation=toy").evaluation  # the preset over the schema's defaults
     assert ev.judge == "world/weights/judge" and all("{}" in p for p in ev.prompts)
     assert "{}" in ev.reconstruction_prompt
     words = set(draw.vocabulary())
