@@ -1,4 +1,4 @@
-"""The CLIP judge and the paper's two similarities, with bootstrap CIs (Gal et al. 2022, section 5).
+"""The CLIP judge and the paper's two similarities, with bias-corrected bootstrap CIs (Gal et al. 2022, section 5).
 
 - image_similarity: mean cosine over every (sample, training image) pair of normalised CLIP image embeddings.
 - text_similarity, per edit prompt: "mean_embedding" = cos(text, normalised mean of the samples' embeddings)
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 
 VARIANTS = ("mean_embedding", "per_image")
 
@@ -102,7 +103,8 @@ def score(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict:
-    """Point estimates and percentile-bootstrap CIs (each prompt's samples resampled independently)."""
+    """Point estimates and bias-corrected bootstrap CIs (each prompt's samples resampled independently;
+    see `bias_corrected_interval`). The training images are the fixed reference, not resampled."""
     per_prompt = [text_similarity(s, t) for s, t in zip(prompt_samples, texts)]
     out = {"image_similarity": image_similarity(recon, training)}
     for v in VARIANTS:
@@ -114,15 +116,51 @@ def score(
     def weights(n: int) -> np.ndarray:  # [n_boot, n] resampling weights, each row sums to 1
         return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
 
-    boot = {"image_similarity": weights(len(recon)) @ (recon @ training.T).mean(1)}
-    boot.update({f"text_similarity_{v}": np.zeros(n_boot) for v in VARIANTS})
-    for s, t in zip(prompt_samples, texts):
+    # replicates per independently resampled group: {objective: [(replicates [n_boot], group size), ...]}
+    # each independently resampled group's term of the objective, its bootstrap replicates and its size
+    groups: dict[str, list[tuple[float, np.ndarray, int]]] = {
+        "image_similarity": [
+            (out["image_similarity"], weights(len(recon)) @ (recon @ training.T).mean(1), len(recon))
+        ]
+    }
+    for v in VARIANTS:
+        groups[f"text_similarity_{v}"] = []
+    scale = 1.0 / len(texts)  # the objective is the mean over prompts
+    for s, t, p in zip(prompt_samples, texts, per_prompt):
         w = weights(len(s))
-        boot["text_similarity_mean_embedding"] += _normalise(w @ s) @ t / len(texts)
-        boot["text_similarity_per_image"] += w @ (s @ t) / len(texts)
-    boot["text_similarity"] = boot[f"text_similarity_{variant}"]
-    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    for key, values in boot.items():
-        out[f"{key}_ci"] = [float(x) for x in np.percentile(values, q)]
+        groups["text_similarity_mean_embedding"].append(
+            (scale * p["mean_embedding"], scale * (_normalise(w @ s) @ t), len(s))
+        )
+        groups["text_similarity_per_image"].append((scale * p["per_image"], scale * (w @ (s @ t)), len(s)))
+    groups["text_similarity"] = groups[f"text_similarity_{variant}"]
+    for key, parts in groups.items():
+        out[f"{key}_ci"] = bias_corrected_interval(parts, level)
     out["per_prompt"] = per_prompt
     return out
+
+
+def bias_corrected_interval(
+    groups: list[tuple[float, np.ndarray, int]], level: float = 0.95
+) -> list[float | None]:
+    """A bias-corrected bootstrap interval for a statistic that is a sum of independently resampled groups'
+    terms: `groups` holds each group's term, the term's bootstrap replicates and the group's size.
+
+    A bootstrap of n values sees (n-1)/n of their variance, so each group's bootstrap variance and bias
+    estimate (mean of replicates - term) are scaled by n/(n-1). centre = statistic - bias (a cosine with a
+    mean embedding is biased low, and its percentile interval sits below the estimate at few samples);
+    half-width = Student t quantile (Welch-Satterthwaite df) x standard error.
+    Why not BCa: at 4 samples a resampled mean never leaves the sample's range, so every percentile-type
+    interval (BCa included) covers ~80% of 95%. tests/test_intervals.py checks 93-97% coverage at 4, 16 and
+    64 samples. [None, None] when a group has fewer than 2 samples (no spread can be measured)."""
+    if not groups or any(n < 2 for _, _, n in groups):
+        return [None, None]
+    statistic = sum(term for term, _, _ in groups)
+    bias = sum((float(np.mean(reps)) - term) * n / (n - 1) for term, reps, n in groups)
+    variances = [float(np.var(reps)) * n / (n - 1) for _, reps, n in groups]
+    var = sum(variances)
+    centre = statistic - bias
+    if var <= 0:
+        return [float(centre), float(centre)]
+    df = var**2 / sum(v**2 / (n - 1) for v, (_, _, n) in zip(variances, groups))
+    half = float(student_t.ppf((1 + level) / 2, df)) * var**0.5
+    return [float(centre - half), float(centre + half)]
