@@ -200,7 +200,7 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
             ax.set_xlabel(OBJECTIVES["image_similarity"])
             ax.set_ylabel(OBJECTIVES["text_similarity"])
             if len(facets) > 1:
-                ax.set_title("all concepts (concept level removed)" if concept == "all" else concept)
+                ax.set_title("all concepts" if concept == "all" else concept)
             ax.grid(alpha=0.25, lw=0.4)
             ax.margins(0.15)
             ax.autoscale_view()
@@ -255,6 +255,8 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
         data["legend"] = labels
         fig.tight_layout()
         title = "mean of each configuration, 95% interval over seeds; light points: runs"
+        if len(facets) > 1:
+            title += "\n(all concepts: interval over every run with each concept's overall level removed)"
         if coarse:
             title += "; families coarsened (configurations.csv has each configuration)"
         for ncol in range(min(3, len(labels)), 0, -1):  # as many columns as fit the figure's width
