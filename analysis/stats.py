@@ -127,8 +127,8 @@ def spearman_interval(x, y, strata=None, level: float = 0.95) -> Estimate:
         zs.append(math.atanh(max(min(rho, 0.999999), -0.999999)))
         weights.append(len(grp) - 3)
         n_used += len(grp)
-    if not zs:
-        return Estimate(math.nan, math.nan, math.nan, n_used)
+    if not zs:  # no stratum large enough: n says how many runs there were
+        return Estimate(math.nan, math.nan, math.nan, len(frame))
     z = float(np.average(zs, weights=weights))
     se = math.sqrt(1.06 / sum(weights))
     q = float(norm.ppf((1 + level) / 2))
