@@ -29,14 +29,14 @@ $(TINY)/model_index.json: | $(STAMP)
 tiny: $(TINY)/model_index.json
 
 # The demo: the paper's Fig. 10a configurations (ours, high/low LR, 2-/3-word, progressive, regularisation,
-# per-image tokens) x 3 seeds on two of the embedded world's concepts = 48 trials (model=toy: shipped weights, no
+# per-image tokens) x 3 seeds on two of the embedded world's concepts = 48 trials, 4 samples per prompt (model=toy: shipped weights, no
 # training, no network). Each concept is one sweep under the vectorised launcher (its 24 trials in groups of 8, one
 # batched UNet call per step, one thread); the two sweeps run side by side, one per core. Then the analysis of
 # both: configurations.csv, findings.csv and report.html, whose first section (printed here) states the verdicts.
 DEMO_CONCEPTS ?= toy_arrow toy_ring
 DEMO_SEEDS ?= 0,1,2
 DEMO_STEPS ?= 150
-DEMO_SAMPLES ?= 8
+DEMO_SAMPLES ?= 4
 DEMO_OUT ?= outputs/demo
 FIG10 := ours,high_lr,low_lr,two_word,three_word,progressive,regularisation,per_image
 demo: $(STAMP)

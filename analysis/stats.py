@@ -91,10 +91,23 @@ def configurations(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                 row[f"{col}_ci_high"] = est.high + (row[f"{col}_mean"] - est.value)
             row["configuration_values"] = first.get("configuration_values")
             rows.append(row)
-    rows.sort(
-        key=lambda r: (r["concept"] != "all", natural_key(r["concept"]), natural_key(r["configuration"]))
-    )
+    rows.sort(key=_row_order)
     return pd.DataFrame(rows)
+
+
+def _row_order(row: dict) -> tuple:
+    """ "all" first, then concepts; within one, "ours" first and an LR series together, by LR (as the legend)."""
+    lr = pd.to_numeric(row["effective_lr"], errors="coerce")
+    series = str(row["lr_series"] if isinstance(row["lr_series"], str) else row["family"])
+    return (
+        row["concept"] != "all",
+        natural_key(row["concept"]),
+        row["family"] != "ours",
+        series != "ours",
+        natural_key(series),
+        0.0 if pd.isna(lr) else float(lr),
+        natural_key(row["configuration"]),
+    )
 
 
 def paired_difference(
