@@ -118,7 +118,7 @@ def score(
 
     # replicates per independently resampled group: {objective: [(replicates [n_boot], group size), ...]}
     # each independently resampled group's term of the objective, its bootstrap replicates and its size
-    groups: dict[str, list[tuple[float, np.ndarray, int]]] = {
+    groups: dict[str, list[tuple]] = {
         "image_similarity": [
             (out["image_similarity"], weights(len(recon)) @ (recon @ training.T).mean(1), len(recon))
         ]
@@ -129,7 +129,12 @@ def score(
     for s, t, p in zip(prompt_samples, texts, per_prompt):
         w = weights(len(s))
         groups["text_similarity_mean_embedding"].append(
-            (scale * p["mean_embedding"], scale * (_normalise(w @ s) @ t), len(s))
+            (
+                scale * p["mean_embedding"],
+                scale * (_normalise(w @ s) @ t),
+                len(s),
+                None if (c := norm_corrected_cosine(s, t)) is None else scale * c,
+            )
         )
         groups["text_similarity_per_image"].append((scale * p["per_image"], scale * (w @ (s @ t)), len(s)))
     groups["text_similarity"] = groups[f"text_similarity_{variant}"]
@@ -139,28 +144,44 @@ def score(
     return out
 
 
-def bias_corrected_interval(
-    groups: list[tuple[float, np.ndarray, int]], level: float = 0.95
-) -> list[float | None]:
-    """A bias-corrected bootstrap interval for a statistic that is a sum of independently resampled groups'
-    terms: `groups` holds each group's term, the term's bootstrap replicates and the group's size.
+def norm_corrected_cosine(samples: np.ndarray, text: np.ndarray) -> float | None:
+    """cos(text, mean embedding) with the mean's squared norm estimated without bias: the mean over pairs
+    i != j of x_i . x_j instead of |mean|^2, which the samples' spread inflates by trace(cov)/n (why the
+    plug-in cosine is biased towards 0 at few samples, most in many dimensions). None when the pairs'
+    mean is not positive (samples too spread to estimate the norm)."""
+    n = len(samples)
+    if n < 2:
+        return None
+    total = samples.sum(0)
+    pairs = float(total @ total - np.einsum("ij,ij->", samples, samples)) / (n * (n - 1))
+    return float(samples.mean(0) @ text / np.sqrt(pairs)) if pairs > 0 else None
 
-    A bootstrap of n values sees (n-1)/n of their variance, so each group's bootstrap variance and bias
-    estimate (mean of replicates - term) are scaled by n/(n-1). centre = statistic - bias (a cosine with a
-    mean embedding is biased low, and its percentile interval sits below the estimate at few samples);
-    half-width = Student t quantile (Welch-Satterthwaite df) x standard error.
-    Why not BCa: at 4 samples a resampled mean never leaves the sample's range, so every percentile-type
-    interval (BCa included) covers ~80% of 95%. tests/test_intervals.py checks 93-97% coverage at 4, 16 and
-    64 samples. [None, None] when a group has fewer than 2 samples (no spread can be measured)."""
-    if not groups or any(n < 2 for _, _, n in groups):
+
+def bias_corrected_interval(groups: list[tuple], level: float = 0.95) -> list[float | None]:
+    """A bias-corrected bootstrap interval for a statistic that is a sum of independently resampled groups'
+    terms. `groups` holds, per group: its term, the term's bootstrap replicates, the group's size and
+    optionally a less biased estimate of the term (norm_corrected_cosine).
+
+    Centre: the sum of the less biased terms where given, else of term - bias with the bootstrap's bias
+    estimate (mean of replicates - term, scaled by n/(n-1): a bootstrap of n values sees (n-1)/n of their
+    variance); for the means (image similarity, per-image text similarity) this is ~0. Half-width: Student t
+    quantile (Welch-Satterthwaite df over groups) x the bootstrap standard error, each group's variance
+    scaled by n/(n-1). Why not BCa: at 4 samples a resampled mean never leaves the sample's range, so every
+    percentile-type interval (BCa included) covers ~80% of 95%. The interval is for the population value:
+    with spread samples it can sit above the recorded plug-in cosine, which is biased low.
+    tests/test_intervals.py checks coverage. [None, None] when a group has fewer than 2 samples."""
+    if not groups or any(g[2] < 2 for g in groups):
         return [None, None]
-    statistic = sum(term for term, _, _ in groups)
-    bias = sum((float(np.mean(reps)) - term) * n / (n - 1) for term, reps, n in groups)
-    variances = [float(np.var(reps)) * n / (n - 1) for _, reps, n in groups]
+    centre = 0.0
+    for term, reps, n, *better in groups:
+        if better and better[0] is not None:
+            centre += better[0]
+        else:
+            centre += term - (float(np.mean(reps)) - term) * n / (n - 1)
+    variances = [float(np.var(g[1])) * g[2] / (g[2] - 1) for g in groups]
     var = sum(variances)
-    centre = statistic - bias
     if var <= 0:
         return [float(centre), float(centre)]
-    df = var**2 / sum(v**2 / (n - 1) for v, (_, _, n) in zip(variances, groups))
+    df = var**2 / sum(v**2 / (g[2] - 1) for v, g in zip(variances, groups))
     half = float(student_t.ppf((1 + level) / 2, df)) * var**0.5
     return [float(centre - half), float(centre + half)]
