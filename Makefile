@@ -29,10 +29,11 @@ $(TINY)/model_index.json: | $(STAMP)
 tiny: $(TINY)/model_index.json
 
 # The demo: the paper's Fig. 10a configurations (ours, high/low LR, 2-/3-word, progressive, regularisation,
-# per-image tokens) x 3 seeds on two of the embedded world's concepts = 48 trials, 4 samples per prompt (model=toy: shipped weights, no
-# training, no network). Each concept is one sweep under the vectorised launcher (its 24 trials in groups of 8, one
-# batched UNet call per step, one thread); the two sweeps run side by side, one per core. Then the analysis of
-# both: configurations.csv, findings.csv and report.html, whose first section (printed here) states the verdicts.
+# per-image tokens) x 3 seeds on two of the embedded world's concepts = 48 trials, 4 samples per edit prompt
+# (model=toy: shipped weights, no training, no network). Each concept is one sweep under the vectorised launcher
+# (its 24 trials in groups of 8, one batched UNet call per step, one thread); the two sweeps run side by side, one
+# per core. Then the analysis of both: configurations.csv, findings.csv and report.html, whose first section
+# (printed at the end) states the verdicts. DEMO_SEEDS=0,1 for a quicker demo (4 pairs per comparison).
 DEMO_CONCEPTS ?= toy_arrow toy_ring
 DEMO_SEEDS ?= 0,1,2
 DEMO_STEPS ?= 150
@@ -51,7 +52,7 @@ demo: $(STAMP)
 	done; rc=0; for p in $$pids; do wait $$p || rc=1; done; \
 	if [ $$rc -ne 0 ]; then tail -n 30 $(DEMO_OUT)/*.log; exit 1; fi
 	$(BIN)/python -m analysis $(DEMO_OUT) --out $(DEMO_OUT)/analysis
-	@echo "demo: run folders in $(DEMO_OUT)/<concept>/<n>/, plots, configurations.csv, findings.csv and report.html in $(DEMO_OUT)/analysis/"
+	@echo "demo: run folders in $(DEMO_OUT)/<concept>/<n>/; findings.csv, report.html, plots in $(DEMO_OUT)/analysis/"
 
 # System packages the tests need: Chromium opens report.html (tests/test_report_browser.py).
 # Installed only when /usr/bin/chromium is missing (Debian/Ubuntu apt; sudo when not root).
