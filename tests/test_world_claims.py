@@ -24,8 +24,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ("toy_arrow", "toy_ring", "toy_house")
-SEEDS = 4
-STEPS = 200
+# The scale CI runs; the environment variables only make a quick smoke run possible (e.g. 1 seed, 2 steps).
+SEEDS = int(os.environ.get("WORLD_CLAIMS_SEEDS", 4))
+STEPS = int(os.environ.get("WORLD_CLAIMS_STEPS", 200))
+SAMPLES = int(os.environ.get("WORLD_CLAIMS_SAMPLES", 8))
 FIG10 = "ours,high_lr,low_lr,two_word,three_word,progressive,regularisation,per_image"
 CLAIMS = [
     "lower LR than ours",
@@ -53,7 +55,7 @@ def _sweep(concept: str, out: Path) -> subprocess.CompletedProcess:
         "inversion.grad_accum=1",
         "inversion.log_every=10",
         "inversion.checkpoint_every=0",
-        "evaluation.num_samples=8",
+        f"evaluation.num_samples={SAMPLES}",
         "evaluation.progress=false",
         "tracking=none",
         "hydra/launcher=vectorised",
