@@ -43,13 +43,30 @@ def main(argv: list[str] | None = None) -> int:
     df = res["runs"]
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
     print(f"{len(df)} runs ({counts}) -> {res['out']}")
-    for name in ("runs.csv", "tradeoff.png", "report.html"):
+    for name in ("runs.csv", "configurations.csv", "findings.csv", "tradeoff.png", "report.html"):
         print(f"  {res['files'][name]}")
     for _, row in df[df["status"] == "failed"].iterrows():
         print(f"  failed: {row['run']}: {row['error']}")
     if res["tracked"]:
         print(f"  W&B summary run: {res['out'] / 'wandb'}")
+    print(findings_text(res["findings"], res["untested"]))
     return 0
+
+
+def findings_text(found, untested: list[str]) -> str:
+    """The findings section as text: one line per claim and objective."""
+    lines = ["Findings (effect [95% interval], n, verdict; report.html has the table):"]
+    for _, r in found.iterrows():
+        ci = "" if r["ci_low"] != r["ci_low"] else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        lines.append(
+            f"  {r['claim']} ({r['source']}), {r['objective']}, {r['comparison']}: paper {r['paper']}; "
+            f"{r['effect']:+.3f}{ci}, n={int(r['n'])}: {r['verdict']}"
+        )
+    if not len(found):
+        lines.append("  none: no claim of the paper can be tested from these runs")
+    if untested:
+        lines.append(f"  not testable from these runs: {', '.join(untested)}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
-"""Sweep folders -> runs.csv, the plots (PNG + SVG) and report.html, in one call; optionally the same
-table and plots logged to the sweep's W&B summary run through sweeper.tracking."""
+"""Sweep folders -> runs.csv, configurations.csv, findings.csv, the plots (PNG + SVG) and report.html, in one
+call; optionally the same tables and plots logged to the sweep's W&B summary run through sweeper.tracking."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from analysis import plots
+from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
+from analysis.stats import configurations
 from sweeper.atomic import write_text
 
 log = logging.getLogger(__name__)
@@ -40,8 +45,31 @@ def analyse(
     sweep_dirs = list(sweep_dirs)
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
+    with output_folder(out):
+        return _analyse(df, out, wandb, max_grids)
+
+
+@contextmanager
+def output_folder(out: Path) -> Iterator[Path]:
+    """Hold <out>/.analysis.lock while writing, so two analyses into one folder take turns; whoever holds it
+    removes the temporary files (.<name>.*.tmp) an analysis killed mid-write left behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".analysis.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for folder in (out, out / "curves"):
+            for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+                tmp.unlink(missing_ok=True)
+        yield out
+
+
+def _analyse(df: pd.DataFrame, out: Path, wandb: bool | None, max_grids: int | None) -> dict[str, Any]:
     files: dict[str, Path] = {}
-    files["runs.csv"] = write_text(out / "runs.csv", df.to_csv(index=False))
+    runs_csv = df.drop(columns=["configuration_values"])
+    files["runs.csv"] = write_text(out / "runs.csv", runs_csv.to_csv(index=False))
+    configs = configurations(df)
+    files["configurations.csv"] = write_text(out / "configurations.csv", configs.to_csv(index=False))
+    found, untested = findings(df)
+    files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
     fig, tradeoff = plots.tradeoff_plot(df)
@@ -74,9 +102,24 @@ def analyse(
         fig = plots.curves_plot(h, title=run)
         curve_pngs[run] = plots.save(fig, out / "curves", _slug(run), svg=False, dpi=120)[0]
 
-    files["report.html"] = write_report(df, titles, out, curve_pngs, notes, max_grids=max_grids)
+    if note := reference_note(df):
+        notes.insert(0, note)
+    files["report.html"] = write_report(
+        df,
+        titles,
+        out,
+        curve_pngs,
+        notes,
+        max_grids=max_grids,
+        findings=found,
+        untested=untested,
+        configs=configs,
+    )
     result = {
         "runs": df,
+        "configurations": configs,
+        "findings": found,
+        "untested": untested,
         "files": files,
         "tradeoff": tradeoff,
         "distance": distance,
@@ -112,7 +155,11 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     tracker = Tracker.from_config(cfg, out)
     if not tracker.active:
         return False
-    keep = [c for c in df.columns if not c.startswith(("per_prompt.", "protocol.", "seeds."))]
+    keep = [
+        c
+        for c in df.columns
+        if not c.startswith(("per_prompt.", "protocol.", "seeds.")) and c != "configuration_values"
+    ]
     tracker.log_table("runs", df[keep])
     tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
     done = df[df["status"] == "completed"]

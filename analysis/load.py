@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +22,26 @@ import yaml
 # Folders inside a run that never hold a run of their own (Hydra's copy, checkpoints, W&B, temp dirs).
 _SKIP_DIRS = {"checkpoints", "pivotal", "wandb", "samples", "__pycache__"}
 
-# The default configuration ("ours" in the paper's Fig. 10a). Overridden by the project's conf/ when
-# it is there, so a changed default changes what counts as "ours".
-FAMILY_DEFAULTS: dict[str, Any] = {
-    "inversion.lr": 5e-3,
+# The paper's "ours" (Gal et al. 2022, Fig. 10a): one vector at an effective learning rate of 0.04 (base 5e-3
+# x 2 GPUs x batch 4), no per-image tokens, no regularisation, no progressive words, no pivotal tuning, all images.
+# These are the paper's numbers, not this checkout's defaults: a run's label depends on what it recorded only.
+PAPER_OURS: dict[str, Any] = {
+    "effective_lr": 0.04,
     "inversion.num_vectors": 1,
     "inversion.progressive_every": None,
     "inversion.per_image_tokens": False,
     "inversion.reg_weight": 0.0,
     "inversion.pivotal.enabled": False,
-    "data.n_images": None,
 }
+# Image files a concept folder's size counts (sweeper/data.py reads these; not imported: it pulls in torch).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 FIRST_COLUMNS = [
     "run",
     "sweep",
     "concept",
     "family",
+    "configuration",
     "status",
     "error",
     "image_similarity",
@@ -44,9 +50,12 @@ FIRST_COLUMNS = [
     "image_similarity_ci_high",
     "text_similarity_ci_low",
     "text_similarity_ci_high",
+    "effective_lr",
+    "n_images",
+    "seed",
     "final_dist_l2",
     "final_dist_cos",
-    "final_loss",
+    "loss_tail_mean",
     "last_step",
     "wall_time_s",
     "trial_number",
@@ -73,19 +82,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _project_defaults() -> dict[str, Any]:
-    defaults = dict(FAMILY_DEFAULTS)
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    for group, name in (("inversion", "default"), ("data", "object")):
-        f = conf / group / f"{name}.yaml"
-        try:
-            values = flatten(yaml.safe_load(f.read_text()) or {}, group + ".")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        defaults.update({k: values[k] for k in defaults if k in values})
-    return defaults
 
 
 def _fmt_num(x: Any, sci: bool = False) -> str:
@@ -121,52 +117,161 @@ def _true(v: Any) -> bool:
     return v is not None and str(v).lower() in ("true", "1", "1.0", "yes")
 
 
-def family(cfg: dict[str, Any], defaults: dict[str, Any] | None = None, level: int = 0) -> str:
-    """Configuration family from a flattened config: what differs from the default, e.g. "lr=2e-2",
-    "3 vectors", "per-image tokens", "reg=0.01", "pivotal", "n=5 images"; "ours" for the default.
-
-    Coarser levels keep a search's plot readable when every trial has its own learning rate:
-    level 1 rounds lr to its decade ("lr~1e-3") and says "reg" without its weight; level 2 keeps only
-    the structural choices (vectors, progressive, per-image tokens, reg, pivotal)."""
-    d = _project_defaults() if defaults is None else defaults
-    parts = []
+def effective_lr(cfg: dict[str, Any]) -> float | None:
+    """The learning rate the optimiser used: config.yaml's `derived.effective_lr` when the run recorded it,
+    else inversion.lr x batch_size x grad_accum when inversion.scale_lr, else inversion.lr."""
+    recorded = _val(cfg, "derived.effective_lr")
+    if recorded is not None:
+        return float(recorded)
     lr = _val(cfg, "inversion.lr")
-    if lr is not None and not _same(lr, d["inversion.lr"]) and level < 2:
-        parts.append(f"lr={_fmt_num(lr, sci=True)}" if level == 0 else f"lr~1e{round(math.log10(float(lr)))}")
-    k = _val(cfg, "inversion.num_vectors")
-    if k is not None and not _same(k, d["inversion.num_vectors"]):
-        parts.append(f"{int(k)} vector" + ("s" if int(k) != 1 else ""))
-    prog = _val(cfg, "inversion.progressive_every")
-    if prog not in (None, 0) and not _same(prog, d["inversion.progressive_every"]):
+    if lr is None:
+        return None
+    if _true(_val(cfg, "inversion.scale_lr")):
+        batch = _val(cfg, "inversion.batch_size")
+        accum = _val(cfg, "inversion.grad_accum")
+        return float(lr) * float(1 if batch is None else batch) * float(1 if accum is None else accum)
+    return float(lr)
+
+
+def count_images(folder: Any) -> int | None:
+    """Image files in a concept folder (absolute, or relative to the current folder), None when absent."""
+    if folder is None:
+        return None
+    path = Path(str(folder)).expanduser()
+    if not path.is_dir():
+        return None
+    return sum(1 for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
+def n_images(cfg: dict[str, Any]) -> int | None:
+    """Training images the run used: `derived.n_images`, else data.n_images, else (null = all) the number
+    of images in data.images when that folder is here."""
+    for key in ("derived.n_images", "data.n_images"):
+        v = _val(cfg, key)
+        if v is not None:
+            return int(v)
+    return count_images(_val(cfg, "data.images"))
+
+
+def job_overrides(cfg: dict[str, Any], run_dir: Path) -> list[str]:
+    """The Hydra job's task overrides: `derived.overrides`, else the run's .hydra/overrides.yaml, else []."""
+    recorded = _val(cfg, "derived.overrides")
+    if isinstance(recorded, str):
+        try:
+            recorded = json.loads(recorded)
+        except ValueError:
+            recorded = None
+    if isinstance(recorded, list):
+        return [str(o) for o in recorded]
+    try:
+        hydra = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in hydra] if isinstance(hydra, list) else []
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # someone else's process, or not a pid at all
+        return True
+    return True
+
+
+def run_status(status: dict[str, Any], has_metrics: bool) -> str:
+    """status.json's status; "stale" for a "running" run whose process (pid on this host) is gone;
+    "completed" for a run with metrics.json and no status.json; else "unknown"."""
+    st = status.get("status") if isinstance(status, dict) else None
+    if st == "running":
+        pid, host = status.get("pid"), status.get("host")
+        if pid is not None and host == socket.gethostname():
+            try:
+                if not pid_alive(int(pid)):
+                    return "stale"
+            except (TypeError, ValueError):
+                pass
+    return str(st) if st else ("completed" if has_metrics else "unknown")
+
+
+# Keys that do not make a configuration: seeds (the replication unit), the concept (a grouping of its own),
+# bookkeeping, and the raw keys that effective_lr and n_images replace.
+_NOT_CONFIGURATION = re.compile(
+    r"(^|\.)[A-Za-z_]*seed$|^run_dir$|^tracking\.|^derived\.|^hydra\.|^device$|^config\."
+    r"|^inversion\.(lr|scale_lr|log_every|checkpoint_every|compile|precision|placeholder|init_word"
+    r"|init_word_average)$|^data\.(images|n_images)$"
+    r"|^evaluation\.(progress|bootstrap|cache_dir|grid_samples|grid_tile|batch_size|precision|quick\..*)$"
+)
+# The axes a label names in the paper's words (everything else varied is named key=value).
+NAMED_AXES = [
+    "effective_lr",
+    "inversion.num_vectors",
+    "inversion.progressive_every",
+    "inversion.per_image_tokens",
+    "inversion.reg_weight",
+    "inversion.pivotal.enabled",
+    "n_images",
+    "inversion.steps",
+]
+
+
+def configuration_values(flat_cfg: dict[str, Any], eff_lr: float | None, n: int | None) -> dict[str, Any]:
+    """What defines a run's configuration: its recorded keys without seeds, concept and bookkeeping, with
+    effective_lr and n_images in place of the raw keys."""
+    values = {k: v for k, v in flat_cfg.items() if not _NOT_CONFIGURATION.search(k)}
+    values["effective_lr"] = None if eff_lr is None else float(f"{eff_lr:.6g}")
+    values["n_images"] = n
+    for key in ("inversion.per_image_tokens", "inversion.pivotal.enabled"):
+        values[key] = _true(values.get(key))
+    if values.get("inversion.progressive_every") in (0, None):
+        values["inversion.progressive_every"] = None
+    return values
+
+
+def family(
+    values: dict[str, Any], varied: set[str] | frozenset[str] = frozenset(), subset: bool = False
+) -> str:
+    """A configuration's name in the paper's words, from its recorded values: what differs from the paper's
+    "ours" (e.g. "3 vectors, progressive", "lr 0.0008", "reg 0.01", "per-image tokens", "pivotal"), then any
+    other axis in `varied` (the keys that differ between the analysed runs: "n=3 images", "150 steps",
+    "key=value"); "ours" when nothing differs. `subset`: the run asked for a subset of its images."""
+    parts = []
+    k = _val(values, "inversion.num_vectors")
+    if k is not None and int(k) != 1:
+        parts.append(f"{int(k)} vectors")
+    if _val(values, "inversion.progressive_every") is not None:
         parts.append("progressive")
-    if _true(_val(cfg, "inversion.per_image_tokens")) and not d["inversion.per_image_tokens"]:
+    if _true(_val(values, "inversion.per_image_tokens")):
         parts.append("per-image tokens")
-    reg = _val(cfg, "inversion.reg_weight")
-    if reg is not None and not _same(reg, d["inversion.reg_weight"]):
-        parts.append(f"reg={_fmt_num(reg)}" if level == 0 else "reg")
-    if _true(_val(cfg, "inversion.pivotal.enabled")) and not d["inversion.pivotal.enabled"]:
+    reg = _val(values, "inversion.reg_weight")
+    if reg is not None and float(reg) != 0:
+        parts.append(f"reg {_fmt_num(reg)}")
+    if _true(_val(values, "inversion.pivotal.enabled")):
         parts.append("pivotal")
-    n = _val(cfg, "data.n_images")
-    if n is not None and not _same(n, d["data.n_images"]) and level < 2:
+    lr = _val(values, "effective_lr")
+    if lr is not None and not _same(lr, PAPER_OURS["effective_lr"]):
+        parts.append(f"lr {_fmt_num(lr)}")
+    n = _val(values, "n_images")
+    if n is not None and (subset or "n_images" in varied):
         parts.append(f"n={int(n)} image" + ("s" if int(n) != 1 else ""))
-    if not parts and level == 2:  # lr and dataset size were dropped: this is not "ours" any more
-        kd = int(k if k is not None else d["inversion.num_vectors"])
-        return f"{kd} vector" + ("s" if kd != 1 else "")
+    steps = _val(values, "inversion.steps")
+    if steps is not None and "inversion.steps" in varied:
+        parts.append(f"{int(steps)} steps")
+    for key in sorted(varied):
+        if key not in NAMED_AXES and key in values:
+            parts.append(f"{key}={_val(values, key)}")
     return ", ".join(parts) or "ours"
 
 
-def plot_families(
-    df: pd.DataFrame, max_families: int = 10, defaults: dict[str, Any] | None = None
-) -> pd.Series:
-    """One family per row for colours/markers: the finest level with at most `max_families` families."""
-    d = _project_defaults() if defaults is None else defaults
-    rows = df.to_dict("records")
-    fams = df["family"]
-    for level in (0, 1, 2):
-        fams = pd.Series([family(r, d, level) for r in rows], index=df.index)
-        if fams.nunique() <= max_families:
-            break
-    return fams
+def lr_series(values: dict[str, Any], varied: set[str] | frozenset[str], subset: bool = False) -> str:
+    """The family a run would have without its learning rate: runs sharing it form one LR series."""
+    return family({**values, "effective_lr": PAPER_OURS["effective_lr"]}, varied - {"effective_lr"}, subset)
+
+
+def natural_key(text: Any) -> list:
+    """'run/10' after 'run/9': digit runs compare as numbers."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(text)) if t]
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
@@ -222,8 +327,13 @@ def _metrics_columns(m: dict) -> dict[str, Any]:
     return row
 
 
-def load_run(run_dir: str | Path, sweep: str = "", defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One run folder -> one flat row (config keys dotted, metrics, status, final distances)."""
+LOSS_TAIL = 0.25  # loss_tail_mean: the mean loss over the last quarter of history.csv's rows
+
+
+def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
+    """One run folder -> one flat row (config keys dotted, metrics, status, final distances), from the run
+    folder alone. `family` here names the run on its own; load_runs names it among the others (what varied).
+    The configuration's values are under the private key "_values" (load_runs removes it)."""
     run_dir = Path(run_dir)
     errors: list[str] = []
     cfg_file = run_dir / "config.yaml"
@@ -252,9 +362,15 @@ def load_run(run_dir: str | Path, sweep: str = "", defaults: dict[str, Any] | No
     row.update({"run_dir": str(run_dir), "sweep": sweep})
     images = flat_cfg.get("data.images")
     row["concept"] = Path(str(images).rstrip("/")).name if images else "unknown"
-    row["family"] = family(flat_cfg, defaults)
-    st = status.get("status") if isinstance(status, dict) else None
-    row["status"] = st or ("completed" if isinstance(metrics, dict) else "unknown")
+    row["effective_lr"] = effective_lr(flat_cfg)
+    row["n_images"] = n_images(flat_cfg)
+    row["seed"] = _val(flat_cfg, "inversion.seed")
+    row["overrides"] = json.dumps(job_overrides(flat_cfg, run_dir))
+    values = configuration_values(flat_cfg, row["effective_lr"], row["n_images"])
+    subset = _val(flat_cfg, "data.n_images") is not None
+    row["family"] = family(values, subset=subset)
+    row["_values"], row["_subset"] = values, subset
+    row["status"] = run_status(status, isinstance(metrics, dict))
     for key in ("error", "wall_time_s", "trial_number", "started_at", "finished_at"):
         row[key] = status.get(key) if isinstance(status, dict) else None
     if isinstance(hist, pd.DataFrame) and len(hist):
@@ -262,11 +378,15 @@ def load_run(run_dir: str | Path, sweep: str = "", defaults: dict[str, Any] | No
         for src, dst in (
             ("dist_l2_mean", "final_dist_l2"),
             ("dist_cos_mean", "final_dist_cos"),
-            ("loss", "final_loss"),
             ("step", "last_step"),
         ):
             if src in hist.columns:
                 row[dst] = last[src]
+        if "loss" in hist.columns:  # one step's loss is mostly its timestep draw: average the tail
+            tail = pd.to_numeric(hist["loss"], errors="coerce").iloc[
+                -max(1, math.ceil(LOSS_TAIL * len(hist))) :
+            ]
+            row["loss_tail_mean"] = float(tail.mean())
     row["load_error"] = "; ".join(errors) or None
     return row
 
@@ -275,23 +395,27 @@ def sweep_label(sweep_dir: str | Path) -> str:
     return str(Path(sweep_dir)).rstrip("/") or "."
 
 
-def load_runs(
-    sweep_dirs: list[str | Path] | str | Path, defaults: dict[str, Any] | None = None
-) -> pd.DataFrame:
+def varied_keys(values: list[dict[str, Any]]) -> set[str]:
+    """Configuration keys whose value differs between runs (a key missing in some runs counts as varied)."""
+    keys = set().union(*values) if values else set()
+    return {k for k in keys if len({json.dumps(v.get(k), sort_keys=True, default=str) for v in values}) > 1}
+
+
+def load_runs(sweep_dirs: list[str | Path] | str | Path) -> pd.DataFrame:
     """Every run under one or more sweep folders (merged) -> DataFrame, FIRST_COLUMNS first.
-    `run` is "<sweep>/<path inside the sweep>", unique across merged sweeps."""
+    `run` is "<sweep>/<path inside the sweep>", unique across merged sweeps; `configuration` identifies what
+    the run recorded without its seed and concept; `family` names it by what varied between the runs."""
     if isinstance(sweep_dirs, (str, Path)):
         sweep_dirs = [sweep_dirs]
     if not sweep_dirs:
         raise StoreError(
             "no sweep folder given: pass one or more folders, e.g. `python -m analysis multirun/...`"
         )
-    defaults = _project_defaults() if defaults is None else defaults
     rows = []
     for sd in sweep_dirs:
         label = sweep_label(sd)
         for run_dir in find_runs(sd):
-            row = load_run(run_dir, label, defaults)
+            row = load_run(run_dir, label)
             rel = run_dir.relative_to(Path(sd)).as_posix()
             row["run"] = label if rel == "." else f"{label}/{rel}"
             rows.append(row)
@@ -300,14 +424,42 @@ def load_runs(
             f"no run folder (a folder with config.yaml, status.json or metrics.json) under "
             f"{', '.join(map(str, sweep_dirs))}: is this the sweep folder Hydra wrote?"
         )
+    values = [r.pop("_values") for r in rows]
+    subsets = [r.pop("_subset") for r in rows]
+    varied = varied_keys(values)
+    for row, v, subset in zip(rows, values, subsets):
+        row["family"] = family(v, varied, subset)
+        row["lr_series"] = lr_series(v, varied, subset)
+        row["configuration"] = json.dumps(v, sort_keys=True, default=str)
     df = pd.DataFrame(rows)
+    # the configuration's recorded values (JSON) stay in configuration_values; `configuration` is its name
+    df["configuration_values"] = df["configuration"]
     for col in FIRST_COLUMNS:
         if col not in df.columns:
             df[col] = None
-    for col in ("image_similarity", "text_similarity", "final_dist_l2", "final_dist_cos", "wall_time_s"):
+    for col in (
+        "image_similarity",
+        "text_similarity",
+        "final_dist_l2",
+        "final_dist_cos",
+        "wall_time_s",
+        "effective_lr",
+        "n_images",
+        "seed",
+        "loss_tail_mean",
+    ):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    names: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for fam, cfg in sorted(
+        set(zip(df["family"], df["configuration_values"])), key=lambda f: natural_key(f[0])
+    ):
+        seen[fam] = seen.get(fam, 0) + 1  # two configurations with one label (rounding): numbered
+        names[cfg] = fam if seen[fam] == 1 else f"{fam} #{seen[fam]}"
+    df["configuration"] = df["configuration_values"].map(names)
     rest = sorted(c for c in df.columns if c not in FIRST_COLUMNS)
-    return df[FIRST_COLUMNS + rest].sort_values(["sweep", "run"], kind="stable").reset_index(drop=True)
+    order = sorted(range(len(df)), key=lambda i: (df["sweep"].iloc[i], natural_key(df["run"].iloc[i])))
+    return df.iloc[order][FIRST_COLUMNS + rest].reset_index(drop=True)
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:

@@ -5,6 +5,7 @@ and the report can check exactly what was drawn. Sized for a paper column (3.3 i
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from analysis.labels import repel_labels  # noqa: E402
-from analysis.load import completed, plot_families  # noqa: E402
+from analysis.load import completed, family, natural_key  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
+from analysis.stats import configurations  # noqa: E402
 from sweeper.atomic import save_figure  # noqa: E402
 
 STYLE = {
@@ -56,13 +58,69 @@ def save(fig: Figure, out_dir: str | Path, name: str, svg: bool = True, dpi: int
     return paths
 
 
-def family_styles(families) -> dict[str, tuple[Any, str]]:
-    """Colour and marker per family, "ours" first; pairs stay distinct for up to 100 families."""
-    import matplotlib.colors as mcolors
+def family_order(df: pd.DataFrame) -> list[str]:
+    """Families in legend order: "ours" first, then by name with numbers compared as numbers, an LR series
+    together and ordered by its effective LR."""
+    first = df.drop_duplicates("family").set_index("family")
+    series = first["lr_series"] if "lr_series" in first else first.index.to_series()
+    lr = pd.to_numeric(first["effective_lr"], errors="coerce") if "effective_lr" in first else None
 
-    names = sorted(set(families), key=lambda f: (f != "ours", f))
+    def key(f: str):
+        s = series.get(f, f)
+        s = f if not isinstance(s, str) else s
+        x = float(lr.get(f)) if lr is not None and pd.notna(lr.get(f)) else 0.0
+        return (f != "ours", s != "ours", natural_key(s), x, natural_key(f))
+
+    return sorted(first.index, key=key)
+
+
+def family_styles(df: pd.DataFrame) -> dict[str, tuple[Any, str]]:
+    """Colour and marker per family. The families of an LR series (differing only in effective LR) share a
+    marker and one colour ramp, light to dark with the LR; every other family its own colour and marker."""
+    import matplotlib.colors as mcolors
+    from matplotlib import colormaps
+
+    order = family_order(df)
+    first = df.drop_duplicates("family").set_index("family")
+    series = first["lr_series"] if "lr_series" in first else pd.Series(order, index=order)
+    members: dict[str, list[str]] = {}
+    for f in order:
+        members.setdefault(series.get(f, f), []).append(f)
+    ramps = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
     colours = list(mcolors.TABLEAU_COLORS.values())
-    return {f: (colours[i % 10], MARKERS[(i + i // 10) % len(MARKERS)]) for i, f in enumerate(names)}
+    styles: dict[str, tuple[Any, str]] = {}
+    n_ramp = n_plain = 0
+    for i, fams in enumerate(members.values()):
+        marker = MARKERS[i % len(MARKERS)]
+        if len(fams) >= 3 and n_ramp < len(ramps):  # a series: ordered by LR (family_order), one ramp
+            cmap = colormaps[ramps[n_ramp]]
+            n_ramp += 1
+            for j, f in enumerate(fams):
+                styles[f] = (mcolors.to_hex(cmap(0.35 + 0.6 * j / (len(fams) - 1))), marker)
+        else:
+            for f in fams:
+                styles[f] = (colours[n_plain % 10], MARKERS[(i + n_plain // 10) % len(MARKERS)])
+                n_plain += 1
+    return styles
+
+
+def coarse_families(df: pd.DataFrame, max_families: int = 10) -> pd.Series:
+    """For colours when a search gives many configurations: the families themselves when at most
+    `max_families`; else without the learning rate (each LR series becomes one); else only the structural
+    choices (vectors, progressive, per-image tokens, regularisation, pivotal)."""
+    if df["family"].nunique() <= max_families:
+        return df["family"]
+    if "lr_series" in df and df["lr_series"].nunique() <= max_families:
+        return df["lr_series"]
+    out = []
+    for v in df["configuration_values"]:
+        values = json.loads(v) if isinstance(v, str) else {}
+        values.update({"effective_lr": 0.04, "n_images": None})
+        if values.get("inversion.reg_weight"):
+            values["inversion.reg_weight"] = 1.0  # "reg" without its weight
+        name = family(values).replace("reg 1", "reg")
+        out.append(name if name != "ours" else "1 vector")
+    return pd.Series(out, index=df.index)
 
 
 def _facets(concepts: list[str], width: float, height: float) -> tuple[Figure, list]:
@@ -75,28 +133,50 @@ def _facets(concepts: list[str], width: float, height: float) -> tuple[Figure, l
 
 
 def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int = 10) -> tuple[Figure, dict]:
-    """x = image similarity, y = text similarity; one point per completed run with CI bars, colour and
-    marker by family, the Pareto front (both maximised), the reference points; one facet per concept.
-    Labels: every family once when a facet has fewer than `label_all_below` runs, else the front only.
-    More than `max_families` families (a search): coarser families for colours (load.plot_families)."""
+    """x = image similarity, y = text similarity, as the paper's Fig. 10a: each configuration's mean over its
+    runs with a 95% interval from seed (and, in the "all concepts" facet, concept) variation
+    (stats.configurations), every run as a light point behind it, the Pareto front of the means (both
+    maximised), the reference points; one facet per concept, plus "all concepts" first when there are several.
+    Labels: every configuration when a facet has fewer than `label_all_below`, else the front only.
+    More than `max_families` families (a search): coarser families for colours (coarse_families)."""
     done = completed(df)
-    coarse = len(done) and done["family"].nunique() > max_families
-    if len(done):  # colours/markers by family; coarser families when a search gives every run its own
-        done = done.assign(family=plot_families(done, max_families))
-    concepts = sorted(df["concept"].dropna().unique()) or ["unknown"]
-    styles = family_styles(done["family"]) if len(done) else {}
-    data: dict[str, Any] = {"concepts": {}, "styles": styles, "coarsened": bool(coarse)}
+    coarse = bool(len(done)) and done["family"].nunique() > max_families
+    if len(done):
+        done = done.assign(family=coarse_families(done, max_families))
+        if coarse:
+            done = done.assign(lr_series=done["family"])
+    configs = configurations(done) if len(done) else pd.DataFrame()
+    concepts = sorted(df["concept"].dropna().unique(), key=natural_key) or ["unknown"]
+    facets = (["all"] if len(concepts) > 1 else []) + concepts
+    styles = family_styles(done) if len(done) else {}
+    data: dict[str, Any] = {"concepts": {}, "styles": styles, "coarsened": coarse, "configurations": configs}
     with matplotlib.rc_context(STYLE):
-        fig, axes = _facets(concepts, COLUMN_IN, 2.8)
+        fig, axes = _facets(facets, COLUMN_IN, 2.8)
         pending = []
-        for ax, concept in zip(axes, concepts):
-            sub = done[done["concept"] == concept]
-            x, y = sub["image_similarity"].to_numpy(float), sub["text_similarity"].to_numpy(float)
-            for fam, grp in sub.groupby("family", sort=False):
+        for ax, concept in zip(axes, facets):
+            runs = done if concept == "all" else done[done["concept"] == concept]
+            cfg = configs[configs["concept"] == concept] if len(configs) else configs
+            if coarse and len(cfg):  # several configurations per coarse family: one mark each, same style
+                cfg = cfg.assign(
+                    family=cfg["configuration"].map(dict(zip(done["configuration"], done["family"])))
+                )
+            for fam in family_order(runs) if len(runs) else []:
                 colour, marker = styles[fam]
+                pts = runs[runs["family"] == fam]
+                ax.scatter(
+                    pts["image_similarity"],
+                    pts["text_similarity"],
+                    s=6,
+                    marker=marker,
+                    color=colour,
+                    alpha=0.3,
+                    linewidths=0,
+                    zorder=2,
+                )
+                grp = cfg[cfg["family"] == fam]
                 ax.errorbar(
-                    grp["image_similarity"],
-                    grp["text_similarity"],
+                    grp["image_similarity_mean"],
+                    grp["text_similarity_mean"],
                     xerr=_ci_err(grp, "image_similarity"),
                     yerr=_ci_err(grp, "text_similarity"),
                     fmt=marker,
@@ -104,38 +184,38 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                     ms=3.5,
                     mew=0.5,
                     mec="white",
-                    elinewidth=0.5,
+                    elinewidth=0.6,
                     capsize=1.2,
                     label=fam,
                     zorder=3,
                 )
+            x = cfg["image_similarity_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
+            y = cfg["text_similarity_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
             front = pareto_front(x, y)
             if len(front) > 1:
                 ax.plot(x[front], y[front], "--", color="0.25", lw=0.7, zorder=2, label="Pareto front")
-            refs = _references(df[df["concept"] == concept])
+            refs = _references(df if concept == "all" else df[df["concept"] == concept])
             for key, (rx, ry) in refs.items():
                 ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
             ax.set_xlabel(OBJECTIVES["image_similarity"])
             ax.set_ylabel(OBJECTIVES["text_similarity"])
-            if len(concepts) > 1:
-                ax.set_title(concept)
+            if len(facets) > 1:
+                ax.set_title("all concepts" if concept == "all" else concept)
             ax.grid(alpha=0.25, lw=0.4)
             ax.margins(0.15)
             ax.autoscale_view()
             ax.set_xlim(ax.get_xlim())
             ax.set_ylim(ax.get_ylim())
-            # what to label: the front first (it matters most), then the rest; each family once
             on_front = set(front.tolist())
             order = list(front) + (
-                [i for i in range(len(sub)) if i not in on_front] if len(sub) < label_all_below else []
+                [i for i in range(len(cfg)) if i not in on_front] if len(cfg) < label_all_below else []
             )
-            seen, lab_xy, lab_txt = set(), [], []
-            for i in order:
-                fam = sub["family"].iloc[i]
-                if fam not in seen:
-                    seen.add(fam)
-                    lab_xy.append((x[i], y[i]))
-                    lab_txt.append(fam)
+            lab_xy = [(x[i], y[i]) for i in order]
+            lab_txt = [cfg["configuration"].iloc[i] if not coarse else cfg["family"].iloc[i] for i in order]
+            if coarse:  # one label per coarse family
+                seen: set[str] = set()
+                keep = [j for j, t in enumerate(lab_txt) if not (t in seen or seen.add(t))]
+                lab_xy, lab_txt = [lab_xy[j] for j in keep], [lab_txt[j] for j in keep]
             for key, (rx, ry) in refs.items():
                 lab_xy.append((rx, ry))
                 lab_txt.append(REFERENCES[key][0])
@@ -144,22 +224,26 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 ("image_similarity", "text_similarity", True),
                 ("text_similarity", "image_similarity", False),
             ):
-                err = _ci_err(sub, col)
+                err = _ci_err(cfg, col)
                 if err is not None:
-                    for v, o, lo, hi in zip(sub[col], sub[other], *err):
+                    for v, o, lo, hi in zip(cfg[f"{col}_mean"], cfg[f"{other}_mean"], *err):
                         seg = (v - lo, o, v + hi, o) if horizontal else (o, v - lo, o, v + hi)
                         bars.append(seg)
             pending.append((ax, lab_xy, lab_txt, list(zip(x, y)) + list(refs.values()), bars))
             data["concepts"][concept] = {
-                "runs": sub["run"].tolist(),
+                "configurations": cfg["configuration"].tolist() if len(cfg) else [],
                 "x": x.tolist(),
                 "y": y.tolist(),
-                "family": sub["family"].tolist(),
-                "front": [sub["run"].iloc[i] for i in front],
+                "n": cfg["n"].tolist() if len(cfg) else [],
+                "family": cfg["family"].tolist() if len(cfg) else [],
+                "runs": runs["run"].tolist(),
+                "run_x": runs["image_similarity"].tolist(),
+                "run_y": runs["text_similarity"].tolist(),
+                "front": [cfg["configuration"].iloc[i] for i in front],
                 "references": refs,
             }
         handles, labels = [], []
-        for ax in axes:  # every facet's families, once each
+        for ax in axes:  # every facet's families, once each, in family order
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 if lab not in labels:
                     handles.append(h)
@@ -168,7 +252,13 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
             if any(key in c["references"] for c in data["concepts"].values()):
                 handles.append(axes[0].plot([], [], marker, color="black", ms=5, ls="none")[0])
                 labels.append(name)
+        data["legend"] = labels
         fig.tight_layout()
+        title = "mean of each configuration, 95% interval over seeds; light points: runs"
+        if len(facets) > 1:
+            title += "\n(all concepts: interval over every run with each concept's overall level removed)"
+        if coarse:
+            title += "; families coarsened (configurations.csv has each configuration)"
         for ncol in range(min(3, len(labels)), 0, -1):  # as many columns as fit the figure's width
             leg = fig.legend(
                 handles,
@@ -180,22 +270,23 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 fontsize=6,
                 handletextpad=0.3,
                 columnspacing=0.8,
-                title="families coarsened (runs.csv has each run's own)" if coarse else None,
+                title=title,
                 title_fontsize=6,
             )
             if ncol == 1 or leg.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width:
                 break
             leg.remove()
-        for (ax, lab_xy, lab_txt, obstacles, bars), concept in zip(pending, concepts):
+        for (ax, lab_xy, lab_txt, obstacles, bars), concept in zip(pending, facets):
             data["concepts"][concept]["labels"] = repel_labels(ax, lab_xy, lab_txt, obstacles, bars)
     return fig, data
 
 
 def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:
-    lo, hi = f"{col}_ci_low", f"{col}_ci_high"
+    """Error-bar lengths below/above each mean from the <col>_ci_low/high columns (NaN: no bar)."""
+    lo, hi, mid = f"{col}_ci_low", f"{col}_ci_high", f"{col}_mean"
     if lo not in grp or hi not in grp:
         return None
-    v = grp[col].to_numpy(float)
+    v = grp[mid if mid in grp else col].to_numpy(float)
     err = np.vstack(
         [
             v - pd.to_numeric(grp[lo], errors="coerce").to_numpy(float),
@@ -260,11 +351,12 @@ def distance_plot(df: pd.DataFrame, dist: str = "final_dist_l2") -> tuple[Figure
 
 
 def dataset_size_plot(df: pd.DataFrame) -> tuple[Figure, dict] | tuple[None, dict]:
-    """Objectives against the training-set size (data.n_images), mean per size (Fig. 12)."""
+    """Objectives against the training-set size, mean per size (Fig. 12). The size is what the run used
+    (load.n_images: data.n_images=null counts the folder's images)."""
     done = completed(df)
-    if "data.n_images" not in done:
+    if "n_images" not in done:
         return None, {}
-    done = done.assign(n=pd.to_numeric(done["data.n_images"], errors="coerce")).dropna(subset=["n"])
+    done = done.assign(n=pd.to_numeric(done["n_images"], errors="coerce")).dropna(subset=["n"])
     if done["n"].nunique() < 2:
         return None, {}
     data: dict[str, dict] = {}
@@ -285,7 +377,7 @@ def dataset_size_plot(df: pd.DataFrame) -> tuple[Figure, dict] | tuple[None, dic
                     color=f"C{i}",
                     label=concept,
                 )
-            ax.set_xlabel("training images (data.n_images)")
+            ax.set_xlabel("training images used")
             ax.set_ylabel(label)
             ax.grid(alpha=0.25, lw=0.4)
             if done["concept"].nunique() > 1:
@@ -322,13 +414,14 @@ def curves_overlay(df: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Figu
     """All runs' smoothed loss and mean distance curves in one figure, coloured by family."""
     if not histories:
         return None
-    styles = family_styles(df["family"])
+    styles = family_styles(df)
     fam = dict(zip(df["run"], df["family"]))
     with matplotlib.rc_context(STYLE):
         fig = new_figure(2 * COLUMN_IN, 2.2)
         a1, a2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
         shown = set()
-        for run, h in histories.items():
+        order = family_order(df)
+        for run, h in sorted(histories.items(), key=lambda rh: order.index(fam[rh[0]])):
             colour = styles[fam[run]][0]
             lab = fam[run] if fam[run] not in shown else None
             shown.add(fam[run])

@@ -1,6 +1,7 @@
 """report.html: one self-contained file (every image base64-embedded, no network, no external script):
-the plots, a sortable table with one row per run, failed runs with their errors, each run's curves
-and sample grids."""
+first the findings (each claim of the paper the runs can test, with its verdict), then the plots, the
+configurations table, a sortable table with one row per run, failed runs with their errors, each run's
+curves and sample grids."""
 
 from __future__ import annotations
 
@@ -26,13 +27,14 @@ TABLE_COLUMNS = [
     ("status", "status"),
     ("image_similarity", "image sim."),
     ("text_similarity", "text sim."),
+    ("seed", "seed"),
     ("final_dist_l2", "L2 from init"),
-    ("final_loss", "final loss"),
+    ("loss_tail_mean", "loss (mean of last 25% of rows)"),
     ("last_step", "steps"),
     ("wall_time_s", "wall time (s)"),
-    ("inversion.lr", "lr"),
+    ("effective_lr", "effective lr"),
     ("inversion.num_vectors", "vectors"),
-    ("data.n_images", "images"),
+    ("n_images", "images"),
     ("sweep", "sweep"),
     ("error", "error"),
 ]
@@ -44,7 +46,10 @@ h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}
 th{background:#f3f3f3;cursor:pointer;user-select:none;position:sticky;top:0}
 th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
-tr.failed td{background:#fff0f0}tr.running td{background:#f4f8ff}
+tr.failed td{background:#fff0f0}tr.running td{background:#f4f8ff}tr.stale td{background:#fff8e0}
+tr.pruned td{background:#f3f3f3;color:#666}tr.interrupted td{background:#fff4e8}
+td.holds{color:#060;font-weight:bold}td.contradicted{color:#a00;font-weight:bold}td.inconclusive{color:#666}
+.findings{border:2px solid #333;padding:4px 16px 12px;margin:12px 0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grids img{height:192px;margin:2px;border:1px solid #eee}.err{color:#a00;white-space:pre-wrap}
 pre{font-size:11px;background:#f8f8f8;padding:6px;overflow-x:auto}
@@ -181,6 +186,69 @@ def _run_sections(df: pd.DataFrame, curve_pngs: dict[str, Path], out_dir: Path, 
     return "".join(parts)
 
 
+def _fmt(v, digits: int = 3) -> str:
+    return "" if _blank(v) else f"{float(v):+.{digits}f}"
+
+
+def findings_section(found: pd.DataFrame | None, untested: list[str] | None, notes: list[str] | None) -> str:
+    """The report's first section: one row per claim and objective, with effect, interval, n and verdict."""
+    if found is None or not len(found):
+        body = "<p>No claim of the paper can be tested from these runs (no completed runs to compare).</p>"
+    else:
+        counts = found["verdict"].value_counts().to_dict()
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        rows = []
+        for _, r in found.iterrows():
+            ci = "" if _blank(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+            cls = str(r["verdict"]).split(":")[0].replace(" ", "-")
+            rows.append(
+                f"<tr><td>{html.escape(str(r['claim']))}</td><td>{html.escape(str(r['source']))}</td>"
+                f"<td>{html.escape(str(r['objective']))}</td><td>{html.escape(str(r['comparison']))}</td>"
+                f'<td>{html.escape(str(r["paper"]))}</td><td class="num">{_fmt(r["effect"])}</td>'
+                f'<td class="num">{ci}</td><td class="num">{int(r["n"])}</td>'
+                f'<td class="{cls}">{html.escape(str(r["verdict"]))}</td></tr>'
+            )
+        body = (
+            f"<p>{summary}. Effects are paired differences (configuration - reference, same concept and seed) "
+            "or Spearman's rho within concept; 95% intervals; <i>paper</i> is the direction the paper reports. "
+            "A verdict needs the interval to exclude no effect; these are properties of the runs analysed "
+            "(their model, concepts, steps), not a replication of the paper.</p>"
+            '<table id="findings"><thead><tr><th>claim</th><th>source</th><th>objective</th><th>comparison</th>'
+            "<th>paper</th><th>effect</th><th>95% interval</th><th>n</th><th>verdict</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+    if untested:
+        body += f"<p>Not testable from these runs: {html.escape(', '.join(untested))}.</p>"
+    body += "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes or [])
+    return f'<div class="findings"><h2 id="findings-title">Findings</h2>{body}</div>'
+
+
+def configurations_table(configs: pd.DataFrame | None) -> str:
+    if configs is None or not len(configs):
+        return "<p>No completed runs.</p>"
+    head = (
+        "<tr><th>concept</th><th>configuration</th><th>n runs</th><th>seeds</th><th>effective lr</th>"
+        "<th>image sim. [95%]</th><th>text sim. [95%]</th><th>L2 from init</th><th>loss (tail mean)</th></tr>"
+    )
+    body = []
+    for _, r in configs.iterrows():
+        cells = [
+            html.escape(str(r["concept"])),
+            html.escape(str(r["configuration"])),
+            str(r["n"]),
+            str(r["seeds"]),
+        ]
+        cells.append("" if _blank(r.get("effective_lr")) else f"{float(r['effective_lr']):.3g}")
+        for col in ("image_similarity", "text_similarity"):
+            lo, hi = r.get(f"{col}_ci_low"), r.get(f"{col}_ci_high")
+            ci = "" if _blank(lo) else f" [{float(lo):.3f}, {float(hi):.3f}]"
+            cells.append(f"{float(r[f'{col}_mean']):.3f}{ci}")
+        for col in ("final_dist_l2_mean", "loss_tail_mean_mean"):
+            cells.append("" if _blank(r.get(col)) else f"{float(r[col]):.4g}")
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f'<table class="sortable" id="configurations"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
 def write_report(
     df: pd.DataFrame,
     plots: dict[str, Path],
@@ -188,8 +256,12 @@ def write_report(
     curve_pngs: dict[str, Path] | None = None,
     notes: list[str] | None = None,
     max_grids: int | None = None,
+    findings: pd.DataFrame | None = None,
+    untested: list[str] | None = None,
+    configs: pd.DataFrame | None = None,
 ) -> Path:
-    """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG."""
+    """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG;
+    `findings` (analysis.findings) is the first section, `configs` (stats.configurations) a table."""
     out_dir = Path(out_dir)
     counts = df["status"].value_counts().to_dict()
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
@@ -200,15 +272,19 @@ def write_report(
         for t, p in plots.items()
         if p is not None
     )
-    note_html = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes or [])
+    first = findings_section(findings, untested, notes)
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Textual-inversion sweep report</title>
 <style>{CSS}</style></head><body>
 <h1>Textual-inversion sweep report</h1>
 <p>{len(df)} runs ({summary}); concepts: {html.escape(concepts)};
 generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} from the run folders.</p>
-<ul>{sweeps}</ul>{note_html}
+{first}
+<ul>{sweeps}</ul>
 <h2>Plots</h2><div class="plots">{figs}</div>
+<h2>Configurations</h2><p>Means over each configuration's runs (seed excluded); 95% t-intervals over seeds, and
+in the "all" rows over every run after removing each concept's overall level.</p>
+<div style="overflow-x:auto">{configurations_table(configs)}</div>
 <h2>Runs</h2><p>Click a column header to sort. Similarities are raw CLIP cosines with 95% CIs.</p>
 <div style="overflow-x:auto">{runs_table(df)}</div>
 <h2>Failed runs</h2>{_failed(df)}

@@ -19,14 +19,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from analysis import StoreError, family, find_runs, load_runs, pareto_front, pareto_mask, plots
+from analysis import StoreError, find_runs, load_runs, pareto_front, pareto_mask, plots
 from analysis.labels import text_box
-from analysis.load import FAMILY_DEFAULTS, _project_defaults
+from analysis.load import configuration_values, family
 from analysis.plots import tradeoff_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (sweep, run, concept, overrides, image_sim, text_sim, final L2 distance, status)
+# (sweep, run, concept, overrides, image_sim, text_sim, final L2 distance, status); base lr 5e-3 x batch 4 x
+# accumulation 2 = the paper's effective 0.04 ("ours")
 SPECS = [
     ("sweepA", "0", "cat_toy", {}, 0.80, 0.22, 0.50, "completed"),
     ("sweepA", "1", "cat_toy", {"inversion.lr": 2e-2}, 0.84, 0.18, 0.90, "completed"),
@@ -43,6 +44,21 @@ SPECS = [
 ]
 REFS = {"cat_toy": ((0.92, 0.17), (0.55, 0.30)), "teapot": ((0.95, 0.16), (0.50, 0.31))}
 ERROR = "RuntimeError: loss became NaN at step 120 (lower inversion.lr)"
+# each SPECS row's family among the merged store (sweepB varies n_images: "n=... images")
+FAMILIES = [
+    "ours",
+    "lr 0.16",
+    "lr 0.0008",
+    "3 vectors",
+    "per-image tokens",
+    "reg 0.01",
+    "pivotal",
+    "lr 0.008",
+    "n=1 image",
+    "n=3 images",
+    "n=5 images",
+    "n=5 images",
+]
 
 
 def _nest(flat: dict) -> dict:
@@ -57,21 +73,20 @@ def _nest(flat: dict) -> dict:
 
 
 def base_config(concept: str) -> dict:
-    d = _project_defaults()
     flat = {
         "model.pretrained": ".cache/tiny-sd",
         "data.images": f"/data/concepts/{concept}",
-        "data.n_images": d["data.n_images"],
+        "data.n_images": None,
         "data.property": "object",
-        "inversion.lr": d["inversion.lr"],
+        "inversion.lr": 5e-3,
         "inversion.scale_lr": True,
         "inversion.batch_size": 4,
-        "inversion.grad_accum": 1,
-        "inversion.num_vectors": d["inversion.num_vectors"],
-        "inversion.per_image_tokens": d["inversion.per_image_tokens"],
-        "inversion.reg_weight": d["inversion.reg_weight"],
-        "inversion.progressive_every": d["inversion.progressive_every"],
-        "inversion.pivotal.enabled": d["inversion.pivotal.enabled"],
+        "inversion.grad_accum": 2,
+        "inversion.num_vectors": 1,
+        "inversion.per_image_tokens": False,
+        "inversion.reg_weight": 0.0,
+        "inversion.progressive_every": None,
+        "inversion.pivotal.enabled": False,
         "inversion.steps": 100,
         "inversion.seed": 0,
         "evaluation.num_samples": 8,
@@ -87,7 +102,16 @@ def _grid_png(path: Path, seed: int, size: int = 96) -> None:
 
 
 def write_run(
-    run_dir: Path, concept: str, overrides: dict, x, y, dist: float, status: str, seed: int
+    run_dir: Path,
+    concept: str,
+    overrides: dict,
+    x,
+    y,
+    dist: float,
+    status: str,
+    seed: int,
+    status_extra: dict | None = None,
+    loss: np.ndarray | None = None,
 ) -> dict:
     """One run folder per the contract; returns the flat config written."""
     cfg = base_config(concept) | overrides
@@ -97,7 +121,11 @@ def write_run(
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(_nest(cfg)))
     k = int(cfg["inversion.num_vectors"])
     steps = np.arange(0, 101, 10)
-    hist = {"step": steps, "loss": 0.2 + 0.1 * np.cos(steps + seed), "lr": cfg["inversion.lr"]}
+    hist = {
+        "step": steps,
+        "loss": 0.2 + 0.1 * np.cos(steps + seed) if loss is None else loss,
+        "lr": cfg["inversion.lr"],
+    }
     for i in range(k):
         hist[f"dist_l2_{i}"] = dist * steps / 100 * (1 + 0.01 * i)
         hist[f"dist_cos_{i}"] = 0.1 * steps / 100
@@ -114,7 +142,7 @@ def write_run(
         "finished_at": finished,
         "wall_time_s": None if status == "running" else 300.0 + seed,
         "trial_number": seed,
-    }
+    } | (status_extra or {})
     (run_dir / "status.json").write_text(json.dumps(st))
     if status == "completed":
         (img_ref, prm_ref) = REFS[concept]
@@ -216,22 +244,29 @@ def test_pareto_front_matches_brute_force_with_many_ties():
 # --- families and discovery -----------------------------------------------------------------------
 
 
-def test_family_names():
-    d = FAMILY_DEFAULTS
-    base = {k: v for k, v in d.items()}
-    assert family(base, d) == "ours"
-    assert family(base | {"inversion.lr": 2e-2}, d) == "lr=2e-2"
-    assert family(base | {"inversion.lr": 1e-4}, d) == "lr=1e-4"
-    assert family(base | {"inversion.num_vectors": 3}, d) == "3 vectors"
-    assert family(base | {"inversion.per_image_tokens": True}, d) == "per-image tokens"
-    assert family(base | {"inversion.reg_weight": 0.01}, d) == "reg=0.01"
-    assert family(base | {"inversion.pivotal.enabled": True}, d) == "pivotal"
-    assert family(base | {"data.n_images": 5}, d) == "n=5 images"
-    assert (
-        family(base | {"inversion.num_vectors": 3, "inversion.progressive_every": 2000}, d)
-        == "3 vectors, progressive"
-    )
-    assert family(base | {"inversion.lr": 2e-2, "data.n_images": 5}, d) == "lr=2e-2, n=5 images"
+def test_family_names_from_recorded_values():
+    def name(over: dict, varied=frozenset()) -> str:
+        from analysis.load import effective_lr, n_images
+
+        flat = base_config("cat_toy") | over
+        return family(configuration_values(flat, effective_lr(flat), n_images(flat)), varied)
+
+    assert name({}) == "ours"  # 5e-3 x 4 x 2 = 0.04
+    assert name({"inversion.lr": 0.04, "inversion.scale_lr": False}) == "ours"  # the paper's "ours"
+    assert name({"inversion.scale_lr": False}) == "lr 0.005"  # effective 5e-3 is not "ours"
+    assert name({"inversion.grad_accum": 1}) == "lr 0.02"
+    assert name({"inversion.lr": 2e-2}) == "lr 0.16"
+    assert name({"inversion.num_vectors": 3}) == "3 vectors"
+    assert name({"inversion.per_image_tokens": True}) == "per-image tokens"
+    assert name({"inversion.reg_weight": 0.01}) == "reg 0.01"
+    assert name({"inversion.pivotal.enabled": True}) == "pivotal"
+    assert name({"inversion.num_vectors": 3, "inversion.progressive_every": 2000}) == "3 vectors, progressive"
+    assert name({"data.n_images": 5}, {"n_images"}) == "n=5 images"
+    assert name({"inversion.steps": 150}, {"inversion.steps"}) == "150 steps"
+    assert name({"inversion.steps": 150}) == "ours"  # steps are named only when the runs vary them
+    assert name({"evaluation.num_samples": 4}, {"evaluation.num_samples"}) == "evaluation.num_samples=4"
+    # the recorded derived block wins over recomputing from the keys
+    assert name({"derived.effective_lr": 0.04, "inversion.lr": 1.0}) == "ours"
 
 
 def test_find_runs_skips_hydra_copies_and_nested_folders(store, tmp_path):
@@ -260,7 +295,9 @@ def test_runs_csv_matches_store(analysed):
         r = by_run[f"{store[sweep]}/{run}"]
         assert r["sweep"] == str(store[sweep])
         assert r["concept"] == concept and r["status"] == status
-        assert r["family"] == family(base_config(concept) | over)
+        assert r["family"] == FAMILIES[i]
+        cfg = base_config(concept) | over
+        assert r["effective_lr"] == pytest.approx(cfg["inversion.lr"] * 4 * 2)
         assert r["inversion.lr"] == pytest.approx((base_config(concept) | over)["inversion.lr"])
         assert r["inversion.num_vectors"] == (base_config(concept) | over)["inversion.num_vectors"]
         if status == "completed":
@@ -285,6 +322,8 @@ def test_runs_csv_matches_store(analysed):
         if status == "running":
             assert r["last_step"] == 50 and pd.isna(r["wall_time_s"])
     for name in (
+        "configurations.csv",
+        "findings.csv",
         "tradeoff.png",
         "tradeoff.svg",
         "objectives_vs_distance.png",
@@ -316,35 +355,48 @@ def test_unreadable_file_is_reported_not_fatal(store):
 # --- the plots ------------------------------------------------------------------------------------
 
 
-def test_tradeoff_plot_one_point_per_completed_run(analysed):
+def test_tradeoff_plot_configuration_means_over_light_run_points(analysed):
     _, res, out = analysed
     data = res["tradeoff"]["concepts"]
-    assert sorted(data) == ["cat_toy", "teapot"]
+    assert list(data) == ["all", "cat_toy", "teapot"]  # several concepts: "all concepts" first
     for concept, d in data.items():
-        expect = [s for s in SPECS if s[2] == concept and s[7] == "completed"]
-        assert len(d["runs"]) == len(expect)
-        assert sorted(d["x"]) == pytest.approx(sorted(s[4] for s in expect))
-        front_runs = {r for r, m in zip(d["runs"], brute_force_front(d["x"], d["y"])) if m}
-        assert set(d["front"]) == front_runs and front_runs
-        assert d["references"] == {"image_only": REFS[concept][0], "prompt_only": REFS[concept][1]}
-        # labels stay apart: no two label boxes overlap
+        expect = [(s, f) for s, f in zip(SPECS, FAMILIES) if s[7] == "completed" and concept in (s[2], "all")]
+        assert sorted(d["run_x"]) == pytest.approx(sorted(s[4] for s, _ in expect))
+        means: dict[str, list] = {}
+        for s, f in expect:
+            means.setdefault(f, []).append((s[4], s[5]))
+        assert sorted(d["configurations"]) == sorted(means)
+        for cfg, x, y in zip(d["configurations"], d["x"], d["y"]):
+            assert x == pytest.approx(np.mean([p[0] for p in means[cfg]]))
+            assert y == pytest.approx(np.mean([p[1] for p in means[cfg]]))
+        front = {c for c, m in zip(d["configurations"], brute_force_front(d["x"], d["y"])) if m}
+        assert set(d["front"]) == front and front
+        if concept != "all":
+            assert d["references"] == {"image_only": REFS[concept][0], "prompt_only": REFS[concept][1]}
         fig = d["labels"][0].figure
         boxes = [text_box(t, fig.canvas.get_renderer()) for t in d["labels"]]
         for a, b in itertools.combinations(boxes, 2):
             assert not a.overlaps(b), (a, b)
-    # the artists: the drawn error-bar markers hold exactly the completed runs' points
-    fig = data["cat_toy"]["labels"][0].figure
-    ax = fig.axes[0]
+    # the artists: error-bar markers are the configuration means, the light scatter the runs
+    teapot = data["teapot"]
+    ax = teapot["labels"][0].figure.axes[2]
     drawn = sorted((float(px), float(py)) for c in ax.containers for px, py in zip(*c.lines[0].get_data()))
-    assert drawn == sorted((s[4], s[5]) for s in SPECS if s[2] == "cat_toy" and s[7] == "completed")
+    np.testing.assert_allclose(drawn, sorted(zip(teapot["x"], teapot["y"])))
+    np.testing.assert_allclose(drawn[0], (0.79, 0.24))  # n=5 images: two seeds (0.80, 0.78) averaged
+    runs = sorted(tuple(p) for coll in ax.collections if coll.get_alpha() == 0.3 for p in coll.get_offsets())
+    np.testing.assert_allclose(runs, sorted(zip(teapot["run_x"], teapot["run_y"])))
+    # its interval is the t-interval over the two seeds
+    cfg = res["configurations"].set_index(["concept", "configuration"]).loc[("teapot", "n=5 images")]
+    half = 12.706 * np.std([0.80, 0.78], ddof=1) / np.sqrt(2)
+    assert cfg["n"] == 2 and cfg["image_similarity_ci_low"] == pytest.approx(0.79 - half, abs=1e-3)
     # legible at column width: 3.3 in per facet, legend included, one facet = one column
-    assert fig.get_size_inches()[0] == pytest.approx(2 * 3.3)
+    assert teapot["labels"][0].figure.get_size_inches()[0] == pytest.approx(3 * 3.3)
     one, _ = tradeoff_plot(res["runs"][res["runs"]["concept"] == "cat_toy"])
     plots.save(one, out, "one_facet", svg=False)
     with Image.open(out / "one_facet.png") as im:
         assert im.width <= 3.3 * 200 * 1.05, im.width
     with Image.open(out / "tradeoff.png") as im:
-        assert im.width >= 2 * 3.3 * 200 * 0.8
+        assert im.width >= 3 * 3.3 * 200 * 0.8
     assert "<svg" in (out / "tradeoff.svg").read_text()[:500]
 
 
@@ -367,6 +419,7 @@ def test_distance_and_dataset_size_plots(analysed):
     assert "ρ = -1.00" in svg or "ρ = −1.00" in svg
     means = res["dataset_size"]["text_similarity"]["teapot"]
     assert means == pytest.approx({1.0: 0.15, 3.0: 0.20, 5.0: 0.24})
+    assert "cat_toy" not in means  # its folder is not here: data.n_images=null has no known size
 
 
 def test_partial_sweep_and_bad_input(tmp_path, capsys):
@@ -424,35 +477,30 @@ def test_cli_subprocess_does_not_import_torch(store, tmp_path):
 
 def test_search_families_are_coarsened_for_the_plot(tmp_path):
     """An Optuna search gives every trial its own lr: the plot's colours fall back to coarser families."""
-    from analysis.load import plot_families
-    from analysis.plots import tradeoff_plot
+    from analysis.plots import coarse_families
 
     rng = np.random.default_rng(0)
-    d = base_config("cat_toy")
-    rows = []
     for i in range(30):
-        cfg = d | {
+        over = {
             "inversion.lr": float(10 ** rng.uniform(-4, -2)),
             "inversion.num_vectors": 1 + i % 3,
             "data.n_images": 1 + i % 5,
             "inversion.per_image_tokens": i % 2 == 0,
         }
-        rows.append(
-            cfg
-            | {
-                "family": family(cfg),
-                "run": f"s/{i}",
-                "sweep": "s",
-                "concept": "cat_toy",
-                "status": "completed",
-                "image_similarity": rng.uniform(0.6, 0.9),
-                "text_similarity": rng.uniform(0.15, 0.3),
-            }
+        write_run(
+            tmp_path / "s" / str(i),
+            "cat_toy",
+            over,
+            rng.uniform(0.6, 0.9),
+            rng.uniform(0.15, 0.3),
+            0.5,
+            "completed",
+            seed=i,
         )
-    df = pd.DataFrame(rows)
+    df = load_runs(tmp_path / "s")
     assert df["family"].nunique() == 30
-    fams = plot_families(df)
-    assert fams.nunique() <= 10
+    assert [r.rsplit("/", 1)[1] for r in df["run"]] == [str(i) for i in range(30)]  # 10 after 9
+    fams = coarse_families(df)
     assert set(fams) == {
         "1 vector",
         "2 vectors",
@@ -461,7 +509,7 @@ def test_search_families_are_coarsened_for_the_plot(tmp_path):
         "2 vectors, per-image tokens",
         "3 vectors, per-image tokens",
     }
-    assert plot_families(df.iloc[:3]).tolist() == df["family"].iloc[:3].tolist()  # few runs: full names
+    assert coarse_families(df.iloc[:3]).tolist() == df["family"].iloc[:3].tolist()  # few runs: full names
     fig, data = tradeoff_plot(df)
     assert data["coarsened"] and len(data["styles"]) == 6
     assert len(data["concepts"]["cat_toy"]["runs"]) == 30
