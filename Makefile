@@ -77,12 +77,12 @@ bench: $(STAMP)
 plot: $(STAMP)
 	$(BIN)/python -m analysis $(SWEEP) $(if $(OUT),--out $(OUT))
 
-# The embedded world (world/, README "The embedded world"): renders its data and trains, on the CPU, seeded
-# and staged (.cache/world/, resumable), the SD-format pipeline and the CLIP judge shipped in world/weights/,
+# The embedded world (sweeper/world/, README "The embedded world"): renders its data and trains, on the CPU, seeded
+# and staged (.cache/world/, resumable), the SD-format pipeline and the CLIP judge shipped in sweeper/world/weights/,
 # then prints the quality figures: 54 min on 2 cores, measured from scratch (README "The embedded world").
 # The weights are in git: `make demo` never needs this.
 world: $(STAMP)
-	$(BIN)/python -m world.train
+	$(BIN)/python -m sweeper.world.train
 
 clean:
 	rm -rf .cache outputs multirun
