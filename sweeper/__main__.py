@@ -11,20 +11,27 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from sweeper import CONF_DIR
 from sweeper.checks import ConfigError
+from sweeper.console import BadInput, quiet_libraries
 from sweeper.evaluation import EvaluationConfigError
 from sweeper.trial import run_trial
 
 HYDRA_OWN = (".hydra",)
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+# sweeper/conf is the repository's conf/ (a symlink, shipped as package data). An absolute path: a relative one
+# becomes pkg://sweeper.conf under a console script, which Hydra cannot read from a namespace package.
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> tuple[float, float]:
+    """Also the `ti-sweeper` console script."""
+    quiet_libraries()
     try:
         return run_trial(cfg)
-    except (ConfigError, EvaluationConfigError):
+    except (ConfigError, EvaluationConfigError) as err:
         _drop_hydra_only_folder(cfg)
-        raise
+        # one line on the console (Hydra's compact error path); HYDRA_FULL_ERROR=1 shows the traceback
+        raise BadInput(f"error: {err}") from err
 
 
 def _drop_hydra_only_folder(cfg: DictConfig) -> None:

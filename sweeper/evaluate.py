@@ -30,9 +30,9 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import atomic
+from sweeper import CONF_DIR, atomic
+from sweeper.console import quiet_libraries
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
 
 
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="placeholder token to register for the embedding")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
 
     source = args.source.expanduser()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import compose_config
 from PIL import Image
 
 from sweeper.world import draw
@@ -89,18 +89,24 @@ def test_shipped_concepts_are_the_drawn_ones_with_known_init_words():
         assert c["shape"] in draw.SECRET_SHAPES and c["shape"] not in draw.vocabulary()
 
 
-def test_presets_point_at_the_world_and_use_only_its_words():
-    assert OmegaConf.load(ROOT / "conf/model/toy.yaml").pretrained == "sweeper/world/weights/pipeline"
-    ev = OmegaConf.load(ROOT / "conf/evaluation/toy.yaml")
-    assert ev.judge == "sweeper/world/weights/judge" and all("{}" in p for p in ev.prompts)
+def test_presets_point_at_the_world_and_use_only_its_words(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the presets resolve inside the package, whatever the working directory
+    cfg = compose_config("model=toy", "evaluation=toy", "data=toy_arrow")
+    assert (
+        cfg.model.pretrained == str(WEIGHTS / "pipeline")
+        and (WEIGHTS / "pipeline/model_index.json").is_file()
+    )
+    ev = cfg.evaluation
+    assert ev.judge == str(WEIGHTS / "judge") and all("{}" in p for p in ev.prompts)
     assert "{}" in ev.reconstruction_prompt
     words = set(draw.vocabulary())
     for p in [*ev.prompts, ev.reconstruction_prompt]:
         assert set(p.replace("{}", "").split()) <= words, p
     for name, c in draw.CONCEPTS.items():
-        cfg = OmegaConf.load(ROOT / f"conf/data/toy_{name}.yaml")
+        cfg = compose_config(f"data=toy_{name}")
+        assert cfg.data.images == str(ROOT / "sweeper" / "world" / "concepts" / name)
         assert (
-            cfg.data.images == f"sweeper/world/concepts/{name}" and cfg.inversion.init_word == c["init_word"]
+            cfg.inversion.init_word == c["init_word"] and len(list(Path(cfg.data.images).glob("*.png"))) == 5
         )
 
 
