@@ -17,12 +17,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_concept_images
+from conftest import require_binary, under_ci, write_concept_images
 from optuna.trial import TrialState
 from sweep_app.cli import start_sweeper, tiny_overrides
 
 from sweeper.search import make_storage
 
+pytestmark = pytest.mark.system  # needs a PostgreSQL server: `make test-system` (make postgres installs it)
 N_TRIALS = 4
 
 
@@ -40,17 +41,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throw-away PostgreSQL server on 127.0.0.1 (as user `postgres` when run as root: it refuses root)."""
-    initdb, postgres = _pg_bin("initdb"), _pg_bin("postgres")
-    if not (initdb and postgres):
-        pytest.skip("no PostgreSQL server binaries (make postgres installs them)")
+    initdb = require_binary("initdb", *filter(None, [_pg_bin("initdb")]), install="make postgres")
+    postgres = require_binary("postgres", *filter(None, [_pg_bin("postgres")]), install="make postgres")
     user = None
     if os.geteuid() == 0:
         try:
             user = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip(
-                "running as root and there is no `postgres` user to run the server as (make postgres)"
-            )
+            reason = "running as root and there is no `postgres` user to run the server as (make postgres)"
+            if under_ci():
+                pytest.fail(f"CI=true: {reason}", pytrace=False)
+            pytest.skip(reason)
     data = Path(tempfile.mkdtemp(prefix="ti-pg-"))
     if user is not None:
         os.chown(data, user.pw_uid, user.pw_gid)

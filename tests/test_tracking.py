@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from conftest import wandb_files_written
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -48,6 +49,7 @@ def test_offline_run_holds_config_curves_metrics_images_and_embeddings(tmp_path)
     )
     tr.finish()
     assert not tr.active
+    wandb_files_written()
 
     run = offline_run(run_dir)
     images = list((run / "files" / "media" / "images" / "samples").glob("reconstruction_*.png"))
