@@ -5,7 +5,9 @@ Returns run_trial's (image_similarity, text_similarity): Hydra's sweepers read t
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import hydra
@@ -30,8 +32,20 @@ def main(cfg: DictConfig) -> tuple[float, float]:
         return run_trial(cfg)
     except (ConfigError, EvaluationConfigError) as err:
         _drop_hydra_only_folder(cfg)
-        # one line on the console (Hydra's compact error path); HYDRA_FULL_ERROR=1 shows the traceback
+        if _single_run() and not os.environ.get("HYDRA_FULL_ERROR"):
+            # one line and exit status 2, as ti-evaluate/ti-analyse; SystemExit passes Hydra's own reporting
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        # in a sweep the job fails and the sweeper reports it (Hydra's compact path: no traceback), or,
+        # with HYDRA_FULL_ERROR=1, Hydra shows the full traceback
         raise BadInput(f"error: {err}") from err
+
+
+def _single_run() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.RUN
 
 
 def _drop_hydra_only_folder(cfg: DictConfig) -> None:

@@ -42,7 +42,7 @@ def check_inversion_keys(inv: DictConfig) -> None:
     ]
     _require(
         not missing,
-        f"{p}.{missing[0] if missing else ''} is not set: e.g. inversion.placeholder='<my-cat>' "
+        f"{p}.{missing[0] if missing else ''} is not set: e.g. \"inversion.placeholder='<my-cat>'\" "
         "inversion.init_word=cat (a single-token coarse class word)",
     )
     _require(

@@ -123,9 +123,9 @@ CLI_CASES = [c for c in CASES if c[0] in ("missing-folder", "placeholder-in-voca
 
 
 def assert_one_short_message(stderr: str, pattern: str) -> None:
-    """The console shows the error alone: a line or two naming the key, no traceback."""
+    """The console shows the error alone: one line naming the key, no traceback."""
     assert re.search(pattern, stderr) and "Traceback" not in stderr, stderr[-2000:]
-    assert len(stderr.strip().splitlines()) <= 3 and stderr.startswith("error: "), stderr[-2000:]
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: "), stderr[-2000:]
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
