@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from sweeper import atomic
+from sweeper import CONF_DIR, atomic
 from sweeper.clip_score import VARIANTS, EvaluationConfigError, Judge, image_only_similarity, score
 from sweeper.sampling import SAMPLERS, Sampler, save_grid, slugs
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "prompts"
+PROMPTS_DIR = CONF_DIR / "evaluation" / "prompts"  # inside the package: found from a wheel too
 
 
 # Optional keys (the presets in conf/evaluation/ set them all); the rest are required.

@@ -114,18 +114,19 @@ def test_console_scripts_run_the_embedded_world_from_an_empty_folder(installed, 
         json.loads((empty / "sweep" / n / "status.json").read_text())["status"] == "completed" for n in "01"
     )
 
-    run(
-        [
-            str(installed / "ti-evaluate"),
-            "trial",
-            "--out",
-            "reeval",
-            *(o for o in BUDGET if o.startswith("evaluation.")),
-        ],
-        empty,
-        env,
-    )
-    assert json.loads((empty / "reeval" / "metrics.json").read_text())["num_samples"] == 2
+    evaluation = [o for o in BUDGET if o.startswith("evaluation.")]
+    # a prompt preset by name: read from the package's conf/evaluation/prompts/
+    reeval = [
+        str(installed / "ti-evaluate"),
+        "trial",
+        "--out",
+        "reeval",
+        *evaluation,
+        "evaluation.prompts=style",
+    ]
+    run(reeval, empty, env)
+    reevaluated = json.loads((empty / "reeval" / "metrics.json").read_text())
+    assert reevaluated["num_samples"] == 2 and len(reevaluated["per_prompt"]) >= 2
 
     out = run([str(installed / "ti-analyse"), "sweep", "--out", "analysis", "--no-wandb"], empty, env).stdout
     assert "2 runs (2 completed)" in out and (empty / "analysis" / "report.html").is_file()
