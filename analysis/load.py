@@ -77,7 +77,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def _project_defaults() -> dict[str, Any]:
     defaults = dict(FAMILY_DEFAULTS)
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    # the configs ship inside the sweeper package (in the wheel too; in the repository, a symlink to conf/)
+    conf = Path(__file__).resolve().parents[1] / "sweeper" / "conf"
     for group, name in (("inversion", "default"), ("data", "object")):
         f = conf / group / f"{name}.yaml"
         try:
