@@ -10,6 +10,7 @@ the test checks that `sweeper` is imported from the new environment, not from th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -60,11 +61,9 @@ def installed(tmp_path_factory) -> Path:
     shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*SKIP))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    run(
-        [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
-        tmp,
-        env,
-    )
+    # this environment's setuptools when it has one (Python < 3.12 venvs do), else pip's isolated build
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    run([*pip, "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp / "dist"), str(src)], tmp, env)
     (wheel,) = (tmp / "dist").glob("ti_sweeper-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
