@@ -94,11 +94,16 @@ SMOKE_EVALUATION = (
 )
 
 
+def smoke_evaluation(judge: Path | str, *extra: str) -> list[str]:
+    """The smoke configuration's evaluation overrides with `judge` (then `extra`)."""
+    return [*SMOKE_EVALUATION, f"evaluation.judge={judge}", *extra]
+
+
 def smoke_overrides(
     model: Path | str, images: Path | str, *extra: str, judge: Path | str | None = None
 ) -> list[str]:
     """The smoke configuration's overrides for `model` and `images` (and the evaluation's, given a judge)."""
-    evaluation = [*SMOKE_EVALUATION, f"evaluation.judge={judge}"] if judge is not None else []
+    evaluation = smoke_evaluation(judge) if judge is not None else []
     return [f"model.pretrained={model}", f"data.images={images}", *SMOKE_INVERSION, *evaluation, *extra]
 
 
