@@ -2,24 +2,44 @@
 # The virtual environment is .venv; torch is installed first (CPU wheel by default) so that no
 # dependency can pull a multi-GB CUDA build. On a GPU box: make install TORCH_SPEC='torch==2.13.0'
 # with your CUDA index, e.g. PIP_INDEX_URL=https://download.pytorch.org/whl/cu128.
+# Every install is constrained to requirements.lock (exact versions): a new upstream release cannot change
+# what a fresh clone installs until someone runs `make lock`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+LOCK_VENV := .cache/lock-venv
 TINY := .cache/tiny-sd
 SWEEP ?= multirun
 
-.PHONY: install demo test test-slow lint bench plot world tiny clean system-deps
+.PHONY: install lock demo test test-slow test-system lint bench plot world tiny clean system-deps
 .PHONY: postgres
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c $(LOCK) "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev]"
+	$(BIN)/pip check
 	touch $@
 
 install: $(STAMP)
+
+# Refresh the lock: resolve pyproject.toml's ranges afresh (newest releases) in a throw-away virtualenv and write
+# its exact versions to requirements.lock (the project itself excluded; torch without its +cpu/+cuXXX label).
+# Then run .ci/run and commit the lock with the result. `make lock TORCH_SPEC=torch` also moves torch.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(LOCK_VENV)/bin/pip install -q ".[dev,postgres]"
+	$(LOCK_VENV)/bin/pip check
+	{ sed -n '/^#/p' $(LOCK); $(LOCK_VENV)/bin/pip freeze --exclude-editable --exclude ti-sweeper | \
+	  sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "requirements.lock refreshed: run .ci/run, then commit it"
 
 # Small random-weight SD-format components, saved with save_pretrained and loaded back
 # through the same from_pretrained path a real model takes.
@@ -78,14 +98,21 @@ slurm:
 
 system-deps: slurm
 
-test: $(STAMP) system-deps
+# Unit and integration tests: no network, no GPU, no system service (under 8 minutes on 2 cores).
+test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not system" -q
+
+# Tests that need system services (Chromium, PostgreSQL, SLURM), installed/started first. Without a binary a
+# test skips with the reason; under CI (CI=true, as .ci/run sets) a missing binary fails it.
+test-system: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m system -q
 
 # Slow scientific checks (minutes); CI runs them after `make test`. pytest exits 5 when none are collected.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; else exit $$rc; fi
+	$(BIN)/python -m pytest -m "slow and not system" -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; else exit $$rc; fi
 
 # Speed: the project against the diffusers-example reference loop, on this machine's device
 # (CUDA: SD 1.5 shapes; CPU: small shapes). Prints a table; writes BENCHMARKS.md + benchmarks/latest.json.
@@ -103,12 +130,12 @@ bench-scale: $(STAMP) postgres
 plot: $(STAMP)
 	$(BIN)/python -m analysis $(SWEEP) $(if $(OUT),--out $(OUT))
 
-# The embedded world (world/, README "The embedded world"): renders its data and trains, on the CPU, seeded
-# and staged (.cache/world/, resumable), the SD-format pipeline and the CLIP judge shipped in world/weights/,
+# The embedded world (sweeper/world/, README "The embedded world"): renders its data and trains, on the CPU, seeded
+# and staged (.cache/world/, resumable), the SD-format pipeline and the CLIP judge shipped in sweeper/world/weights/,
 # then prints the quality figures: 54 min on 2 cores, measured from scratch (README "The embedded world").
 # The weights are in git: `make demo` never needs this.
 world: $(STAMP)
-	$(BIN)/python -m world.train
+	$(BIN)/python -m sweeper.world.train
 
 clean:
 	rm -rf .cache outputs multirun

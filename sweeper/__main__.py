@@ -6,15 +6,41 @@ is refused by the trial lifecycle (sweeper/trial.py), which also removes the fol
 
 from __future__ import annotations
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from sweeper import CONF_DIR
+from sweeper.checks import ConfigError
+from sweeper.console import BadInput, quiet_libraries
 from sweeper.trial import run_trial
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+# sweeper/conf is the repository's conf/ (a symlink, shipped as package data). An absolute path: a relative one
+# becomes pkg://sweeper.conf under a console script, which Hydra cannot read from a namespace package.
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> tuple[float, float]:
-    return run_trial(cfg)
+    """Also the `ti-sweeper` console script."""
+    quiet_libraries()
+    try:
+        return run_trial(cfg)
+    except ConfigError as err:  # evaluation.* errors included; the lifecycle removed Hydra's job folder
+        if _single_run() and not os.environ.get("HYDRA_FULL_ERROR"):
+            # one line and exit status 2, as ti-evaluate/ti-analyse; SystemExit passes Hydra's own reporting
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        # in a sweep the job fails and the sweeper reports it (Hydra's compact path: no traceback), or,
+        # with HYDRA_FULL_ERROR=1, Hydra shows the full traceback
+        raise BadInput(f"error: {err}") from err
+
+
+def _single_run() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.RUN
 
 
 if __name__ == "__main__":

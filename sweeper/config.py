@@ -31,8 +31,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from sweeper import CONF_DIR
+
 SCHEMA = "schema"  # the ConfigStore name conf/config.yaml extends
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "conf" / "evaluation" / "prompts"
+PROMPTS_DIR = CONF_DIR / "evaluation" / "prompts"  # inside the package: found from a wheel too
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # models.PRECISIONS' keys (tests/test_config.py keeps them equal)
 SAMPLERS = ("ddim", "dpmsolver++", "unipc", "euler")  # sampling.SAMPLERS
@@ -109,7 +111,9 @@ class InversionConfig:
     here batch 4 x accum 2)."""
 
     # new token(s) "<concept>", "<concept>_1", ... (must not be in the vocabulary)
-    placeholder: str = knob("<concept>", hint="e.g. inversion.placeholder='<my-cat>'")
+    placeholder: str = knob(
+        "<concept>", hint="e.g. \"inversion.placeholder='<my-cat>'\" (quoted twice in a shell: Hydra reads <)"
+    )
     init_word: str = knob(hint="a single-token coarse class word, e.g. inversion.init_word=cat")
     init_word_average: bool = False  # true: a multi-token init word is averaged instead of refused
     num_vectors: int = knob(1, ge=1, hint="k vectors for S*")

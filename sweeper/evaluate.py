@@ -31,10 +31,10 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import atomic
+from sweeper import CONF_DIR, atomic
+from sweeper.console import quiet_libraries
 from sweeper.embeddings_io import check_fits_model, load_embedding_file
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
 
 
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="placeholder token to register for the embedding")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
 
     source = args.source.expanduser()
     try:

@@ -257,9 +257,7 @@ def _apply_pivotal(pipe, folder: Path) -> str | None:
         from diffusers import UNet2DConditionModel
 
         unet = pipe.unet
-        pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=unet.dtype).to(
-            unet.device
-        )
+        pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=unet.dtype).to(unet.device)
         return "full"
     if folder.is_dir() and any(folder.glob("*.safetensors")):
         pipe.load_lora_weights(str(folder))

@@ -303,7 +303,7 @@ def load_pipeline(
     source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(str(pretrained), config)
     dtype = resolve_dtype(precision, device)
     cls = pipeline_class(source)
-    kwargs = {"torch_dtype": dtype}
+    kwargs = {"dtype": dtype}
     if not source.is_sdxl:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if source.kind == "file":

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from sweeper import atomic
 from sweeper.clip_score import require_finite
+from sweeper.console import progress_lines_only
 
 SAMPLERS = ("ddim", "dpmsolver++", "unipc", "euler")
 
@@ -130,7 +131,13 @@ class Sampler:
         """`n` images of `prompt`; sample i starts from the noise of (seed, noise_key, i)."""
         cond = self.encode(prompt)
         images: list[Image.Image] = []
-        bar = tqdm(total=n, desc=desc or prompt[:40], unit="img", leave=False, disable=not self.progress)
+        bar = tqdm(
+            total=n,
+            desc=desc or prompt[:40],
+            unit="img",
+            leave=False,
+            disable=not self.progress or progress_lines_only(),  # TQDM_DISABLE: a parallel sweep's worker
+        )
         for start in range(0, n, self.batch_size):
             idx = range(start, min(start + self.batch_size, n))
             noise = initial_noise(self.latent_shape, self.seed, noise_key, idx)

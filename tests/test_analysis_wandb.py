@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import pandas as pd
+from conftest import wandb_files_written
 from test_analysis import write_run
 
 
@@ -44,13 +44,9 @@ def test_summary_run_logged_offline_when_tracking_on(tmp_path, monkeypatch, capl
     assert sorted(r[col] for r in table["data"] if r[col] is not None and r[col] == r[col]) == [0.8, 0.85]
     images = {p.name.split("_")[0] for p in (files / "media" / "images").rglob("*.png")}
     assert {"tradeoff", "objectives"} <= images, images
-    # summary numbers and the group: W&B's service may still be flushing its log right after finish()
-    wandb_file = next(runs[0].glob("*.wandb"))
-    for _ in range(60):
-        data = wandb_file.read_bytes()
-        if b"runs_completed" in data:
-            break
-        time.sleep(0.5)
+    # summary numbers and the group: read the log once W&B has written it (finish() may return before)
+    wandb_files_written()
+    data = next(runs[0].glob("*.wandb")).read_bytes()
     assert b"runs_completed" in data and b"fig10" in data, data[:200]
     assert not [r for r in caplog.records if "W&B" in r.getMessage()], [
         r.getMessage() for r in caplog.records

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import smoke_config
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
@@ -19,17 +19,13 @@ from sweeper.tokens import active_count
 
 
 def make_cfg(model, images, *extra):
-    return compose_config(
-        f"model.pretrained={model}",
-        f"data.images={images}",
+    return smoke_config(
+        model,
+        images,
         "inversion.init_word=cat",
         "inversion.steps=6",
         "inversion.batch_size=2",
-        "inversion.grad_accum=1",
         "inversion.log_every=2",
-        "inversion.checkpoint_every=0",
-        "tracking=none",
-        "device=cpu",
         *extra,
     )
 

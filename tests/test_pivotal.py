@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import smoke_config
 from diffusers import UNet2DConditionModel
 
 from sweeper.inversion import invert
@@ -15,23 +15,19 @@ from sweeper.pivotal import pivotal_tune
 
 
 def make_cfg(model, images, mode):
-    return compose_config(
-        f"model.pretrained={model}",
-        f"data.images={images}",
+    return smoke_config(
+        model,
+        images,
         "inversion.init_word=cat",
         "inversion.steps=3",
         "inversion.batch_size=2",
-        "inversion.grad_accum=1",
         "inversion.log_every=2",
-        "inversion.checkpoint_every=0",
         "inversion.num_vectors=2",
         "inversion.pivotal.enabled=true",
         f"inversion.pivotal.mode={mode}",
         "inversion.pivotal.steps=4",
         "inversion.pivotal.lr=1e-2",
         "inversion.pivotal.lora_rank=2",
-        "tracking=none",
-        "device=cpu",
     )
 
 

@@ -9,15 +9,15 @@ import signal
 
 import optuna
 import pytest
-from conftest import write_concept_images
+from conftest import under_ci, write_concept_images
 from optuna.trial import TrialState
 from sweep_app.cli import start_sweeper, tiny_overrides
 from sweep_app.postgres_server import missing, postgres_server
 
 from sweeper.search import make_storage
 
+pytestmark = pytest.mark.system  # needs a PostgreSQL server: `make test-system` (make postgres installs it)
 N_TRIALS = 4
-pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def postgres_url():
     """A throw-away PostgreSQL server on 127.0.0.1 (tests/sweep_app/postgres_server.py)."""
     why = missing()
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL unavailable under CI: {why}")
+        if under_ci():
+            pytest.fail(f"CI=true: PostgreSQL unavailable: {why}", pytrace=False)
         pytest.skip(why)
     with postgres_server() as url:
         yield url

@@ -4,16 +4,16 @@ row per run, and the sort script works (the #sort= link orders the rows)."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_binary
 from PIL import Image
 from test_analysis import SPECS, write_store
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.system  # needs Chromium: `make test-system` (make system-deps installs it)
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -28,11 +28,10 @@ FLAGS = [
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: run `make system-deps` (apt-get install -y chromium)")
+    browser = require_binary("chromium", "/usr/bin/chromium", install="make system-deps")
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     r = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+        [browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr[-2000:]
     return r

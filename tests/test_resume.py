@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, smoke_evaluation
 from safetensors.torch import load_file
 
 from sweeper.inversion import ResumeError, invert
@@ -77,16 +77,7 @@ def test_rerun_with_other_settings_is_refused(tiny_sd, concept_images, tmp_path)
 
 
 def fast_evaluation(judge, cache):
-    return [
-        "evaluation/prompts=paper_examples",
-        f"evaluation.judge={judge}",
-        "evaluation.num_samples=2",
-        "evaluation.steps=2",
-        "evaluation.bootstrap=20",
-        "evaluation.references=false",
-        f"evaluation.cache_dir={cache}",
-        "evaluation.progress=false",
-    ]
+    return smoke_evaluation(judge, "evaluation.bootstrap=20", f"evaluation.cache_dir={cache}")
 
 
 def test_sigkill_mid_run_then_rerun_resumes(tiny_sd, tiny_judge, concept_images, tmp_path):

@@ -39,6 +39,15 @@ def sd15(tmp_path_factory):
     )
 
 
+# Weights are compared bit for bit: the single-file loader only renames, reshapes and splits tensors (no
+# arithmetic). What the two pipelines COMPUTE is compared with a tolerance: the two load paths build the modules
+# differently (layouts, fused attention projections, contiguity), so the CPU may run other kernels or another
+# summation order, and the last float bits differ between CPUs (equal on an Intel Xeon, not on an AMD EPYC).
+# fp32 carries ~1.2e-7 relative precision; a few dozen fp32 layers on values of order 1 accumulate ~1e-6.
+# 1e-5 absolute sits 10x above that and far below any real difference (a wrong weight moves outputs by ~1e-2).
+FP32_PATHS_ATOL = 1e-5
+
+
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, name: str) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys(), f"{name}: {sorted(set(sa) ^ set(sb))[:5]}"
@@ -107,7 +116,10 @@ def test_single_file_pipeline_generates_what_the_folder_does(sd15):
         ).images
         for p in (pipe, ref)
     ]
-    assert images[0].shape == (1, 3, 64, 64) and torch.equal(images[0], images[1])
+    assert images[0].shape == (1, 3, 64, 64)
+    # pixels in [0, 1] after 2 denoising steps, a VAE decode: fp32 paths agree to FP32_PATHS_ATOL (see above)
+    torch.testing.assert_close(images[0], images[1], atol=FP32_PATHS_ATOL, rtol=0)
+    assert images[0].std() > 10 * FP32_PATHS_ATOL  # not a blank image, so the tolerance is not vacuous
 
 
 def test_inversion_from_a_single_file_equals_inversion_from_the_folder(sd15, tmp_path):
@@ -131,9 +143,14 @@ def test_inversion_from_a_single_file_equals_inversion_from_the_folder(sd15, tmp
     history = (tmp_path / "file" / "history.csv").read_text().splitlines()
     header, last = history[0].split(","), history[-1].split(",")
     assert len(history) == 4 and float(last[header.index("dist_l2_0")]) > 0  # the vector moved from its init
-    assert torch.equal(a.vectors[0], b.vectors[0])  # bit-identical to training on the diffusers folder
+    # 3 AdamW steps from the same init: each moves an element by ~lr (5e-3), and Adam's normalised update
+    # carries the forward/backward's ~1e-6 relative float differences across the two load paths into the
+    # vectors at that scale, so FP32_PATHS_ATOL (1e-5) is ~500x below the distance they travelled.
+    moved = (a.vectors[0] - a.trainer.splices[0].init).abs().max()
+    assert moved > 100 * FP32_PATHS_ATOL
+    torch.testing.assert_close(a.vectors[0], b.vectors[0], atol=FP32_PATHS_ATOL, rtol=0)
     saved = load_file(str(tmp_path / "file" / "learned_embeds.safetensors"))
-    assert torch.equal(saved[a.placeholder], a.vectors[0])
+    assert torch.equal(saved[a.placeholder], a.vectors[0])  # the same tensor written and read back: exact
 
 
 def test_python_m_sweeper_runs_a_trial_from_a_single_file(sd15, tiny_judge, tmp_path):
@@ -315,4 +332,6 @@ def test_sd2_single_file_with_an_openclip_text_encoder(tmp_path):
         components=comps,
     )
     b = invert(compose_config(f"model.pretrained={folder}", *common), tmp_path / "folder", components=ref)
-    assert a.vectors[0].shape == (1, 48) and torch.equal(a.vectors[0], b.vectors[0])
+    assert a.vectors[0].shape == (1, 48)
+    # two AdamW steps through two load paths (SD 2's OpenCLIP text encoder split from fused in_proj): see above
+    torch.testing.assert_close(a.vectors[0], b.vectors[0], atol=FP32_PATHS_ATOL, rtol=0)

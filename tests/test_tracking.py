@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import compose_config, wandb_files_written
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -52,6 +52,7 @@ def test_offline_run_holds_config_curves_metrics_images_and_embeddings(tmp_path)
     )
     tr.finish()  # the run's records are on disk when finish() returns (it waits for W&B's service)
     assert not tr.active
+    wandb_files_written()
 
     run = offline_run(run_dir)
     images = list((run / "files" / "media" / "images" / "samples").glob("reconstruction_*.png"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import compose_config
+from conftest import compose_config, smoke_evaluation
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
@@ -26,16 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fast_evaluation(judge, cache):
-    return [
-        "evaluation/prompts=paper_examples",
-        f"evaluation.judge={judge}",
-        "evaluation.num_samples=2",
-        "evaluation.steps=2",
-        "evaluation.bootstrap=20",
-        "evaluation.references=false",
-        f"evaluation.cache_dir={cache}",
-        "evaluation.progress=false",
-    ]
+    return smoke_evaluation(judge, "evaluation.bootstrap=20", f"evaluation.cache_dir={cache}")
 
 
 def trial_overrides(model, images, *extra):

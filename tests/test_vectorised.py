@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_concept_images
+from conftest import wandb_files_written, write_concept_images
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -216,6 +216,7 @@ def test_run_trials_prunes_tracks_and_fails_each_trial_alone(tiny_sd, tiny_judge
     assert "TrialPruned" in status[1]["error"] and "non-finite loss" in status[2]["error"]
     assert not (dirs[1] / "metrics.json").exists() and not (dirs[2] / "metrics.json").exists()
     assert json.loads((dirs[0] / "metrics.json").read_text())["vectorised_group"] == 3
+    wandb_files_written()  # every run was finished by run_trials; read its files once W&B has written them
     for d in dirs:  # one offline W&B run per trial, named after its folder
         runs = list((d / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, (d, runs)

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config
-from omegaconf import OmegaConf
 from PIL import Image
 
-from world import draw
-from world.quality import BARS
-from world.tokenizer import FastIds, build_tokenizer
+from sweeper.world import draw
+from sweeper.world.quality import BARS
+from sweeper.world.tokenizer import FastIds, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "world" / "weights"
+WEIGHTS = ROOT / "sweeper" / "world" / "weights"
 
 
 def test_rendering_is_deterministic_and_every_shape_differs():
@@ -52,7 +51,7 @@ def test_training_data_never_holds_held_out_combos_and_generator_never_reads_sec
 
 
 def test_judge_targets_match_the_pairwise_definition():
-    from world.judge import compatible, hard_negative
+    from sweeper.world.judge import compatible, hard_negative
 
     _, specs = draw.render_dataset(300, 2, draw.held_out_combos())  # styles, sizes, companions, secret shapes
     rng = np.random.default_rng(2)
@@ -82,7 +81,7 @@ def test_tokenizer_has_one_token_per_world_word_and_fast_ids_match(judge):
 def test_shipped_concepts_are_the_drawn_ones_with_known_init_words():
     gen = build_tokenizer()
     for name, c in draw.CONCEPTS.items():
-        files = sorted((ROOT / "world" / "concepts" / name).glob("*.png"))
+        files = sorted((ROOT / "sweeper" / "world" / "concepts" / name).glob("*.png"))
         assert len(files) == 5, name
         for f, img in zip(files, draw.concept_images(name)):
             assert np.array_equal(np.array(Image.open(f).convert("RGB")), img), f
@@ -90,17 +89,25 @@ def test_shipped_concepts_are_the_drawn_ones_with_known_init_words():
         assert c["shape"] in draw.SECRET_SHAPES and c["shape"] not in draw.vocabulary()
 
 
-def test_presets_point_at_the_world_and_use_only_its_words():
-    assert OmegaConf.load(ROOT / "conf/model/toy.yaml").pretrained == "world/weights/pipeline"
-    ev = compose_config("evaluation=toy").evaluation  # the preset over the schema's defaults
-    assert ev.judge == "world/weights/judge" and all("{}" in p for p in ev.prompts)
+def test_presets_point_at_the_world_and_use_only_its_words(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the presets resolve inside the package, whatever the working directory
+    cfg = compose_config("model=toy", "evaluation=toy", "data=toy_arrow")
+    assert (
+        cfg.model.pretrained == str(WEIGHTS / "pipeline")
+        and (WEIGHTS / "pipeline/model_index.json").is_file()
+    )
+    ev = cfg.evaluation
+    assert ev.judge == str(WEIGHTS / "judge") and all("{}" in p for p in ev.prompts)
     assert "{}" in ev.reconstruction_prompt
     words = set(draw.vocabulary())
     for p in [*ev.prompts, ev.reconstruction_prompt]:
         assert set(p.replace("{}", "").split()) <= words, p
     for name, c in draw.CONCEPTS.items():
-        cfg = OmegaConf.load(ROOT / f"conf/data/toy_{name}.yaml")
-        assert cfg.data.images == f"world/concepts/{name}" and cfg.inversion.init_word == c["init_word"]
+        cfg = compose_config(f"data=toy_{name}")
+        assert cfg.data.images == str(ROOT / "sweeper" / "world" / "concepts" / name)
+        assert (
+            cfg.inversion.init_word == c["init_word"] and len(list(Path(cfg.data.images).glob("*.png"))) == 5
+        )
 
 
 # ------------------------------------------------------------------------------------ shipped weights
@@ -131,8 +138,8 @@ def test_shipped_weights_load_like_sd15_and_fit_the_budget():
 
 
 def test_shipped_judge_loads_and_its_processor_matches_training():
-    from world.judge import judge_pixels
-    from world.quality import WorldJudge
+    from sweeper.world.judge import judge_pixels
+    from sweeper.world.quality import WorldJudge
 
     judge = WorldJudge(WEIGHTS / "judge")
     rng = np.random.default_rng(0)
@@ -144,14 +151,14 @@ def test_shipped_judge_loads_and_its_processor_matches_training():
 
 @pytest.fixture(scope="module")
 def judge_acc() -> dict:
-    from world.quality import judge_accuracy
+    from sweeper.world.quality import judge_accuracy
 
     return judge_accuracy(WEIGHTS / "judge")
 
 
 @pytest.fixture(scope="module")
 def following() -> dict:
-    from world.quality import prompt_following
+    from sweeper.world.quality import prompt_following
 
     acc, images, _ = prompt_following(WEIGHTS / "pipeline", WEIGHTS / "judge")
     assert images.shape == (len(draw.held_out_combos()), 32, 32, 3)
@@ -191,14 +198,14 @@ def test_shipped_world_is_far_above_chance(judge_acc, following):
 
 
 def test_make_world_runs_every_stage_end_to_end_at_toy_sizes(tmp_path):
-    """`python -m world.train` (what `make world` runs) with a few steps per stage: every stage, the judges
+    """`python -m sweeper.world.train` (what `make world` runs) with a few steps per stage: every stage, the judges
     in their background process, resumable skipping, and weights that load through from_pretrained."""
     import json
     import os
     import subprocess
     import sys
 
-    from world.quality import WorldJudge
+    from sweeper.world.quality import WorldJudge
 
     work, out = tmp_path / "work", tmp_path / "world" / "weights"
     tiny = [
@@ -215,7 +222,7 @@ def test_make_world_runs_every_stage_end_to_end_at_toy_sizes(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "world.train",
+        "sweeper.world.train",
         "--work",
         str(work),
         "--out",

@@ -13,27 +13,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_overrides(
     model: Path, judge: Path, images: Path, steps: int = 4, tracking: str = "none"
 ) -> list[str]:
-    """A trial of a few seconds: tiny model and judge, a few steps, 2 samples per prompt."""
-    return [
-        f"model.pretrained={model}",
-        f"data.images={images}",
-        "inversion.init_word=dog",
+    """The smoke configuration (tests/conftest.py) with `steps` steps, a checkpoint every 2, and `tracking`."""
+    from conftest import smoke_overrides
+
+    return smoke_overrides(
+        model,
+        images,
         f"inversion.steps={steps}",
-        "inversion.log_every=1",
         "inversion.checkpoint_every=2",
-        "inversion.batch_size=1",
-        "inversion.grad_accum=1",
-        f"evaluation.judge={judge}",
-        "evaluation.num_samples=2",
-        "evaluation.steps=2",
-        "evaluation.batch_size=2",
-        "evaluation.bootstrap=10",
-        "evaluation.references=false",
-        "evaluation.progress=false",
-        "evaluation.grid_samples=2",
-        "evaluation/prompts=paper_examples",
         f"tracking={tracking}",
-    ]
+        judge=judge,
+    )
 
 
 def env() -> dict:

@@ -1,4 +1,4 @@
-"""Train the embedded world on a CPU, in stages whose outputs are kept: `python -m world.train`.
+"""Train the embedded world on a CPU, in stages whose outputs are kept: `python -m sweeper.world.train`.
 
     data       render the fixed training set once (uint8 images + specs)          -> WORK/data.npz
     vae        AutoencoderKL, 32 px <-> 4x16x16 latents; scaling_factor = 1/std    -> WORK/vae/
@@ -10,16 +10,16 @@
     generator2 a second cosine cycle from those weights (warm restart)           -> WORK/generator2/
     generator3 a third cycle with offset noise, so that samples can be dark      -> WORK/generator3/
                ("at night") or bright when sampling starts from pure noise; on 2 threads
-    concepts   the held-out concepts' images (5 each)                              -> world/concepts/<name>/
+    concepts   the held-out concepts' images (5 each)                              -> sweeper/world/concepts/<name>/
     assemble   StableDiffusionPipeline.save_pretrained + the judge folder          -> OUT/pipeline, OUT/judge
-    quality    judge zero-shot accuracy and prompt following (world.quality)       -> OUT/quality.json
+    quality    judge zero-shot accuracy and prompt following (sweeper.world.quality)       -> OUT/quality.json
 
 A finished stage is skipped unless named with --stage; the generator saves a checkpoint every
 --ckpt-every steps and resumes from it. Everything is seeded and each process uses one thread (the
 judge trains in a second process beside the VAE and generator, so two cores are busy): the same
 machine type gives the same weights. `rm -rf .cache/world` retrains from scratch.
 The judge never sees the generator's text encoder, so it does not share its blind spots.
-The stages' code: world/trainset.py (data, shared loop helpers), world/judge.py, world/generator.py.
+The stages' code: sweeper/world/trainset.py (data, shared loop helpers), sweeper/world/judge.py, sweeper/world/generator.py.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 from sweeper import atomic
-from world import draw
-from world.generator import build_scheduler, train_generator, train_vae
-from world.judge import save_judge, train_judge
-from world.tokenizer import build_tokenizer
-from world.trainset import load_data, log
+from sweeper.world import draw
+from sweeper.world.generator import build_scheduler, train_generator, train_vae
+from sweeper.world.judge import save_judge, train_judge
+from sweeper.world.tokenizer import build_tokenizer
+from sweeper.world.trainset import load_data, log
 
 CONFIG = dict(
     seed=0,
@@ -167,7 +167,7 @@ def main() -> None:
                 cmd = [
                     sys.executable,
                     "-m",
-                    "world.train",
+                    "sweeper.world.train",
                     "--stage",
                     "judges",
                     "--threads",
@@ -207,12 +207,12 @@ def main() -> None:
                 torch.set_num_threads(max(args.threads, cfg["gen3_threads"]))
             train_generator(args.work, cfg, args.ckpt_every, cycle=int(stage[len("generator") :] or 1))
         elif stage == "concepts":
-            # beside the weights: world/concepts for the shipped world, OUT/../concepts for any other OUT
+            # beside the weights: sweeper/world/concepts for the shipped world, OUT/../concepts for any other OUT
             write_concepts(args.out.parent / "concepts")
         elif stage == "assemble":
             assemble(args.work, args.out)
         else:
-            from world.quality import main as quality
+            from sweeper.world.quality import main as quality
 
             quality(args.out, steps=args.quality_steps)
         log(f"stage {stage} done in {time.time() - s0:.0f}s")

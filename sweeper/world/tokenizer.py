@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from sweeper.tiny import train_bpe
-from world.draw import vocabulary
+from sweeper.world.draw import vocabulary
 
 MAX_LENGTH = 77  # the SD text length: every pipeline, trainer and judge pads or truncates to this
 

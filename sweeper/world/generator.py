@@ -1,4 +1,4 @@
-"""The world's SD-format generator (world/train.py stages vae, generator, generator2, generator3): AutoencoderKL,
+"""The world's SD-format generator (sweeper/world/train.py stages vae, generator, generator2, generator3): AutoencoderKL,
 then UNet2DConditionModel + CLIPTextModel trained jointly on cached latents, with SD 1.5's scheduler config."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from sweeper import atomic
-from world import draw
-from world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
-from world.trainset import load_data, log, lr_at, set_lr, to_unit
+from sweeper.world import draw
+from sweeper.world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
+from sweeper.world.trainset import load_data, log, lr_at, set_lr, to_unit
 
 
 def build_vae():

@@ -1,4 +1,4 @@
-"""Quality figures of the shipped world: `python -m world.quality [WEIGHTS_DIR]`.
+"""Quality figures of the shipped world: `python -m sweeper.world.quality [WEIGHTS_DIR]`.
 
     judge accuracy     zero-shot, on photos of held-out attribute combinations: for each attribute the
                        judge picks, among full captions that differ only in that attribute, the one
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sweeper import atomic
-from world import draw
+from sweeper.world import draw
 
 ATTRIBUTES = {
     "colour": list(draw.COLOURS),

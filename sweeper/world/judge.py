@@ -1,4 +1,4 @@
-"""The world's CLIP judge (world/train.py stages judge, judge2): a transformers CLIPModel with its own tokenizer,
+"""The world's CLIP judge (sweeper/world/train.py stages judge, judge2): a transformers CLIPModel with its own tokenizer,
 trained apart from the generator's text encoder so that it does not share its blind spots."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from sweeper import atomic
-from world import draw
-from world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
-from world.trainset import load_data, log, lr_at, set_lr
+from sweeper.world import draw
+from sweeper.world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
+from sweeper.world.trainset import load_data, log, lr_at, set_lr
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -116,7 +116,7 @@ def train_judge(work: Path, cfg: dict, cycle: int = 1) -> None:
     Random batches rarely hold two images that differ in one attribute only, so contrastive training alone
     learns colour, texture and background and hardly looks at shapes (65% zero-shot). Cycle 2 adds, for
     each image, a cross-entropy over its caption with one attribute (shape half of the time) set to every
-    value: the task `world.quality` measures, on training images only (held-out combinations never occur).
+    value: the task `sweeper.world.quality` measures, on training images only (held-out combinations never occur).
     """
     from transformers import CLIPModel
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from sweeper import atomic
-from world import draw
+from sweeper.world import draw
 
 
 def log(msg: str) -> None:

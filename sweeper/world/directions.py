@@ -1,4 +1,4 @@
-"""Measure the paper's Fig. 10a directions on the world: `python -m world.directions [OUT_DIR]`.
+"""Measure the paper's Fig. 10a directions on the world: `python -m sweeper.world.directions [OUT_DIR]`.
 
 Real trials (sweeper.trial.run_trial) on toy_arrow with the world's evaluation preset, two seeds each;
 prints mean image/text similarity per configuration with the mean of the runs' bootstrap 95% CIs.

@@ -1,0 +1,110 @@
+"""What a person sees on the console: a trial's own progress and results, not library noise.
+
+- `quiet_libraries()` (called by every entry point): transformers, diffusers and huggingface_hub log only
+  errors and draw no "Loading weights"/"Loading pipeline components" bars. `TI_VERBOSE=1` leaves them as
+  they are (to debug a model load).
+- `ConsoleCallback` (a Hydra callback, conf/config.yaml): in a sweep whose launcher runs trials in parallel
+  worker processes (joblib), progress bars would interleave, so the workers get `TQDM_DISABLE=1` (tqdm >= 4.66
+  reads its defaults from the environment when it is imported, which a worker does after it starts) and
+  every finished trial prints one line instead, in any launcher.
+- `BadInput`: bad input surfaces as one line through Hydra's compact error path (no traceback);
+  `HYDRA_FULL_ERROR=1` shows the full traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("sweeper")
+
+# Launchers that run trials one after another in this process: their bars do not interleave.
+SEQUENTIAL_LAUNCHERS = ("BasicLauncher", "VectorisedLauncher")
+
+
+class BadInput(CompactHydraException):
+    """A configuration or input error: Hydra prints its message alone and exits non-zero."""
+
+
+def verbose() -> bool:
+    return os.environ.get("TI_VERBOSE", "").lower() in ("1", "true", "yes")
+
+
+def quiet_libraries() -> None:
+    """Library logs at error level and no library progress bars (model loading), unless TI_VERBOSE=1."""
+    if verbose():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+
+
+def progress_lines_only() -> bool:
+    """True in a worker of a parallel sweep (set by ConsoleCallback), or when TQDM_DISABLE is set."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+
+def _launcher_name(config: DictConfig) -> str:
+    target = OmegaConf.select(config, "hydra.launcher._target_", default="") or ""
+    return str(target).rsplit(".", 1)[-1]
+
+
+def trial_line(
+    number: Any, status: str, run_dir: str, values: Any = None, seconds: float | None = None
+) -> str:
+    """`[trial 3] completed in 41 s: image_similarity=0.5123 text_similarity=0.6345 (outputs/demo/3)`."""
+    name = "trial" if number is None else f"trial {number}"
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    scores = ""
+    if isinstance(values, (tuple, list)) and len(values) == 2:
+        scores = f": image_similarity={float(values[0]):.4f} text_similarity={float(values[1]):.4f}"
+    elif values is not None:
+        scores = f": {values}"
+    return f"[{name}] {status}{took}{scores} ({run_dir})"
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    Callback = object  # type: ignore[assignment,misc]
+
+
+class ConsoleCallback(Callback):
+    """Hydra callback: no interleaved bars in parallel sweeps; one line per finished trial."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Runs in the sweep's own process before the launcher starts any worker: workers inherit the env.
+        if _launcher_name(config) not in SEQUENTIAL_LAUNCHERS:
+            os.environ["TQDM_DISABLE"] = "1"
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started = time.monotonic()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        seconds = time.monotonic() - self._started if self._started is not None else None
+        multirun = str(OmegaConf.select(config, "hydra.mode", default="")) == "RunMode.MULTIRUN"
+        number = OmegaConf.select(config, "hydra.job.num", default=None) if multirun else None
+        run_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default="") or ""
+        if job_return.status == JobStatus.COMPLETED:
+            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds)
+        else:
+            err = job_return._return_value
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            line = trial_line(number, "failed", run_dir, first, seconds)
+        print(line, file=sys.stderr if job_return.status != JobStatus.COMPLETED else sys.stdout, flush=True)
