@@ -18,7 +18,7 @@ from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
 from analysis.stats import configurations
-from sweeper.atomic import write_text
+from sweeper.store.atomic import write_text
 
 log = logging.getLogger(__name__)
 

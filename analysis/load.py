@@ -33,7 +33,7 @@ PAPER_OURS: dict[str, Any] = {
     "inversion.reg_weight": 0.0,
     "inversion.pivotal.enabled": False,
 }
-# Image files a concept folder's size counts (sweeper/data.py reads these; not imported: it pulls in torch).
+# Image files a concept folder's size counts (sweeper/data/images.py reads these; not imported: it pulls in torch).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 FIRST_COLUMNS = [
@@ -276,7 +276,7 @@ def natural_key(text: Any) -> list:
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
     """Every run folder under `sweep_dir`, sorted: a folder with its own config.yaml, or (a run recorded by
-    something else than sweeper.record) with status.json or metrics.json; its config is then Hydra's
+    something else than sweeper.store.record) with status.json or metrics.json; its config is then Hydra's
     .hydra/config.yaml."""
     root = Path(sweep_dir)
     if not root.is_dir():

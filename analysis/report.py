@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper.atomic import write_text
+from sweeper.store.atomic import write_text
 
 THUMB_PX = 384  # sample grids are downscaled: a 64-sample 512 px grid is ~20 MB as a PNG
 

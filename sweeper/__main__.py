@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sweeper import CONF_DIR
-from sweeper.checks import ConfigError
+from sweeper.config.checks import ConfigError
 from sweeper.console import BadInput, quiet_libraries
 from sweeper.trial import run_trial
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import TrackingConfig
+from sweeper.config.schema import TrackingConfig
 
 log = logging.getLogger(__name__)
 

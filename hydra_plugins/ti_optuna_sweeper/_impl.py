@@ -52,8 +52,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from sweeper import search
-from sweeper.atomic import write_text
 from sweeper.interrupt import TrialInterrupted, interruptible
+from sweeper.store.atomic import write_text
 
 log = logging.getLogger(__name__)
 # Heartbeats are Optuna's own mechanism; they are just driven from this ask-and-tell loop.

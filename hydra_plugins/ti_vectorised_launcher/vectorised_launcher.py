@@ -25,7 +25,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweeper.search import TRIAL_ENV, report_hook
-from sweeper.vectorised import group_compatible
+from sweeper.training.vectorised import group_compatible
 
 log = logging.getLogger(__name__)
 

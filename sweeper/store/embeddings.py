@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from sweeper import atomic
 from sweeper.models import resolve_model, single_file_shapes
+from sweeper.store import atomic
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 DIFFUSERS_FILE_2 = "learned_embeds_2.safetensors"

@@ -37,7 +37,7 @@ CONFIGS = {  # effective lr = lr x batch 4 (scale_lr)
 def main(out: Path, configs: dict = CONFIGS, seeds: tuple = (0, 1)) -> dict:
     import torch
 
-    from sweeper.evaluate import compose
+    from sweeper.config.compose import compose
     from sweeper.trial import run_trial
 
     torch.set_num_threads(1)

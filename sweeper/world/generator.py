@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sweeper import atomic
+from sweeper.store import atomic
 from sweeper.world import draw
 from sweeper.world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
 from sweeper.world.trainset import load_data, log, lr_at, set_lr, to_unit

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from sweeper import atomic
+from sweeper.store import atomic
 from sweeper.world import draw
 from sweeper.world.generator import build_scheduler, train_generator, train_vae
 from sweeper.world.judge import save_judge, train_judge
