@@ -25,6 +25,8 @@ from analysis.pareto import pareto_front  # noqa: E402
 from analysis.stats import configurations  # noqa: E402
 from sweeper.store.atomic import save_figure  # noqa: E402
 
+# Lazy imports: matplotlib's colour helpers are imported where used: `python -m analysis --help` stays fast.
+
 STYLE = {
     "font.size": 7,
     "axes.titlesize": 7,

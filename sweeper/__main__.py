@@ -10,6 +10,8 @@ import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sweeper import CONF_DIR
@@ -37,9 +39,6 @@ def main(cfg: DictConfig) -> tuple[float, float]:
 
 
 def _single_run() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.get().mode == RunMode.RUN
 
 

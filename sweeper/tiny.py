@@ -13,7 +13,11 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
+
+# Lazy imports: transformers and diffusers are imported where the components are built (import time).
 
 # Words that become single tokens; anything else still tokenizes (into characters).
 WORDS = """
@@ -221,8 +225,6 @@ def build_demo_images(out: str | Path, *, n: int = 5, size: int = 64, seed: int 
 
     Each view moves, scales and recolours the background slightly, as photos of one object would.
     """
-    import numpy as np
-    from PIL import Image, ImageDraw
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

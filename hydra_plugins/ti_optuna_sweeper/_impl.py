@@ -51,6 +51,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+# Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
+# than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import search
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text

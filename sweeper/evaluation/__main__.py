@@ -29,11 +29,15 @@ import time
 from pathlib import Path
 
 import yaml
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import CONF_DIR
 from sweeper.config.compose import compose
 from sweeper.console import quiet_libraries
+from sweeper.data.images import check_images, list_images, select_images
+from sweeper.evaluation.protocol import evaluate_embedding
 from sweeper.store import atomic
 from sweeper.store.embeddings import check_fits_model, load_embedding_file
 
@@ -66,6 +70,8 @@ def load_config(source: Path, overrides: list[str]) -> DictConfig:
             f"{source}: a folder without config.yaml; give a run folder or an embedding file"
         )
     cfg = OmegaConf.load(run_config)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{run_config}: not a mapping of config keys; give a run folder written by a trial")
     OmegaConf.set_struct(cfg, False)
     if "evaluation" not in cfg:
         cfg.evaluation = composed.evaluation
@@ -76,8 +82,6 @@ def load_config(source: Path, overrides: list[str]) -> DictConfig:
 
 
 def training_images(cfg: DictConfig) -> list:
-    from sweeper.data.images import check_images, list_images, select_images
-
     if OmegaConf.is_missing(cfg.data, "images"):
         raise ValueError(
             "data.images is required to evaluate a file: pass data.images=FOLDER (the concept images)"
@@ -90,8 +94,6 @@ def training_images(cfg: DictConfig) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweeper.evaluation.protocol import evaluate_embedding
-
     parser = argparse.ArgumentParser(
         prog="python -m sweeper.evaluation",
         description=__doc__,
@@ -132,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.in_place:
             atomic.write_text(Path(out) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=False))
     except Exception as err:  # every failure ends as one readable line and a non-zero status
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
         known = type(err).__module__.startswith("sweeper") or isinstance(
             err, (OSError, ValueError, HydraException, OmegaConfBaseException)
         )

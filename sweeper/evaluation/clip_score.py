@@ -15,6 +15,8 @@ from scipy.stats import t as student_t
 
 from sweeper.config.schema import EvaluationConfigError
 
+# Lazy imports: transformers is imported where the judge is built: CLI start-up and config refusals stay fast.
+
 VARIANTS = ("mean_embedding", "per_image")
 
 

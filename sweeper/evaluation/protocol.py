@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from sweeper.config.schema import EvaluationConfigError, evaluation_settings
+from sweeper.data.images import load_image
 from sweeper.evaluation.clip_score import (
     VARIANTS,
     Judge,
@@ -35,7 +37,9 @@ from sweeper.evaluation.clip_score import (
     score,
 )
 from sweeper.evaluation.sampling import Sampler, save_grid, slugs
+from sweeper.models import load_pipeline, resolve_device
 from sweeper.store import atomic
+from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
 
 
 def concept_removed(template: str) -> str:
@@ -118,8 +122,6 @@ def evaluate_pipeline(
     device: str | torch.device = "cpu",
 ) -> dict:
     """Sample, judge and score an embedding already loaded into `pipe` as `placeholder`; write metrics.json."""
-    from sweeper.data.images import load_image
-
     t0 = time.time()
     ev = evaluation_settings(ev)  # the schema's types, ranges and defaults; prompts resolved
     out_dir = Path(out_dir)
@@ -151,7 +153,6 @@ def evaluate_pipeline(
         )
     }
     protocol["resolution"] = sampler.resolution
-    from PIL import Image
 
     def to_pil(path: Path) -> Image.Image:  # the training images as the trainer saw them (crop, resize)
         pixels = ((load_image(Path(path), sampler.resolution) + 1) * 127.5).round().clamp(0, 255)
@@ -218,9 +219,6 @@ def evaluate_embedding(
     extra: dict | None = None,
 ) -> dict:
     """Load the model and an embedding file (or run folder) safely, then evaluate_pipeline."""
-    from sweeper.models import load_pipeline, resolve_device
-    from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
-
     ev = evaluation_settings(cfg.evaluation)
     loaded = load_embedding_file(embedding)  # refuses pickles carrying code, before any model work
     if not training_images:

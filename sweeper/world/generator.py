@@ -16,6 +16,8 @@ from sweeper.world import draw
 from sweeper.world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
 from sweeper.world.trainset import load_data, log, lr_at, set_lr, to_unit
 
+# Lazy imports: diffusers and transformers are imported where the components are built (import time of the world).
+
 
 def build_vae():
     from diffusers import AutoencoderKL
