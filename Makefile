@@ -44,7 +44,7 @@ lock:
 # Small random-weight SD-format components, saved with save_pretrained and loaded back
 # through the same from_pretrained path a real model takes.
 $(TINY)/model_index.json: | $(STAMP)
-	$(BIN)/python -m sweeper.tiny $(TINY)
+	$(BIN)/python tests/tiny_components.py $(TINY)
 
 tiny: $(TINY)/model_index.json
 

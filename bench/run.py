@@ -197,10 +197,10 @@ def bench_techniques(args, ctx) -> dict:
 
 def bench_sampling(args, ctx) -> dict:
     from diffusers import StableDiffusionPipeline
+    from tiny_components import build_tiny_clip
 
     from bench import sampling_techniques
     from sweeper.evaluation.protocol import evaluate_pipeline
-    from sweeper.tiny import build_tiny_clip
 
     comps = ctx["comps_sample"]
     side = own_text_side(comps)

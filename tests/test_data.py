@@ -403,7 +403,7 @@ def test_hflip():
 
 
 def test_demo_images_are_valid_concept_images(tmp_path):
-    from sweeper.tiny import build_demo_images
+    from tiny_components import build_demo_images
 
     paths = list_images(build_demo_images(tmp_path / "demo", n=5, size=48))
     assert len(paths) == 5

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sweeper.tiny import train_bpe
+from sweeper.world.bpe import train_bpe
 from sweeper.world.draw import vocabulary
 
 # Lazy imports: transformers is imported where the tokenizer is built (import time of the world).
