@@ -44,7 +44,7 @@ lock:
 # Small random-weight SD-format components, saved with save_pretrained and loaded back
 # through the same from_pretrained path a real model takes.
 $(TINY)/model_index.json: | $(STAMP)
-	$(BIN)/python -m sweeper.tiny $(TINY)
+	$(BIN)/python tests/tiny_components.py $(TINY)
 
 tiny: $(TINY)/model_index.json
 
@@ -130,9 +130,9 @@ bench-scale: $(STAMP) postgres
 plot: $(STAMP)
 	$(BIN)/python -m analysis $(SWEEP) $(if $(OUT),--out $(OUT))
 
-# The embedded world (sweeper/world/, README "The embedded world"): renders its data and trains, on the CPU, seeded
+# The embedded world (sweeper/world/, its notes in sweeper/world/README.md): renders its data and trains, on the CPU, seeded
 # and staged (.cache/world/, resumable), the SD-format pipeline and the CLIP judge shipped in sweeper/world/weights/,
-# then prints the quality figures: 54 min on 2 cores, measured from scratch (README "The embedded world").
+# then prints the quality figures: 54 min on 2 cores, measured from scratch (sweeper/world/README.md).
 # The weights are in git: `make demo` never needs this.
 world: $(STAMP)
 	$(BIN)/python -m sweeper.world.train

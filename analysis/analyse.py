@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from analysis import plots
 from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
 from analysis.stats import configurations
-from sweeper.atomic import write_text
+from sweeper.store.atomic import write_text
+from sweeper.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +139,6 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     The summary run is named after `out` and grouped with the sweep's trials (tracking.group, else the
     sweep folder's name, as the trials are). Tracking off in the sweep: nothing is logged unless `force`
     (then offline). Returns whether a W&B run was written."""
-    from omegaconf import OmegaConf
-
-    from sweeper.tracking import Tracker
-
     cfg = OmegaConf.load(Path(df["run_dir"].iloc[0]) / "config.yaml")
     OmegaConf.set_struct(cfg, False)
     t = OmegaConf.select(cfg, "tracking", default=None)

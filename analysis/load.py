@@ -33,7 +33,7 @@ PAPER_OURS: dict[str, Any] = {
     "inversion.reg_weight": 0.0,
     "inversion.pivotal.enabled": False,
 }
-# Image files a concept folder's size counts (sweeper/data.py reads these; not imported: it pulls in torch).
+# Image files a concept folder's size counts (sweeper/data/images.py reads these; not imported: it pulls in torch).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 FIRST_COLUMNS = [
@@ -276,7 +276,7 @@ def natural_key(text: Any) -> list:
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
     """Every run folder under `sweep_dir`, sorted: a folder with its own config.yaml, or (a run recorded by
-    something else than sweeper.record) with status.json or metrics.json; its config is then Hydra's
+    something else than sweeper.store.record) with status.json or metrics.json; its config is then Hydra's
     .hydra/config.yaml."""
     root = Path(sweep_dir)
     if not root.is_dir():
@@ -284,15 +284,14 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
             f"sweep folder {root} does not exist or is not a folder: pass the folder Hydra "
             f"wrote (hydra.sweep.dir, e.g. multirun/<date>/<time>) or a single run folder"
         )
-    found = set()
+    cand: set[Path] = set()  # every folder holding a run file
     for name in ("config.yaml", "status.json", "metrics.json"):
         for f in root.rglob(name):
             rel = f.parent.relative_to(root).parts
             if not any(p.startswith(".") or p in _SKIP_DIRS for p in rel):
-                found.add(f.parent)
-    found, cand = sorted(found), found
+                cand.add(f.parent)
     runs = []
-    for d in found:
+    for d in sorted(cand):
         # a folder with config.yaml above other runs and no status is a sweep-level config, not a run;
         # anything below a folder with status.json belongs to that run.
         if not (d / "status.json").exists() and any(o != d and d in o.parents for o in cand):

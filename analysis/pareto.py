@@ -16,7 +16,7 @@ def pareto_mask(x, y) -> np.ndarray:
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D of the same length, got {x.shape} and {y.shape}")
     ok = np.isfinite(x) & np.isfinite(y)
-    mask = np.zeros(len(x), dtype=bool)
+    mask: np.ndarray = np.zeros(len(x), dtype=bool)
     idx = np.flatnonzero(ok)
     if not len(idx):
         return mask

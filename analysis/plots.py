@@ -23,7 +23,9 @@ from analysis.labels import repel_labels  # noqa: E402
 from analysis.load import completed, family, natural_key  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from analysis.stats import configurations  # noqa: E402
-from sweeper.atomic import save_figure  # noqa: E402
+from sweeper.store.atomic import save_figure  # noqa: E402
+
+# Lazy imports: matplotlib's colour helpers are imported where used: `python -m analysis --help` stays fast.
 
 STYLE = {
     "font.size": 7,

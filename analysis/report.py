@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
-from sweeper.atomic import write_text
+from sweeper.store.atomic import write_text
 
 THUMB_PX = 384  # sample grids are downscaled: a 64-sample 512 px grid is ~20 MB as a PNG
 
@@ -90,8 +91,6 @@ def data_uri(path: Path, max_px: int | None = None) -> str:
     if path.suffix == ".svg":
         return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode()
     if max_px:
-        from PIL import Image
-
         with Image.open(path) as im:
             if im.width > max_px:
                 im = im.convert("RGB")

@@ -9,7 +9,7 @@ import torch
 
 from bench import harness
 from bench.run import PAPER_TRIAL
-from sweeper import atomic
+from sweeper.store import atomic
 
 
 def _f(x, fmt=".3g") -> str:
@@ -260,7 +260,7 @@ NOTES = """## Notes
   flipped with PIL in the training process every step (the example's default --dataloader_num_workers=0; the
   bench's images are stored at the training resolution, the cheapest case for it), VAE encode every step, fp32,
   AdamW over the whole embedding matrix with rows restored, prompt tokenised per example.
-- Trainer = sweeper.inversion.Trainer, built on the same components so the comparison times steps, not loading.
+- Trainer = sweeper.training.inversion.Trainer, built on the same components so the comparison times steps, not loading.
 - Techniques (bench/techniques.py), each switched on alone over an in-memory-pixels reference:
   - kept in the project's trainer: cached latents; only the placeholder rows as parameters ("sparse_rows");
     autocast in the configured precision (bf16 on GPUs; fp32 on CPUs, where bf16 autocast measures slower);
@@ -271,13 +271,13 @@ NOTES = """## Notes
     to a third of its largest entry against eager and float64, while aot_eager is exact), so the CPU
     "technique: compile" row, when asked for, times a computation the trainer does not use.
   - measured, left to the owners: channels_last (also timed on the real trainer as a candidate row).
-  - sampling (sweeper/sampling.py; bench/sampling_techniques.py times each switched off alone, the "sampling:"
+  - sampling (sweeper/evaluation/sampling.py; bench/sampling_techniques.py times each switched off alone, the "sampling:"
     rows, at evaluation=fast's steps and batch with DDIM): guidance as one [uncond; cond] batch, the
     unconditional and each prompt's embedding computed once per prompt, not per batch ("text encoder only
     where tokens changed"), batches of 16; diffusers' own `pipe()` is timed beside them. "max pixel diff" is
     the largest difference from our samples (0-255): switching a technique off changes the speed only.
     In training every prompt carries the learned token, so the text encoder must run every step.
-- Vectorised = sweeper.inversion.TrainerGroup: N trials share one UNet call per step; each trial's
+- Vectorised = sweeper.training.inversion.TrainerGroup: N trials share one UNet call per step; each trial's
   result equals running it alone (tests/test_vectorised.py). Trials/hour count training only.
 - SDXL memory runs first, alone on the device. On a CPU it runs cut-down SDXL shapes (sdxl-mini) to exercise
   the path; the 24 GB claim needs CUDA and the full shapes.

@@ -1,11 +1,11 @@
 """`make bench` = `python -m bench`: the project against the reference, on one device, in one run.
 
 Sections (each a function returning rows for the table and figures for latest.json):
-  trainer     reference loop (bench/reference.py) vs sweeper.inversion.Trainer, same components
+  trainer     reference loop (bench/reference.py) vs sweeper.training.inversion.Trainer, same components
   techniques  each technique alone over the reference (bench/techniques.py)
   sampling    evaluation=paper vs evaluation=fast on one learned embedding: time ratio, metric difference;
               each sampling technique switched off alone (bench/sampling_techniques.py)
-  vectorised  N trials in one batched trainer (sweeper.inversion.TrainerGroup) vs the same N trials one by one
+  vectorised  N trials in one batched trainer (sweeper.training.inversion.TrainerGroup) vs the same N trials one by one
 Defaults: CUDA -> SD 1.5 shapes, bf16, the real protocol sizes; CPU -> the `mini` shapes, fp32, and
 the evaluation protocol cut to 16/8 samples per prompt (see bench/shapes.py).
 """
@@ -74,7 +74,7 @@ def trainer_cfg(args, images: Path, extra: list[str] = ()):
 # ------------------------------------------------------------------------------------------ sections
 def bench_trainer(args, ctx) -> dict:
     from bench.reference import ReferenceLoop
-    from sweeper.inversion import Trainer
+    from sweeper.training.inversion import Trainer
 
     ref = ReferenceLoop(ctx["comps_fp32"], ctx["paths"], batch_size=args.batch)  # decodes files every step
     trainer = Trainer(trainer_cfg(args, ctx["images"]), own_text_side(ctx["comps"]), ctx["paths"])
@@ -169,7 +169,7 @@ def bench_trainer(args, ctx) -> dict:
 
 def bench_techniques(args, ctx) -> dict:
     from bench.techniques import Variant
-    from sweeper.data import load_image
+    from sweeper.data.images import load_image
 
     pixels = torch.stack([load_image(p, ctx["res"]) for p in ctx["paths"]])
     names = [
@@ -197,10 +197,10 @@ def bench_techniques(args, ctx) -> dict:
 
 def bench_sampling(args, ctx) -> dict:
     from diffusers import StableDiffusionPipeline
+    from tiny_components import build_tiny_clip
 
     from bench import sampling_techniques
-    from sweeper.evaluation import evaluate_pipeline
-    from sweeper.tiny import build_tiny_clip
+    from sweeper.evaluation.protocol import evaluate_pipeline
 
     comps = ctx["comps_sample"]
     side = own_text_side(comps)
@@ -276,7 +276,7 @@ def bench_sampling(args, ctx) -> dict:
 
 
 def bench_vectorised(args, ctx) -> dict:
-    from sweeper.inversion import Trainer, TrainerGroup
+    from sweeper.training.inversion import Trainer, TrainerGroup
 
     n = args.trials
     cfgs = [
@@ -310,7 +310,7 @@ def bench_vectorised(args, ctx) -> dict:
 def bench_sdxl_memory(args, ctx) -> dict:
     """Peak memory of an SDXL trial step at 1024 px, batch 1 (CPU: the cut-down sdxl-mini shapes)."""
     from bench.shapes import SDXL, build_sdxl_components
-    from sweeper.inversion import Trainer
+    from sweeper.training.inversion import Trainer
 
     cuda = args.device.type == "cuda"
     size = "sdxl" if cuda else "sdxl-mini"

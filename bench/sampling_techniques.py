@@ -1,7 +1,7 @@
 """The evaluation's sampling techniques, each switched off alone, so their worth is measured, not read off the code.
 
 Every case draws the same `n` images of one prompt (same scheduler, steps, guidance and initial noise):
-  ours                 sweeper.sampling.Sampler: guidance as one [uncond; cond] UNet batch, the unconditional
+  ours                 sweeper.evaluation.sampling.Sampler: guidance as one [uncond; cond] UNet batch, the unconditional
                        and the prompt's embedding computed once, batches of `batch`
   small batches        the same at batch 4 (the paper's code samples 4 at a time)
   guidance two passes  unconditional and conditional UNet calls one after the other
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bench import harness
-from sweeper.sampling import Conditioning, Sampler, initial_noise
+from sweeper.evaluation.sampling import Conditioning, Sampler, initial_noise
 
 
 class TwoPassGuidance(Sampler):

@@ -305,7 +305,7 @@ def markdown(sim: list[dict], pg: list[dict], meta: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    from sweeper.atomic import write_text
+    from sweeper.store.atomic import write_text
 
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if BEGIN in text and END in text:
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
-    from sweeper.atomic import write_text
+    from sweeper.store.atomic import write_text
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.json, json.dumps({"meta": meta, "simulation": sim, "postgres": pg}, indent=2))

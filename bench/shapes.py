@@ -6,9 +6,9 @@ Two profiles:
   mini  the same architecture scaled down in width (UNet 32/64/128/128, 4-level VAE, 128 px, 16x16
         latent) so a CPU run finishes in minutes while the VAE/UNet/text-encoder cost ratios stay
         SD-like (the VAE is what cached latents save, so a toy VAE would flatter nobody).
-  tiny  sweeper/tiny.py's shapes (for tests).
+  tiny  tests/tiny_components.py's shapes (for tests).
 
-The tokenizer is tiny.py's small BPE, padded with filler entries to CLIP's 49408-token vocabulary so
+The tokenizer is tests/tiny_components.py's small BPE, padded with filler entries to CLIP's 49408-token vocabulary so
 the reference loop's AdamW over the whole embedding matrix costs what it costs on a real model.
 """
 
@@ -51,10 +51,11 @@ PROFILES = {
 
 
 def padded_tokenizer(vocab_size: int):
-    """tiny.py's BPE tokenizer with filler tokens appended so that len(tokenizer) == vocab_size."""
+    """tests/tiny_components.py's BPE tokenizer with filler tokens appended so that len(tokenizer) == vocab_size."""
+    from tiny_components import WORDS
     from transformers import CLIPTokenizer
 
-    from sweeper.tiny import SPECIAL, WORDS, train_bpe
+    from sweeper.world.bpe import SPECIAL, train_bpe
 
     vocab, merges = train_bpe(WORDS)
     for tok in SPECIAL:  # specials go last, as in CLIP
@@ -74,9 +75,9 @@ def build_components(
 ) -> Components:
     """Frozen random components shaped like `profile`, as sweeper.models.load_components returns them."""
     from diffusers import PNDMScheduler
+    from tiny_components import build_tokenizer
 
     from sweeper.models import resolve_dtype
-    from sweeper.tiny import build_tokenizer
 
     p = PROFILES[profile] if isinstance(profile, str) else profile
     dtype = resolve_dtype(precision)

@@ -10,10 +10,12 @@ import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sweeper import CONF_DIR
-from sweeper.checks import ConfigError
+from sweeper.config.checks import ConfigError
 from sweeper.console import BadInput, quiet_libraries
 from sweeper.trial import run_trial
 
@@ -37,9 +39,6 @@ def main(cfg: DictConfig) -> tuple[float, float]:
 
 
 def _single_run() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.get().mode == RunMode.RUN
 
 

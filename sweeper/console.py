@@ -19,8 +19,11 @@ import sys
 import time
 from typing import Any
 
+from hydra.core.utils import JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
+
+# Lazy imports: diffusers'/transformers' loggers are imported only when quietened (at model load), not at CLI start-up.
 
 log = logging.getLogger("sweeper")
 
@@ -95,8 +98,6 @@ class ConsoleCallback(Callback):
         self._started = time.monotonic()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
         seconds = time.monotonic() - self._started if self._started is not None else None
         multirun = str(OmegaConf.select(config, "hydra.mode", default="")) == "RunMode.MULTIRUN"
         number = OmegaConf.select(config, "hydra.job.num", default=None) if multirun else None

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+# Lazy imports: huggingface_hub, safetensors, diffusers and transformers are imported where used: resolving a model
+# (checks before any model work) must not pay for diffusers' import.
+
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -27,6 +27,7 @@ sequence, and records the seed and what it was derived from in each trial it ask
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import random
@@ -37,6 +38,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+# Lazy imports: optuna is imported where used: Hydra's plugin scan imports this module on every command, and a
+# run without a search never needs optuna.
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +141,6 @@ def _postgres_driver(url: str) -> str:
     """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (the `postgres` extra) when that is what is installed."""
     if not url.startswith("postgresql://"):
         return url
-    import importlib.util
 
     if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
         return "postgresql+psycopg2://" + url[len("postgresql://") :]
@@ -282,8 +288,6 @@ def report_hook(
     if number is None:
         return None
     import optuna
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
 
     hc = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
     sweeper, sweep_dir = hc.sweeper, str(hc.sweep.dir)

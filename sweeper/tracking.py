@@ -33,9 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import TrackingConfig
+from sweeper.config.schema import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,6 @@ def _safe(method: Callable) -> Callable:
 def default_group(cfg: DictConfig | None = None) -> str | None:
     """The study name in an Optuna search, the sweep folder's name in any other multirun, else None."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
     except Exception:  # noqa: BLE001 - not inside a Hydra job
         return None

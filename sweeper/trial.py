@@ -6,7 +6,7 @@
                                         (hydra/launcher=vectorised: N compatible trials in one process)
 
 Per trial: checks -> status.json "running" + config.yaml -> W&B tracker -> inversion (the group's one
-training loop, sweeper.inversion.train) -> pivotal tuning (groups of one) -> evaluation -> status.json on
+training loop, sweeper.training.inversion.train) -> pivotal tuning (groups of one) -> evaluation -> status.json on
 ANY exit: "completed" | "failed" (error and traceback) | "pruned" (optuna.TrialPruned) | "interrupted"
 (SIGTERM/SIGUSR1 inside `interruptible()`, or Ctrl-C: the loop checkpointed first; the exception then
 propagates and a rerun of the folder resumes from that checkpoint).
@@ -42,13 +42,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import record, tokens
-from sweeper.checks import ConfigError, check_config
-from sweeper.config import evaluation_settings, resolve_prompts
-from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
-from sweeper.evaluation import _apply_pivotal, evaluate_pipeline
+from sweeper.config.checks import ConfigError, check_config
+from sweeper.config.schema import evaluation_settings, resolve_prompts
+from sweeper.evaluation.protocol import _apply_pivotal, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
-from sweeper.inversion import InversionResult, Trainer, train
 from sweeper.models import (
     Components,
     load_pipeline,
@@ -56,9 +53,13 @@ from sweeper.models import (
     resolve_device,
     resolve_dtype,
 )
-from sweeper.pivotal import pivotal_tune
 from sweeper.search import current_trial_number, report_hook
+from sweeper.store import record
+from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
 from sweeper.tracking import Tracker
+from sweeper.training import tokens
+from sweeper.training.inversion import InversionResult, Trainer, train
+from sweeper.training.pivotal import pivotal_tune
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def run_trial(
 
 
 def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
-    """Run N >= 1 compatible trials (sweeper.vectorised.group_compatible) as one group; see the module doc.
+    """Run N >= 1 compatible trials (sweeper.training.vectorised.group_compatible) as one group; see the module doc.
 
     A refusal, a non-finite loss, a pruner or a failing evaluation ends only its own trial; a failure of
     the group's shared work (loading the model) fails every trial of the group. An interruption marks

@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     """An SD 1.x-shaped pipeline folder (32 px images, one text encoder)."""
-    from sweeper.tiny import build_tiny_sd
+    from tiny_components import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
 
@@ -28,7 +28,7 @@ def tiny_sd(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
     """An SDXL-shaped pipeline folder (two text encoders)."""
-    from sweeper.tiny import build_tiny_sd
+    from tiny_components import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sdxl", sdxl=True)
 
@@ -36,7 +36,7 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_judge(tmp_path_factory) -> Path:
     """A small transformers CLIPModel folder used as the evaluation judge."""
-    from sweeper.tiny import build_tiny_clip
+    from tiny_components import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-judge")
 

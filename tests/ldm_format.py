@@ -230,8 +230,7 @@ def build_sd15_shaped(out: str | Path, seed: int = 0, sd2: bool = False) -> Path
     ratios 1:2:4:4 (so the same skip connections exist), SD's VAE; 64 px images. `sd2`: SD 2.x's variant (linear
     transformer projections, a wider text encoder, v-prediction)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    from sweeper.tiny import _text_encoder, build_tokenizer
+    from tiny_components import _text_encoder, build_tokenizer
 
     tokenizer = build_tokenizer()
     width = 48 if sd2 else 32
@@ -279,8 +278,7 @@ def build_sdxl_shaped(out: str | Path, seed: int = 0) -> Path:
     deeper transformers in the lower levels, linear projections, text_time conditioning; CLIP-L-like encoder
     (HF layout) + a projected second encoder (OpenCLIP layout in the file); SD's VAE; 64 px images."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-
-    from sweeper.tiny import _text_encoder, build_tokenizer
+    from tiny_components import _text_encoder, build_tokenizer
 
     tokenizer = build_tokenizer()
     text_encoder = _text_encoder(len(tokenizer), 32, None, seed)

@@ -268,6 +268,6 @@ def test_a_killed_analysis_leaves_no_temporary_file_behind(tmp_path):
     out = tmp_path / "out"
     (out / "curves").mkdir(parents=True)
     for f in (out / ".curves.png.x1y2.tmp", out / "curves" / ".s_0.png.abc.tmp"):
-        f.write_bytes(b"half a png")  # what a killed analysis leaves (sweeper.atomic's temporary names)
+        f.write_bytes(b"half a png")  # what a killed analysis leaves (sweeper.store.atomic's temporary names)
     analyse([tmp_path / "s"], out, wandb=False)
     assert not list(out.rglob(".*.tmp")) and (out / "curves.png").stat().st_size > 0

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from sweeper import atomic
+from sweeper.store import atomic
 
 
 def test_write_json_and_no_temp_left(tmp_path):

@@ -37,7 +37,7 @@ def test_reference_learns_only_placeholder_rows(comps):
 
 def test_reference_reads_files_like_the_example(comps, tmp_path):
     from bench.run import write_images
-    from sweeper.data import load_image
+    from sweeper.data.images import load_image
 
     paths = write_images(tmp_path / "img", 2, comps.resolution)
     ref = ReferenceLoop(comps, paths, batch_size=2)

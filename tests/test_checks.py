@@ -3,7 +3,7 @@
 Every case is checked in-process (`check_config`); one case per family of error (data, tokens, values; the
 model family in test_single_file.py) also through a real `python -m sweeper`: exit code != 0, one short
 message on the console naming the key, no traceback, no run files, no model loading. Wrong types and unknown keys are refused
-earlier still, by Hydra composing against the typed schema (sweeper/config.py): COMPOSE_CASES.
+earlier still, by Hydra composing against the typed schema (sweeper/config/schema.py): COMPOSE_CASES.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from conftest import compose_config, write_concept_images
 from hydra.errors import ConfigCompositionException
 
-from sweeper.checks import ConfigError, check_config, check_device
+from sweeper.config.checks import ConfigError, check_config, check_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

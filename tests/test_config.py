@@ -1,4 +1,4 @@
-"""The typed schema (sweeper/config.py): every knob defined once, every preset in conf/ checked against it,
+"""The typed schema (sweeper/config/schema.py): every knob defined once, every preset in conf/ checked against it,
 the resume fingerprint and config.yaml's `derived:` block taken from it, and a new knob picked up without
 any edit outside the schema (and the trainer that uses it)."""
 
@@ -20,10 +20,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from sweeper import clip_score, data, models, record, sampling
-from sweeper.checkpoints import fingerprint
-from sweeper.checks import check_config, derive
-from sweeper.config import (
+from sweeper import models
+from sweeper.config.checks import check_config, derive
+from sweeper.config.schema import (
     PRECISIONS,
     PROPERTIES,
     SAMPLERS,
@@ -38,6 +37,10 @@ from sweeper.config import (
     resume_safe_fields,
     settings,
 )
+from sweeper.data import images
+from sweeper.evaluation import clip_score, sampling
+from sweeper.store import record
+from sweeper.store.checkpoints import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DEFAULTS = OmegaConf.structured(Config)
@@ -51,7 +54,7 @@ def test_schema_choices_are_the_modules_own():
     assert set(PRECISIONS) == set(models.PRECISIONS)
     assert SAMPLERS == sampling.SAMPLERS
     assert TEXT_VARIANTS == clip_score.VARIANTS
-    assert PROPERTIES == data.PROPERTIES
+    assert PROPERTIES == images.PROPERTIES
 
 
 # --------------------------------------------------------------------------------- conf/ vs schema
@@ -107,7 +110,9 @@ def test_conf_has_no_key_the_schema_lacks_and_restates_no_default():
             try:
                 default = _schema_default(key)
             except KeyError:
-                pytest.fail(f"{path.relative_to(ROOT)}: {key} is not in the schema (sweeper/config.py)")
+                pytest.fail(
+                    f"{path.relative_to(ROOT)}: {key} is not in the schema (sweeper/config/schema.py)"
+                )
             if path.relative_to(CONF_DIR).parts[0] != "experiment":
                 assert value != default or value == "???", (
                     f"{path.relative_to(ROOT)}: {key}={value!r} restates the schema's default"
@@ -142,11 +147,11 @@ def test_every_preset_composes_typed_and_passes_the_schema(preset, monkeypatch):
 
 
 def test_no_defaults_outside_the_schema():
-    """evaluation.DEFAULTS and the inversion/evaluation defaults in conf/ are gone: the composed default
+    """evaluation.DEFAULTS (now evaluation.protocol) and the inversion/evaluation defaults in conf/ are gone: the composed default
     config is the schema's defaults plus what the chosen presets say."""
-    import sweeper.evaluation as evaluation
+    from sweeper.evaluation import protocol
 
-    assert not hasattr(evaluation, "DEFAULTS") and not hasattr(evaluation, "check_config")
+    assert not hasattr(protocol, "DEFAULTS") and not hasattr(protocol, "check_config")
     cfg = compose_config(*base())
     for group in ("inversion", "tracking"):  # their default presets change nothing
         composed = OmegaConf.to_container(cfg[group], resolve=False)

@@ -128,4 +128,4 @@ def test_hydra_full_error_shows_the_traceback(tiny_sd, concept_images, tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
-    assert "inversion.steps=0: need at least 1 step" in proc.stderr
+    assert "inversion.steps=0: must be a whole number >= 1" in proc.stderr  # the schema's range message

@@ -17,7 +17,7 @@ import torch
 from conftest import write_concept_images
 from PIL import Image, ImageOps
 
-from sweeper.data import (
+from sweeper.data.images import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     OBJECT_TEMPLATES,
@@ -252,7 +252,7 @@ import os, resource, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from sweeper.data import DataError, load_image
+from sweeper.data.images import DataError, load_image
 
 load_image(Path(sys.argv[1]), 16)  # warm-up: decoders and torch kernels allocate their buffers once
 def kib(field):
@@ -385,7 +385,7 @@ def test_image_named_symlink_loop_is_warned_about(tmp_path, caplog):
     folder = write_concept_images(tmp_path / "c", n=2)
     (folder / "loop.jpg").symlink_to("loop.jpg")  # a loop: is_file() is False
     (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # broken
-    with caplog.at_level(logging.WARNING, logger="sweeper.data"):
+    with caplog.at_level(logging.WARNING, logger="sweeper.data.images"):
         paths = list_images(folder)
     assert [p.name for p in paths] == ["img_00.png", "img_01.png"]
     assert "loop.jpg" in caplog.text and "gone.png" in caplog.text and "symlink" in caplog.text
@@ -403,7 +403,7 @@ def test_hflip():
 
 
 def test_demo_images_are_valid_concept_images(tmp_path):
-    from sweeper.tiny import build_demo_images
+    from tiny_components import build_demo_images
 
     paths = list_images(build_demo_images(tmp_path / "demo", n=5, size=48))
     assert len(paths) == 5
@@ -506,7 +506,7 @@ def test_concept_images_fixture_roundtrip(concept_images: Path):
 
 def test_int_and_float_modes_scaled():
     # Older Pillow opens 16-bit PNGs as mode "I"; float images come as "F" in [0, 1]
-    from sweeper.data import _to_float_rgb
+    from sweeper.data.images import _to_float_rgb
 
     i16 = Image.fromarray(np.full((4, 4), 40000, np.int32), "I")
     assert np.allclose(_to_float_rgb(i16), 40000 / 65535)

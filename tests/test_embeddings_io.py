@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sweeper.embeddings_io import (
+from sweeper.store.embeddings import (
     EmbeddingFormatError,
     LoadedEmbedding,
     UnsafeEmbeddingError,
@@ -318,7 +318,7 @@ def write_official(path: Path, vectors: torch.Tensor, drop_keys: bool = False) -
 
 @pytest.mark.parametrize("drop_keys", [False, True])
 def test_the_official_codes_embeddings_are_read(tmp_path, sd_pipe, drop_keys):
-    from sweeper.embeddings_io import _pickle_globals
+    from sweeper.store.embeddings import _pickle_globals
 
     vectors = torch.randn(2, SD_DIM)
     path = write_official(tmp_path / "embeddings_gs-4999.pt", vectors, drop_keys)
@@ -374,7 +374,7 @@ def test_non_finite_embeddings_are_refused_when_read(tmp_path, bad):
 
 
 def test_width_is_checked_against_the_models_config_without_loading_it(tmp_path, tiny_sd, tiny_sdxl):
-    from sweeper.embeddings_io import check_fits_model, model_text_widths
+    from sweeper.store.embeddings import check_fits_model, model_text_widths
 
     assert model_text_widths(str(tiny_sd)) == [SD_DIM] and model_text_widths(str(tiny_sdxl)) == list(
         SDXL_DIMS

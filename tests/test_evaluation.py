@@ -13,9 +13,9 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
-from sweeper.clip_score import Judge, image_only_similarity, image_similarity, score
-from sweeper.config import ConfigError, evaluation_settings
-from sweeper.evaluation import EvaluationConfigError, concept_removed, evaluate_run, fill
+from sweeper.config.schema import ConfigError, evaluation_settings
+from sweeper.evaluation.clip_score import Judge, image_only_similarity, image_similarity, score
+from sweeper.evaluation.protocol import EvaluationConfigError, concept_removed, evaluate_run, fill
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "evaluation"
 SCHEMA_KEYS = {
@@ -70,8 +70,8 @@ def test_concept_removed_is_exact():
 
 
 def test_multi_vector_token_expands_in_prompt_but_not_in_judge_text(tiny_sd):
-    from sweeper.embeddings_io import LoadedEmbedding, load_into_pipeline
     from sweeper.models import load_pipeline
+    from sweeper.store.embeddings import LoadedEmbedding, load_into_pipeline
 
     pipe = load_pipeline(str(tiny_sd), "fp32", "cpu")
     dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
@@ -197,8 +197,8 @@ def test_prompt_presets():
 def test_evaluate_run_writes_metrics_grids_and_cached_references(
     tiny_sd, tiny_judge, concept_images, tmp_path
 ):
-    from sweeper.data import list_images
-    from sweeper.embeddings_io import save_learned_embeds
+    from sweeper.data.images import list_images
+    from sweeper.store.embeddings import save_learned_embeds
 
     run = tmp_path / "run"
     # a 2-vector S* plus per-image tokens: only S* is evaluated, the per-image file is ignored
@@ -316,8 +316,8 @@ def test_run_with_pivotal_tuning_is_evaluated_with_its_tuned_unet(
 ):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from sweeper.data import list_images
-    from sweeper.embeddings_io import save_learned_embeds
+    from sweeper.data.images import list_images
+    from sweeper.store.embeddings import save_learned_embeds
 
     run = tmp_path / "run"
     save_learned_embeds(run, "<t>", [torch.randn(1, 32)])
@@ -354,10 +354,10 @@ def test_run_with_pivotal_tuning_is_evaluated_with_its_tuned_unet(
 def test_non_finite_samples_are_refused_not_scored(tiny_sd, tiny_judge, concept_images, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from sweeper.clip_score import NonFiniteError
-    from sweeper.data import list_images
-    from sweeper.evaluation import evaluate_pipeline
-    from sweeper.sampling import Sampler
+    from sweeper.data.images import list_images
+    from sweeper.evaluation.clip_score import NonFiniteError
+    from sweeper.evaluation.protocol import evaluate_pipeline
+    from sweeper.evaluation.sampling import Sampler
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
     with torch.no_grad():
@@ -378,9 +378,9 @@ def test_non_finite_judge_features_are_refused_not_scored(tiny_sd, tiny_judge, c
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel
 
-    from sweeper.clip_score import NonFiniteError
-    from sweeper.data import list_images
-    from sweeper.evaluation import evaluate_pipeline
+    from sweeper.data.images import list_images
+    from sweeper.evaluation.clip_score import NonFiniteError
+    from sweeper.evaluation.protocol import evaluate_pipeline
 
     broken = shutil.copytree(tiny_judge, tmp_path / "judge")
     judge = CLIPModel.from_pretrained(broken)

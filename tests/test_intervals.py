@@ -1,4 +1,4 @@
-"""The objectives' 95% intervals cover the population value 93-97% of the time (sweeper.clip_score.score).
+"""The objectives' 95% intervals cover the population value 93-97% of the time (sweeper.evaluation.clip_score.score).
 
 Synthetic CLIP-like embeddings with a known population value: each sample is normalise(centre + sigma * z)
 with z isotropic Gaussian, so by symmetry the population mean embedding points along `centre` and
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sweeper.clip_score import score
+from sweeper.evaluation.clip_score import score
 
 DIM, PROMPTS, REPLICATIONS = 16, 3, 1000
 

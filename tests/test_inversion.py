@@ -11,11 +11,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from sweeper import data
-from sweeper.embeddings_io import load_embedding_file
-from sweeper.inversion import Trainer, invert
+from sweeper.data.images import list_images
 from sweeper.models import load_components
-from sweeper.tokens import active_count
+from sweeper.store.embeddings import load_embedding_file
+from sweeper.training.inversion import Trainer, invert
+from sweeper.training.tokens import active_count
 
 
 def make_cfg(model, images, *extra):
@@ -115,7 +115,7 @@ def test_progressive_words_learn_one_at_a_time(tiny_sd, concept_images):
         "inversion.progressive_every=3",
         "inversion.weight_decay=0.1",
     )
-    trainer = Trainer(cfg, load_components(str(tiny_sd), "fp32", "cpu"), data.list_images(concept_images))
+    trainer = Trainer(cfg, load_components(str(tiny_sd), "fp32", "cpu"), list_images(concept_images))
     examples = trainer.sampler.sample(2, torch.Generator().manual_seed(0))
     assert all("<concept> <concept>_1" in p and "_2" not in p for p in trainer.prompts(examples, 2))
     init = trainer.splices[0].init

@@ -9,9 +9,9 @@ import torch
 from conftest import smoke_config
 from diffusers import UNet2DConditionModel
 
-from sweeper.inversion import invert
 from sweeper.models import load_pipeline
-from sweeper.pivotal import pivotal_tune
+from sweeper.training.inversion import invert
+from sweeper.training.pivotal import pivotal_tune
 
 
 def make_cfg(model, images, mode):
@@ -78,6 +78,6 @@ def test_full_pivotal_saves_a_tuned_unet(tiny_sd, concept_images, tmp_path):
     assert len(changed) > 10
     assert not torch.allclose(unet_out(original, False), unet_out(tuned, False), atol=1e-6)
     # the saved embedding is the inversion's, untouched by pivotal tuning
-    from sweeper.embeddings_io import load_embedding_file
+    from sweeper.store.embeddings import load_embedding_file
 
     assert torch.equal(load_embedding_file(tmp_path / "run").vectors[0], res.vectors[0])

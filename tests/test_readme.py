@@ -7,7 +7,7 @@ Every line of every ```bash block is split the way a POSIX shell splits it (shle
   the reader (`/path/to/my-cat`, `...`) are filled with a real concept folder.
 - the one trial that runs on the embedded world (`model=toy`) runs for real, with small budgets added, from an
   empty working directory;
-- `python -m sweeper.evaluate` / `ti-evaluate` and `python -m analysis` / `ti-analyse`: their argument parsers
+- `python -m sweeper.evaluation` / `ti-evaluate` and `python -m analysis` / `ti-analyse`: their argument parsers
   accept the line (they then stop at the missing input, with their one-line error);
 - `make ...`: `make -n` knows the target and its variables.
 """
@@ -32,12 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 VARIABLES = {"STORE": "postgresql://ti:secret@dbhost/optuna"}
 CONCEPT = WORLD_DIR / "concepts" / "arrow"
-# SLURM's commands and the shell lines of the README's batch-script here-document: tests/test_slurm.py runs
-# the cluster; the sweeper command inside the script (after `srun`) is checked like any other.
-EXTERNAL = ("sinfo", "sbatch", "squeue", "scancel", "cat", "SH")
 PYTHON_M = {
     "sweeper": "sweeper",
-    "sweeper.evaluate": "evaluate",
+    "sweeper.evaluation": "evaluate",
     "analysis": "analysis",
     "ti-sweeper": "sweeper",
     "ti-evaluate": "evaluate",
@@ -49,7 +46,16 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     """(kind, argv after the program) of every command line in the README's bash blocks."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        heredoc_end = None  # inside `cat > F <<'END'`: the file's lines until END (a batch script)
         for line in block.replace("\\\n", " ").splitlines():
+            if heredoc_end is not None:
+                heredoc_end = None if line.strip() == heredoc_end else heredoc_end
+                if heredoc_end is None or not line.startswith("srun "):
+                    continue  # the script's #SBATCH lines; its `srun <command>` is checked as <command>
+                line = line.removeprefix("srun ")
+            elif heredoc := re.search(r"<<'(\w+)'$", line):
+                heredoc_end = heredoc.group(1)
+                continue
             words = shlex.split(line, comments=True)
             if not words:
                 continue
@@ -57,8 +63,6 @@ def readme_commands() -> list[tuple[str, list[str]]]:
                 continue  # a shell variable the next lines use (VARIABLES)
             words = [re.sub(r"\$([A-Z_]+)", lambda m: VARIABLES[m.group(1)], w) for w in words]
             words = [w for w in words if w not in ("...", "&&")]
-            if words[0] == "srun":  # a command inside the README's SLURM batch script
-                words = words[1:]
             if words[0] == "make":
                 commands.append(("make", words[1:]))
             elif words[0].endswith("python") and words[1] == "-m":
@@ -67,8 +71,8 @@ def readme_commands() -> list[tuple[str, list[str]]]:
                 commands.append((PYTHON_M[words[0]], words[1:]))
             elif words[0] in ("pip", "cd"):
                 continue  # installing the wheel: tests/test_wheel.py does it in a fresh virtualenv
-            elif words[0] in EXTERNAL:
-                continue  # another tool's own command (SLURM, the here-document around the batch script)
+            elif words[0] in ("sinfo", "sbatch"):
+                continue  # the reader's own SLURM cluster (tests/test_slurm.py runs a private one)
             else:
                 raise AssertionError(f"README command this test does not know how to check: {line!r}")
     return commands
@@ -137,8 +141,8 @@ def test_make_command_is_a_target_the_makefile_has(argv):
 
 @pytest.mark.parametrize("argv", [a for k, a in COMMANDS if k == "evaluate"], ids=lambda a: " ".join(a)[:60])
 def test_evaluate_command_line_is_accepted(argv, tmp_path, monkeypatch, capsys):
-    from sweeper.evaluate import compose as compose_evaluation
-    from sweeper.evaluate import main
+    from sweeper.config.compose import compose as compose_evaluation
+    from sweeper.evaluation.__main__ import main
 
     monkeypatch.chdir(tmp_path)  # the README's source does not exist here: main stops at it, after argparse
     assert main(argv) == 2

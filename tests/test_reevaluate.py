@@ -1,4 +1,4 @@
-"""`python -m sweeper.evaluate`: re-evaluate run folders and embedding files of every format, refuse unsafe files."""
+"""`python -m sweeper.evaluation`: re-evaluate run folders and embedding files of every format, refuse unsafe files."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from sweeper.embeddings_io import save_learned_embeds
-from sweeper.evaluate import main
+from sweeper.evaluation.__main__ import main
+from sweeper.store.embeddings import save_learned_embeds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ def test_cli_refuses_pickle_carrying_code(tiny_sd, concept_images, tmp_path):
         [
             sys.executable,
             "-m",
-            "sweeper.evaluate",
+            "sweeper.evaluation",
             str(evil),
             f"model.pretrained={tiny_sd}",
             f"data.images={concept_images}",

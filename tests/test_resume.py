@@ -15,7 +15,7 @@ import torch
 from conftest import compose_config, smoke_evaluation
 from safetensors.torch import load_file
 
-from sweeper.inversion import ResumeError, invert
+from sweeper.training.inversion import ResumeError, invert
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from sweeper.evaluation.sampling import (
+    SAMPLERS,
+    Sampler,
+    grid,
+    initial_noise,
+    make_scheduler,
+    noise_seed,
+    slug,
+)
 from sweeper.models import load_pipeline
-from sweeper.sampling import SAMPLERS, Sampler, grid, initial_noise, make_scheduler, noise_seed, slug
 
 
 @pytest.fixture(scope="module")

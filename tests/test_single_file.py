@@ -19,9 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from sweep_app.cli import env, run_sweeper, tiny_overrides
 
-from sweeper.checks import ConfigError, check_config
-from sweeper.inversion import invert
+from sweeper.config.checks import ConfigError, check_config
 from sweeper.models import ModelLoadError, ModelSource, load_components, load_pipeline, resolve_model
+from sweeper.training.inversion import invert
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "pass model.config=<a local diffusers folder of the same architecture>"

@@ -10,8 +10,8 @@ import torch
 from ldm_format import build_sd15_shaped, ldm_state_dict
 from safetensors.torch import load_file, save_file
 
-from sweeper.embeddings_io import model_text_widths
 from sweeper.models import load_components, load_pipeline, resolve_model
+from sweeper.store.embeddings import model_text_widths
 
 
 def convert_like_diffusers_script(folder: Path, out: Path) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from sweeper import tokens
+from sweeper.training import tokens
 
 
 @pytest.fixture

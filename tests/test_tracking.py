@@ -130,7 +130,7 @@ ONLINE = """
 import logging, sys, time
 import conftest  # torch threads, offline hub
 from omegaconf import OmegaConf
-from sweeper.config import TrackingConfig
+from sweeper.config.schema import TrackingConfig
 from sweeper.tracking import Tracker
 
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -188,7 +188,7 @@ import os, signal, sys
 import psutil  # installed with peft, a dependency
 import conftest
 from omegaconf import OmegaConf
-from sweeper.config import TrackingConfig
+from sweeper.config.schema import TrackingConfig
 from sweeper.tracking import Tracker
 
 t = OmegaConf.structured(TrackingConfig)
@@ -280,7 +280,7 @@ import sys
 import conftest
 from pathlib import Path
 from omegaconf import OmegaConf
-from sweeper.config import TrackingConfig
+from sweeper.config.schema import TrackingConfig
 from sweeper.tracking import Tracker
 
 for study in ("study-a", "study-b"):

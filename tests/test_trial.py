@@ -18,8 +18,9 @@ from conftest import compose_config, smoke_evaluation
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
-from sweeper import atomic, data
-from sweeper.evaluation import evaluate_embedding
+from sweeper.data.images import list_images
+from sweeper.evaluation.protocol import evaluate_embedding
+from sweeper.store import atomic
 from sweeper.trial import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +261,7 @@ def test_evaluation_samples_with_the_trainers_unet_and_scores_as_a_fresh_pipelin
     assert len(trained) == 1 and sampled == trained  # one UNet, trained then sampled
     assert [alive for *_, alive in events if alive is not None] == [1]
     # the same run folder evaluated the old way (a freshly loaded pipeline, the embedding file loaded in)
-    fresh = evaluate_embedding(cfg, tmp_path / "run", data.list_images(concept_images), tmp_path / "fresh")
+    fresh = evaluate_embedding(cfg, tmp_path / "run", list_images(concept_images), tmp_path / "fresh")
     reused = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # same weights, embedding and noise; only float summation order may differ between the two pipelines
     for key in ("image_similarity", "text_similarity"):

@@ -10,10 +10,10 @@ from conftest import wandb_files_written, write_concept_images
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from sweeper.inversion import invert, train
 from sweeper.models import load_components
+from sweeper.training.inversion import invert, train
+from sweeper.training.vectorised import IncompatibleTrials, group_compatible
 from sweeper.trial import TrialSpec, run_trials
-from sweeper.vectorised import IncompatibleTrials, group_compatible
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 

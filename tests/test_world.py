@@ -179,7 +179,7 @@ def test_shipped_pipeline_prompt_following_meets_the_bar(following, attr, bar):
 
 
 def test_shipped_quality_json_is_what_the_weights_give(judge_acc, following):
-    """world/weights/quality.json (written by `make world`, quoted in the README) matches a recomputation
+    """world/weights/quality.json (written by `make world`, quoted in sweeper/world/README.md) matches a recomputation
     from the shipped weights, up to two samples that float differences between CPUs could flip."""
     import json
 

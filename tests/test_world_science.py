@@ -31,7 +31,7 @@ SEEDS = (0, 1)
 
 
 def _trial(root, name: str, *overrides: str) -> dict:
-    from sweeper.evaluate import compose
+    from sweeper.config.compose import compose
     from sweeper.trial import run_trial
 
     run_dir = root / name

@@ -51,9 +51,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+# Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
+# than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import search
-from sweeper.atomic import write_text
 from sweeper.interrupt import TrialInterrupted, interruptible
+from sweeper.store.atomic import write_text
 
 log = logging.getLogger(__name__)
 # Heartbeats are Optuna's own mechanism; they are just driven from this ask-and-tell loop.

@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 
+# Lazy imports: torch is imported where GPUs are counted: Hydra imports every plugin on every command.
+
 
 def visible_gpus() -> int:
     import torch

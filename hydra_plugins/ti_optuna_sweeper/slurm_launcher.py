@@ -29,6 +29,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import OmegaConf
 
+# Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
+# than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper.interrupt import TrialInterrupted
 from sweeper.search import JobEndedWithoutResult
 

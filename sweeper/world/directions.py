@@ -10,6 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from sweeper.config.compose import compose
+from sweeper.trial import run_trial
+
 BASE = [
     "model=toy",
     "data=toy_arrow",
@@ -35,11 +40,6 @@ CONFIGS = {  # effective lr = lr x batch 4 (scale_lr)
 
 
 def main(out: Path, configs: dict = CONFIGS, seeds: tuple = (0, 1)) -> dict:
-    import torch
-
-    from sweeper.evaluate import compose
-    from sweeper.trial import run_trial
-
     torch.set_num_threads(1)
     table = {}
     for name, overrides in configs.items():

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sweeper import atomic
+from sweeper.store import atomic
 from sweeper.world import draw
 from sweeper.world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
 from sweeper.world.trainset import load_data, log, lr_at, set_lr, to_unit
+
+# Lazy imports: diffusers and transformers are imported where the components are built (import time of the world).
 
 
 def build_vae():

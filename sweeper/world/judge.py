@@ -12,10 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sweeper import atomic
+from sweeper.store import atomic
 from sweeper.world import draw
 from sweeper.world.tokenizer import MAX_LENGTH, FastIds, build_tokenizer
 from sweeper.world.trainset import load_data, log, lr_at, set_lr
+
+# Lazy imports: transformers is imported where the judge is built (import time of the world).
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)

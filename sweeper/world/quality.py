@@ -20,9 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from sweeper import atomic
+from sweeper.models import load_pipeline
+from sweeper.store import atomic
 from sweeper.world import draw
+
+# Lazy imports: diffusers and transformers are imported where used (import time of the world).
 
 ATTRIBUTES = {
     "colour": list(draw.COLOURS),
@@ -120,8 +124,6 @@ def generate(
     """One sample per prompt (prompt i seeded with seed + i), DDIM eta 0, uint8 [N, H, W, 3]."""
     from diffusers import DDIMScheduler
 
-    from sweeper.models import load_pipeline
-
     pipe = load_pipeline(str(pipeline_dir), "fp32", "cpu")
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     out = []
@@ -160,8 +162,6 @@ def grid(images: np.ndarray, cols: int, scale: int = 3) -> np.ndarray:
 
 
 def main(weights: str | Path = WEIGHTS, steps: int = 50) -> dict:
-    from PIL import Image
-
     weights = Path(weights)
     t0 = time.time()
     judge = judge_accuracy(weights / "judge")

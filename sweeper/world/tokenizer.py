@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from sweeper.tiny import train_bpe
+from sweeper.world.bpe import train_bpe
 from sweeper.world.draw import vocabulary
+
+# Lazy imports: transformers is imported where the tokenizer is built (import time of the world).
 
 MAX_LENGTH = 77  # the SD text length: every pipeline, trainer and judge pads or truncates to this
 

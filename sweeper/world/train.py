@@ -31,13 +31,17 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from sweeper import atomic
+from sweeper.store import atomic
 from sweeper.world import draw
 from sweeper.world.generator import build_scheduler, train_generator, train_vae
 from sweeper.world.judge import save_judge, train_judge
+from sweeper.world.quality import main as quality
 from sweeper.world.tokenizer import build_tokenizer
 from sweeper.world.trainset import load_data, log
+
+# Lazy imports: diffusers and transformers are imported where the pipeline is assembled (import time of the world).
 
 CONFIG = dict(
     seed=0,
@@ -81,8 +85,6 @@ CONCEPTS_DIR = Path(__file__).parent / "concepts"
 
 
 def write_concepts(root: Path = CONCEPTS_DIR) -> None:
-    from PIL import Image
-
     for name in draw.CONCEPTS:
         with atomic.directory(root / name) as tmp:
             for i, img in enumerate(draw.concept_images(name)):
@@ -212,8 +214,6 @@ def main() -> None:
         elif stage == "assemble":
             assemble(args.work, args.out)
         else:
-            from sweeper.world.quality import main as quality
-
             quality(args.out, steps=args.quality_steps)
         log(f"stage {stage} done in {time.time() - s0:.0f}s")
     log(f"total {time.time() - t0:.0f}s")

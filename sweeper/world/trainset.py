@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeper import atomic
+from sweeper.store import atomic
 from sweeper.world import draw
 
 

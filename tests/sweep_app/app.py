@@ -15,8 +15,8 @@ import hydra
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: sweeper/
-from sweeper.atomic import write_json  # noqa: E402
 from sweeper.search import current_trial_number, report_hook  # noqa: E402
+from sweeper.store.atomic import write_json  # noqa: E402
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

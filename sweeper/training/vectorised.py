@@ -4,7 +4,7 @@ Compatible = same model, precision, device, concept folder and data.property, an
 (`compatibility_key`). Everything else is per trial: LR, reg weight, vector count, progressive schedule,
 per-image tokens, seed, batch size, grad accumulation, steps, image subset.
 
-A group trains through the one training loop (`sweeper.inversion.train` over a `TrainerGroup`: one batched
+A group trains through the one training loop (`sweeper.training.inversion.train` over a `TrainerGroup`: one batched
 text-encoder and UNet call per step) and runs the one trial lifecycle (`sweeper.trial.run_trials`); a lone
 trial is a group of one. Each trial of a group ends with the vectors it would have had alone, up to
 floating-point summation order (tests/test_vectorised.py).

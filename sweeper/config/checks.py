@@ -1,7 +1,7 @@
 """Every bad-input check that runs before any model weights are loaded and before a run file is written.
 
 `check_config(cfg)` raises ConfigError naming the config key or file and what to do, and returns the
-run's derived values. Order: the schema's types and ranges (sweeper/config.py: free), the device against
+run's derived values. Order: the schema's types and ranges (sweeper/config/schema.py: free), the device against
 this machine, the image folder (decodes each image once), the model source (no weights), then the
 placeholder and init word against the model's own tokenizer(s) (a few KB).
 
@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from sweeper import data, tokens
-from sweeper.config import (
+from sweeper.config.schema import (
     Config,
     ConfigError,
     DataConfig,
@@ -27,7 +26,9 @@ from sweeper.config import (
     resolve_prompts,
     settings,
 )
+from sweeper.data import images
 from sweeper.models import ModelLoadError, resolve_model
+from sweeper.training import tokens
 
 __all__ = ["ConfigError", "check_config", "check_device", "derive"]
 
@@ -56,19 +57,19 @@ def check_device(device: str, cuda_count: int | None = None) -> torch.device:
 def select_images(d: DataConfig | DictConfig) -> list[Path]:
     """The training images the run uses (listed, not decoded); a DataError becomes a ConfigError."""
     try:
-        return data.select_images(data.list_images(d.images), d.n_images, int(d.subset_seed))
-    except data.DataError as err:
+        return images.select_images(images.list_images(d.images), d.n_images, int(d.subset_seed))
+    except images.DataError as err:
         raise ConfigError(str(err)) from err
 
 
 def check_data(typed: Config) -> list[Path]:
     """The training images that the run will use, each decoded once."""
     try:
-        data.templates_for(typed.data.property, typed.inversion.per_image_tokens)
-        paths = data.list_images(typed.data.images)
-        data.check_images(paths)
-        return data.select_images(paths, typed.data.n_images, typed.data.subset_seed)
-    except data.DataError as err:
+        images.templates_for(typed.data.property, typed.inversion.per_image_tokens)
+        paths = images.list_images(typed.data.images)
+        images.check_images(paths)
+        return images.select_images(paths, typed.data.n_images, typed.data.subset_seed)
+    except images.DataError as err:
         raise ConfigError(str(err)) from err
 
 
@@ -101,10 +102,10 @@ def check_tokens(typed: Config, tokenizers: list, n_images: int) -> None:
         raise ConfigError(str(err)) from err
 
 
-def _derived(typed: Config, images: list[Path]) -> Derived:
+def _derived(typed: Config, image_paths: list[Path]) -> Derived:
     return Derived(
         effective_lr=effective_lr(typed.inversion),
-        images=images,
+        images=image_paths,
         prompts=resolve_prompts(typed.evaluation.prompts),
         overrides=job_overrides(),
     )
@@ -129,10 +130,10 @@ def check_config(cfg: DictConfig) -> Derived:
             f"inversion.compile=true on {device}: torch.compile's CPU backward gives "
             "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false"
         )
-    images = check_data(typed)
+    image_paths = check_data(typed)
     try:
         source = resolve_model(typed.model.pretrained, typed.model.config)
     except ModelLoadError as err:
         raise ConfigError(str(err)) from err
-    check_tokens(typed, load_tokenizers(source), len(images))
-    return _derived(typed, images)
+    check_tokens(typed, load_tokenizers(source), len(image_paths))
+    return _derived(typed, image_paths)

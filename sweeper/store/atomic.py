@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Lazy imports: torch and safetensors are imported where used: analysis and Hydra plugins import this module, and
+# must not pay for torch.
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -22,7 +25,7 @@ def _umask() -> int:
     return mask
 
 
-def _write_via(path: Path, write: Callable[[Path], None]) -> Path:
+def _write_via(path: Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -1,10 +1,10 @@
 """Re-evaluate without training: a finished run folder, or any embedding file against a model.
 
-    python -m sweeper.evaluate SOURCE [--out DIR | --in-place] [--token TOKEN] [OVERRIDE ...]
+    python -m sweeper.evaluation SOURCE [--out DIR | --in-place] [--token TOKEN] [OVERRIDE ...]
 
 SOURCE    a run folder (its config.yaml gives model, data and evaluation settings), or an embedding file:
           diffusers .safetensors/.bin ({token: [k, dim]}), A1111/ComfyUI .pt/.safetensors, the official
-          code's embeddings_gs-N.pt. Every file goes through embeddings_io.load_embedding_file: pickles are
+          code's embeddings_gs-N.pt. Every file goes through store.embeddings.load_embedding_file: pickles are
           read by torch's weights-only unpickler, and a file carrying code, holding NaN/inf, or of a width
           the model's text encoder cannot take is refused before any model loads (exit status 2).
 OVERRIDE  Hydra overrides, the same as for `python -m sweeper`, applied on top of the run's config (or of
@@ -15,8 +15,8 @@ OVERRIDE  Hydra overrides, the same as for `python -m sweeper`, applied on top o
 --token   the placeholder to register (default: the file's own name, else "<concept>").
 
 Examples:
-    python -m sweeper.evaluate multirun/2025-01-01/12-00-00/3 evaluation=fast
-    python -m sweeper.evaluate cat.pt model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+    python -m sweeper.evaluation multirun/2025-01-01/12-00-00/3 evaluation=fast
+    python -m sweeper.evaluation cat.pt model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         data.images=data/cat evaluation/prompts=dreambench_live
 """
 
@@ -29,21 +29,19 @@ import time
 from pathlib import Path
 
 import yaml
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from sweeper import CONF_DIR, atomic
+from sweeper import CONF_DIR
+from sweeper.config.compose import compose
 from sweeper.console import quiet_libraries
-from sweeper.embeddings_io import check_fits_model, load_embedding_file
+from sweeper.data.images import check_images, list_images, select_images
+from sweeper.evaluation.protocol import evaluate_embedding
+from sweeper.store import atomic
+from sweeper.store.embeddings import check_fits_model, load_embedding_file
 
 log = logging.getLogger(__name__)
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return hydra_compose("config", overrides=overrides)
 
 
 def _override_nodes(override: str) -> list[str]:
@@ -72,6 +70,8 @@ def load_config(source: Path, overrides: list[str]) -> DictConfig:
             f"{source}: a folder without config.yaml; give a run folder or an embedding file"
         )
     cfg = OmegaConf.load(run_config)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{run_config}: not a mapping of config keys; give a run folder written by a trial")
     OmegaConf.set_struct(cfg, False)
     if "evaluation" not in cfg:
         cfg.evaluation = composed.evaluation
@@ -82,8 +82,6 @@ def load_config(source: Path, overrides: list[str]) -> DictConfig:
 
 
 def training_images(cfg: DictConfig) -> list:
-    from sweeper.data import check_images, list_images, select_images
-
     if OmegaConf.is_missing(cfg.data, "images"):
         raise ValueError(
             "data.images is required to evaluate a file: pass data.images=FOLDER (the concept images)"
@@ -96,10 +94,8 @@ def training_images(cfg: DictConfig) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweeper.evaluation import evaluate_embedding
-
     parser = argparse.ArgumentParser(
-        prog="python -m sweeper.evaluate",
+        prog="python -m sweeper.evaluation",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -138,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.in_place:
             atomic.write_text(Path(out) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=False))
     except Exception as err:  # every failure ends as one readable line and a non-zero status
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
         known = type(err).__module__.startswith("sweeper") or isinstance(
             err, (OSError, ValueError, HydraException, OmegaConfBaseException)
         )

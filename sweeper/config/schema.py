@@ -12,7 +12,7 @@ differ from the defaults here.
 
 Adding an inversion knob: one `knob(...)` line in InversionConfig (with its range, and `resume_safe=True`
 if changing it must not block a resume), and its use in the trainer. The resume fingerprint
-(checkpoints.py), the run folder's config.yaml and the checks pick it up from here.
+(store/checkpoints.py), the run folder's config.yaml and the checks pick it up from here.
 """
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ def settings(cfg: DictConfig | dict) -> Config:
 
 def evaluation_settings(ev: Any) -> dict:
     """`evaluation.*` (a DictConfig, a dict or an EvaluationConfig) checked, as a plain dict whose
-    `prompts` are the resolved templates: what evaluation.py reads."""
+    `prompts` are the resolved templates: what evaluation/protocol.py reads."""
     if isinstance(ev, EvaluationConfig):
         ev = dataclasses.asdict(ev)
     elif isinstance(ev, DictConfig):

@@ -27,9 +27,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sweeper import atomic
-from sweeper.clip_score import require_finite
 from sweeper.console import progress_lines_only
+from sweeper.evaluation.clip_score import require_finite
+from sweeper.store import atomic
+
+# Lazy imports: diffusers' schedulers are imported where built: CLI start-up and config refusals stay fast.
 
 SAMPLERS = ("ddim", "dpmsolver++", "unipc", "euler")
 

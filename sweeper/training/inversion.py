@@ -13,7 +13,7 @@ image, flip, latent sample, noise, timestep) comes from that one generator, whos
 every checkpoint, so a resumed run ends with the same embeddings as an uninterrupted one.
 
 One training loop (`train`) for every launcher: a lone trial is a `TrainerGroup` of one, a vectorised
-group (sweeper/vectorised.py) is N compatible trials through one batched UNet call per step. The loop
+group (sweeper/training/vectorised.py) is N compatible trials through one batched UNet call per step. The loop
 does the per-step bookkeeping (non-finite stop, history rows, callbacks, checkpoints, resume, removal
 of half-written checkpoint folders) and, on an interruption, checkpoints at the last completed step.
 """
@@ -34,8 +34,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sweeper import data, tokens
-from sweeper.checkpoints import (
+from sweeper.config.checks import select_images
+from sweeper.config.schema import effective_lr
+from sweeper.data.images import Example, PromptSampler, format_prompt, load_image
+from sweeper.interrupt import is_interruption, signals_deferred
+from sweeper.models import Components, load_components
+from sweeper.store.checkpoints import (
     CHECKPOINTS,
     ResumeError,
     fingerprint,
@@ -44,12 +48,9 @@ from sweeper.checkpoints import (
     save_checkpoint,
     write_history,
 )
-from sweeper.checks import select_images
-from sweeper.config import effective_lr
-from sweeper.embeddings_io import save_learned_embeds
-from sweeper.interrupt import is_interruption, signals_deferred
-from sweeper.models import Components, load_components
-from sweeper.vectorised import check_compatible
+from sweeper.store.embeddings import save_learned_embeds
+from sweeper.training import tokens
+from sweeper.training.vectorised import check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +135,10 @@ class Trainer:
             bool(inv.init_word_average),
         )
         self.splices = [Splice(enc, r, comps.device) for enc, r in zip(comps.text_encoders, rows)]
-        self.sampler = data.PromptSampler(
+        self.sampler = PromptSampler(
             len(images), cfg.data.property, self.image_tokens, float(inv.per_image_p), float(cfg.data.flip_p)
         )
-        self.cache = LatentCache(
-            comps.vae, [data.load_image(p, comps.resolution) for p in images], comps.device
-        )
+        self.cache = LatentCache(comps.vae, [load_image(p, comps.resolution) for p in images], comps.device)
         self.noise_scheduler = DDPMScheduler.from_config(comps.scheduler.config)
         # torch.compile pays back its compile time only on long runs, and on CUDA only (checks.py): off by default.
         self.unet = torch.compile(comps.unet) if inv.get("compile") else comps.unet
@@ -181,9 +180,9 @@ class Trainer:
             added = {"text_embeds": pooled, "time_ids": self.time_ids.expand(len(prompts), -1)}
         return torch.cat(states, dim=-1), added, first_ids
 
-    def prompts(self, examples: list[data.Example], m: int) -> list[str]:
+    def prompts(self, examples: list[Example], m: int) -> list[str]:
         text = " ".join(self.concept_tokens[:m])
-        return [data.format_prompt(ex.template, text, ex.image_token) for ex in examples]
+        return [format_prompt(ex.template, text, ex.image_token) for ex in examples]
 
     def draw(self, m: int) -> dict:
         """Every random draw of one micro-batch, from the trainer's generator in a fixed order (resume and the

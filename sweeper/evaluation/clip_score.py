@@ -4,7 +4,7 @@
 - text_similarity, per edit prompt: "mean_embedding" = cos(text, normalised mean of the samples' embeddings)
   (the paper's text); "per_image" = mean over samples of cos(text, sample) (the official code).
 
-sweeper.evaluation samples the images these score; this module only embeds and scores them.
+sweeper.evaluation.protocol samples the images these score; this module only embeds and scores them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from scipy.stats import t as student_t
 
-from sweeper.config import EvaluationConfigError
+from sweeper.config.schema import EvaluationConfigError
+
+# Lazy imports: transformers is imported where the judge is built: CLI start-up and config refusals stay fast.
 
 VARIANTS = ("mean_embedding", "per_image")
 

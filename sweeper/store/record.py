@@ -23,8 +23,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import atomic
-from sweeper.checks import ConfigError, derive
+from sweeper.config.checks import ConfigError, derive
+from sweeper.store import atomic
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from sweeper import atomic
-from sweeper.inversion import Trainer
 from sweeper.models import pipeline_class
+from sweeper.store import atomic
+from sweeper.training.inversion import Trainer
 
 PIVOTAL = "pivotal"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]

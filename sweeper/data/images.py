@@ -6,7 +6,7 @@
     sampler = PromptSampler(len(paths), cfg.data.property, image_tokens, per_image_p, flip_p)
     for ex in sampler.sample(batch_size, generator): format_prompt(ex.template, placeholder_text, ex.image_token)
 
-The template sets (sweeper/templates.py) are the official textual_inversion code's, kept verbatim.
+The template sets (sweeper/data/templates.py) are the official textual_inversion code's, kept verbatim.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sweeper.templates import (
+from sweeper.data.templates import (
     OBJECT_TEMPLATES,
     OBJECT_TEMPLATES_WITH_IMAGE_TOKEN,
     STYLE_TEMPLATES,
@@ -37,7 +37,7 @@ PROPERTIES = ("object", "style")
 # decoding one at the cap holds at most ~4 bytes per pixel (268 MB). Larger photos: downscale them first.
 MAX_PIXELS = 8192 * 8192
 _TOO_LARGE = (
-    f"over the {MAX_PIXELS // 10**6}-megapixel cap (sweeper.data.MAX_PIXELS); "
+    f"over the {MAX_PIXELS // 10**6}-megapixel cap (sweeper.data.images.MAX_PIXELS); "
     "downscale it (e.g. to 4096 px on the long side) or remove it"
 )
 REDUCE_TO_SIDES = 4  # a large image is reduced to no less than this many times the resolution first

@@ -1,6 +1,6 @@
 """The prompt templates of the official textual_inversion code (rinongal/textual_inversion,
 ldm/data/personalized.py and personalized_style.py), kept verbatim: their repeats weight the sampling.
-`sweeper.data.templates_for` picks a list; `sweeper.data.format_prompt` fills one."""
+`sweeper.data.images.templates_for` picks a list; `sweeper.data.images.format_prompt` fills one."""
 
 from __future__ import annotations
 

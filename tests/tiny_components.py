@@ -1,19 +1,24 @@
-"""Small random-weight SD-format components, saved with `save_pretrained`.
+"""Small random-weight SD-format components, saved with `save_pretrained` (test fixtures, not the library).
 
-Tests and the pre-world demo load these folders through exactly the `from_pretrained` path a user's
+Tests, `make tiny` and bench's "tiny" shapes load these folders through exactly the `from_pretrained` path a user's
 `stable-diffusion-v1-5/stable-diffusion-v1-5` takes. Nothing here is mocked: the UNet, VAE, CLIP text
 encoder and tokenizer are the real diffusers/transformers classes, only small.
 
-    python -m sweeper.tiny OUT_DIR [--sdxl] [--judge JUDGE_DIR] [--images IMAGES_DIR]
+    python tests/tiny_components.py OUT_DIR [--sdxl] [--judge JUDGE_DIR] [--images IMAGES_DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
+
+from sweeper.world.bpe import train_bpe
+
+# Lazy imports: transformers and diffusers are imported where the components are built (import time).
 
 # Words that become single tokens; anything else still tokenizes (into characters).
 WORDS = """
@@ -27,44 +32,6 @@ sky space room kitchen floor rug wall background bucket basket
 red blue green yellow purple black white orange pink brown gray grey shiny wet cube
 holding sitting floating wearing top next front behind under inside elmo eiffel tower
 """.split()
-
-SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
-
-
-def train_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Learn CLIP-style BPE merges until every word in `words` is one token.
-
-    Merges are learned greedily by pair frequency, the standard algorithm, so applying them in
-    order reproduces the learned segmentation (hand-written merge lists conflict silently).
-    """
-    corpus = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
-    alphabet = [chr(c) for c in range(33, 127)]
-    vocab_list = [*alphabet, *(c + "</w>" for c in alphabet)]
-    merges: list[tuple[str, str]] = []
-    while True:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols in corpus.values():
-            pairs.update(zip(symbols, symbols[1:]))
-        if not pairs:
-            break
-        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
-        merges.append(best)
-        joined = best[0] + best[1]
-        vocab_list.append(joined)
-        for word, symbols in corpus.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(joined)
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            corpus[word] = out
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    for tok in SPECIAL:
-        vocab[tok] = len(vocab)
-    return vocab, merges
 
 
 def build_tokenizer(words: list[str] | None = None):
@@ -221,8 +188,6 @@ def build_demo_images(out: str | Path, *, n: int = 5, size: int = 64, seed: int 
 
     Each view moves, scales and recolours the background slightly, as photos of one object would.
     """
-    import numpy as np
-    from PIL import Image, ImageDraw
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 fingerprint a checkpoint must match to be resumed.
 
 The fingerprint holds the model and data groups and every inversion knob that changes what training
-produces; which knobs those are is the schema's to say (sweeper/config.py: `resume_safe=True` marks the
+produces; which knobs those are is the schema's to say (sweeper/config/schema.py: `resume_safe=True` marks the
 ones that may change between a run and its resumption: steps, log_every, checkpoint_every, compile,
 pivotal). A new knob is in the fingerprint without any edit here."""
 
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import atomic
-from sweeper.config import InversionConfig, resume_safe_fields
+from sweeper.config.schema import InversionConfig, resume_safe_fields
+from sweeper.store import atomic
 
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"

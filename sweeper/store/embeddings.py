@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import json
 import pickle
+import pickletools
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from sweeper import atomic
 from sweeper.models import resolve_model, single_file_shapes
+from sweeper.store import atomic
+
+# Lazy imports: safetensors and huggingface_hub are imported where used (CLI start-up, refusals before model work).
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 DIFFUSERS_FILE_2 = "learned_embeds_2.safetensors"
@@ -172,9 +176,6 @@ def _torch_load_safe(path: Path) -> object:
 
 def _pickle_globals(path: Path) -> list[str]:
     """The module.name globals a pickle (or torch zip archive) would import, read without executing it."""
-    import pickletools
-    import zipfile
-
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = [n for n in z.namelist() if n.endswith("data.pkl")]

@@ -8,12 +8,12 @@
   concept removed (whitespace normalised). Two named variants, averaged over prompts:
   "mean_embedding" = cos(text, normalised mean of the samples' image embeddings) (the paper's text, the
   default objective); "per_image" = mean over samples of cos(text, sample) (the official code).
-- `ev` is `evaluation.*` (sweeper/config.py EvaluationConfig: defaults, types, ranges); a dict is checked
+- `ev` is `evaluation.*` (sweeper/config/schema.py EvaluationConfig: defaults, types, ranges); a dict is checked
   against it too.
 - Bootstrap 95% CIs resample the samples (seeded); references "image_only" and "prompt_only" are cached
   on disk under evaluation.cache_dir, keyed by a hash of model, concept images, prompts, protocol and judge.
 
-This module samples and records; the judge and the similarity arithmetic are sweeper/clip_score.py.
+This module samples and records; the judge and the similarity arithmetic are sweeper/evaluation/clip_score.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from sweeper import atomic
-from sweeper.clip_score import (
+from sweeper.config.schema import EvaluationConfigError, evaluation_settings
+from sweeper.data.images import load_image
+from sweeper.evaluation.clip_score import (
     VARIANTS,
     Judge,
     NonFiniteError,
@@ -34,8 +36,10 @@ from sweeper.clip_score import (
     require_finite,
     score,
 )
-from sweeper.config import EvaluationConfigError, evaluation_settings
-from sweeper.sampling import Sampler, save_grid, slugs
+from sweeper.evaluation.sampling import Sampler, save_grid, slugs
+from sweeper.models import load_pipeline, resolve_device
+from sweeper.store import atomic
+from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
 
 
 def concept_removed(template: str) -> str:
@@ -118,8 +122,6 @@ def evaluate_pipeline(
     device: str | torch.device = "cpu",
 ) -> dict:
     """Sample, judge and score an embedding already loaded into `pipe` as `placeholder`; write metrics.json."""
-    from sweeper.data import load_image
-
     t0 = time.time()
     ev = evaluation_settings(ev)  # the schema's types, ranges and defaults; prompts resolved
     out_dir = Path(out_dir)
@@ -151,7 +153,6 @@ def evaluate_pipeline(
         )
     }
     protocol["resolution"] = sampler.resolution
-    from PIL import Image
 
     def to_pil(path: Path) -> Image.Image:  # the training images as the trainer saw them (crop, resize)
         pixels = ((load_image(Path(path), sampler.resolution) + 1) * 127.5).round().clamp(0, 255)
@@ -218,9 +219,6 @@ def evaluate_embedding(
     extra: dict | None = None,
 ) -> dict:
     """Load the model and an embedding file (or run folder) safely, then evaluate_pipeline."""
-    from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
-    from sweeper.models import load_pipeline, resolve_device
-
     ev = evaluation_settings(cfg.evaluation)
     loaded = load_embedding_file(embedding)  # refuses pickles carrying code, before any model work
     if not training_images:
