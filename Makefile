@@ -98,12 +98,13 @@ slurm:
 
 system-deps: slurm
 
-# Unit and integration tests: no network, no GPU, no system service (under 8 minutes on 2 cores).
+# Unit and integration tests: no network, no GPU, no system service (under 8 minutes on 2 cores: two pytest
+# workers, one torch thread each; a test file runs whole on one worker, so its module fixtures are built once).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -m "not slow and not system" -q
+	$(BIN)/python -m pytest -m "not slow and not system" -q -n 2 --dist loadfile
 
 # Tests that need system services (Chromium, PostgreSQL, SLURM), installed/started first. Without a binary a
 # test skips with the reason; under CI (CI=true, as .ci/run sets) a missing binary fails it.

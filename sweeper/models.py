@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,7 +55,6 @@ class Components:
     dtype: torch.dtype
     device: torch.device
     resolution: int
-    extras: dict = field(default_factory=dict)
 
     @property
     def is_sdxl(self) -> bool:

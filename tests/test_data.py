@@ -28,7 +28,6 @@ from sweeper.data.images import (
     PromptSampler,
     check_images,
     format_prompt,
-    hflip,
     list_images,
     load_image,
     select_images,
@@ -394,12 +393,6 @@ def test_image_named_symlink_loop_is_warned_about(tmp_path, caplog):
     (only / "loop.jpg").symlink_to("loop.jpg")
     with pytest.raises(DataError, match=r"no images.*loop.jpg"):
         list_images(only)
-
-
-def test_hflip():
-    x = torch.arange(6.0).reshape(1, 2, 3)
-    assert hflip(x).tolist() == [[[2, 1, 0], [5, 4, 3]]]
-    assert torch.equal(hflip(hflip(x)), x)
 
 
 def test_demo_images_are_valid_concept_images(tmp_path):

@@ -240,11 +240,6 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
     return (x.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
 
 
-def hflip(pixels: torch.Tensor) -> torch.Tensor:
-    """Horizontal flip of [..., H, W] pixels or latents."""
-    return torch.flip(pixels, dims=[-1])
-
-
 # ---------------------------------------------------------------------------------------- templates
 
 
