@@ -262,28 +262,11 @@ def test_evaluate_run_writes_metrics_grids_and_cached_references(
 def test_trial_runs_invert_then_evaluate_and_returns_both_objectives(
     tiny_sd, tiny_judge, concept_images, tmp_path
 ):
-    from conftest import compose_config
+    from conftest import smoke_config
 
     from sweeper.trial import run_trial
 
-    cfg = compose_config(
-        f"model.pretrained={tiny_sd}",
-        f"data.images={concept_images}",
-        "inversion.init_word=cat",
-        "inversion.steps=2",
-        "inversion.batch_size=1",
-        "inversion.grad_accum=1",
-        "inversion.checkpoint_every=0",
-        "evaluation/prompts=paper_examples",
-        f"evaluation.judge={tiny_judge}",
-        "evaluation.num_samples=2",
-        "evaluation.steps=2",
-        "evaluation.bootstrap=50",
-        f"evaluation.cache_dir={tmp_path / 'refs'}",
-        "evaluation.progress=false",
-        "tracking=none",
-        "device=cpu",
-    )
+    cfg = smoke_config(tiny_sd, concept_images, judge=tiny_judge)  # the one smoke configuration
     run = tmp_path / "run"
     scores = run_trial(cfg, run)
     metrics = json.loads((run / "metrics.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, wandb_files_written
+from conftest import compose_config, smoke_overrides, wandb_files_written
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -249,25 +249,8 @@ def test_a_trial_survives_its_wandb_service_dying(tiny_sd, tiny_judge, tmp_path)
 
     images = write_concept_images(tmp_path / "concept", n=2)
     run_dir = tmp_path / "trial_0001"
-    overrides = [
-        f"model.pretrained={tiny_sd}",
-        f"data.images={images}",
-        "inversion.init_word=cat",
-        "inversion.steps=2",
-        "inversion.batch_size=1",
-        "inversion.grad_accum=1",
-        "inversion.checkpoint_every=0",
-        "evaluation/prompts=paper_examples",
-        f"evaluation.judge={tiny_judge}",
-        "evaluation.num_samples=2",
-        "evaluation.steps=2",
-        "evaluation.bootstrap=20",
-        f"evaluation.cache_dir={tmp_path / 'refs'}",
-        "evaluation.progress=false",
-        "tracking=wandb",
-        "tracking.mode=offline",
-        "device=cpu",
-    ]
+    # the one smoke configuration, with W&B on (offline)
+    overrides = smoke_overrides(tiny_sd, images, "tracking=wandb", "tracking.mode=offline", judge=tiny_judge)
     script = TRIAL.replace("OVERRIDES", repr(overrides)).replace("RUN_DIR", repr(str(run_dir)))
     proc = run_script(script, tmp_path / "home")
     assert proc.returncode == 0, proc.stderr[-3000:]
