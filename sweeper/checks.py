@@ -83,6 +83,7 @@ def check_inversion_keys(inv: DictConfig) -> None:
             _number(inv, "checkpoint_every", p, int) >= 0,
             f"{p}.checkpoint_every={inv.checkpoint_every}: must be >= 0 (0 or null = no checkpoints)",
         )
+    check_early_stop(inv)
     piv = inv.get("pivotal")
     if piv is not None and piv.get("enabled"):
         q = "inversion.pivotal"
@@ -91,6 +92,29 @@ def check_inversion_keys(inv: DictConfig) -> None:
         _require(_number(piv, "lr", q) > 0, f"{q}.lr={piv.lr}: must be > 0")
         if piv.mode == "lora":
             _require(_number(piv, "lora_rank", q, int) >= 1, f"{q}.lora_rank={piv.lora_rank}: must be >= 1")
+
+
+def check_early_stop(inv: DictConfig) -> None:
+    """inversion.early_stop (sweeper/early_stop.py): absent or null = off (configs from before it existed)."""
+    stop, q = inv.get("early_stop"), "inversion.early_stop"
+    if stop is None:
+        return
+    _require(isinstance(stop, DictConfig), f"{q}={stop!r}: give a mapping, e.g. {q}.enabled=true")
+    _require(
+        isinstance(stop.get("enabled", False), bool), f"{q}.enabled={stop.get('enabled')!r}: true or false"
+    )
+    for key in ("every", "window", "batch"):
+        if key in stop:
+            _require(_number(stop, key, q, int) >= 1, f"{q}.{key}={stop[key]}: must be >= 1")
+    if "window" in stop:
+        _require(int(stop.window) >= 2, f"{q}.window={stop.window}: a variance needs >= 2 evaluations")
+    if "threshold" in stop:
+        _require(
+            0 < _number(stop, "threshold", q) <= 1,
+            f"{q}.threshold={stop.threshold}: a variance ratio in (0, 1] (DVAR: 0.15)",
+        )
+    if "seed" in stop:
+        _number(stop, "seed", q, int)
 
 
 def check_data(cfg: DictConfig) -> list:

@@ -42,8 +42,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import record, tokens
+from sweeper import atomic, early_stop, record, tokens
 from sweeper.checks import ConfigError, check_config
+from sweeper.early_stop import DenoisingObjective
 from sweeper.embeddings_io import load_embedding_file, load_into_pipeline
 from sweeper.evaluation import _apply_pivotal, evaluate_pipeline, resolve_prompts
 from sweeper.evaluation import check_config as check_evaluation
@@ -247,6 +248,7 @@ def _evaluate_one(
         "num_vectors": int(result.vectors[0].shape[0]),
         "pivotal": _pivotal_mode(spec) if ev["use_pivotal"] else None,
         "vectorised_group": group,
+        "stopped_at_step": result.stopped_at,  # inversion.early_stop's stop (None: trained every step)
     }
     evaluate = lambda token: evaluate_pipeline(  # noqa: E731 - one call, two ways to get the token
         pipe,
@@ -341,14 +343,29 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------ helpers
 def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores], None]) -> Callable:
-    """For pruning: every `evaluation.quick.every` steps, evaluate the vectors as they are with a few
-    samples (no references, no CIs) and report (image_similarity, text_similarity) to Optuna, which
-    takes the study's objective. Values land in quick/step_<N>/metrics.json beside the run's record."""
+    """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
+
+    `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports
+    (image_similarity, text_similarity), of which Optuna takes the study's objective. `denoising`: the
+    early-stopping objective (sweeper/early_stop.py: the denoising loss on a fixed batch, one forward pass,
+    noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
+    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
     quick = cfg.evaluation.quick
     every, last = int(quick.every), int(cfg.inversion.steps)
+    objectives: dict[int, DenoisingObjective] = {}
 
     def measure(step: int, trainer: Trainer) -> None:
         if step % every and step != last:
+            return
+        if quick.get("objective", "clip") == "denoising":  # the early-stopping objective, noise free
+            if id(trainer) not in objectives:
+                objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
+            objective = objectives[id(trainer)]
+            m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
+            loss = objective(trainer, m)
+            out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
+            atomic.write_json(out, {"denoising_objective": loss, "intermediate_value": -loss, "step": step})
+            report(step, -loss)  # lower loss is better; the study maximises, so Optuna gets -loss
             return
         ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
         ev.update(
