@@ -171,3 +171,39 @@ def test_bad_early_stop_settings_are_refused(key, value):
     cfg = compose_config("inversion.init_word=cat", f"inversion.early_stop.{key}={value}")
     with pytest.raises(ConfigError, match=f"inversion.early_stop.{key}"):
         check_inversion_keys(cfg.inversion)
+
+
+def test_denoising_objective_as_optunas_intermediate_value(tmp_path, tiny_sd, tiny_judge):
+    import optuna
+    from conftest import write_concept_images
+    from sweep_app.cli import run_sweeper, tiny_overrides
+
+    images = write_concept_images(tmp_path / "img", n=3)
+    sweep = tmp_path / "sweeps" / "prune"
+    run_sweeper(
+        "-m",
+        "search=pareto_random",
+        "hydra.sweeper.study_name=prune",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.objective=1",
+        "hydra/sweeper/pruner=median",
+        "data.n_images=2",
+        "inversion.num_vectors=1",
+        "inversion.per_image_tokens=false",
+        "evaluation.quick.every=2",
+        "evaluation.quick.objective=denoising",
+        *tiny_overrides(tiny_sd, tiny_judge, images, steps=4),
+    )
+    trials = optuna.load_study(study_name="prune", storage=f"sqlite:///{sweep}/optuna.db").trials
+    assert len(trials) == 2
+    for t in trials:
+        run = sweep / f"trial_{t.number:04d}"
+        assert set(t.intermediate_values) == {2, 4}
+        for step, value in t.intermediate_values.items():
+            quick = json.loads((run / "quick" / f"step_{step:06d}" / "metrics.json").read_text())
+            assert (
+                value == -quick["denoising_objective"] < 0
+            )  # -loss: higher is better, as the study maximises
+            assert not (run / "quick" / f"step_{step:06d}" / "samples").exists()  # no sampling
