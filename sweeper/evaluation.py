@@ -58,6 +58,7 @@ DEFAULTS = {
     "min_samples": 8,  # adaptive evaluation: the first round, and each further round, per prompt
 }
 ADAPTIVE_KEYS = ("target_halfwidth", "min_samples")  # not part of the references' protocol
+QUICK_OBJECTIVES = ("clip", "denoising")  # evaluation.quick.objective: Optuna's intermediate value
 
 
 def concept_removed(template: str) -> str:
@@ -132,13 +133,19 @@ def check_config(ev) -> dict:
 
 
 def check_adaptive(ev: dict) -> None:
-    """evaluation.target_halfwidth (null or a number > 0) and evaluation.min_samples (>= 2)."""
+    """evaluation.target_halfwidth (null or a number > 0), evaluation.min_samples (>= 2) and
+    evaluation.quick.objective (clip | denoising): the keys of the cheaper sweep (issue 18)."""
     target = ev.get("target_halfwidth")
     if target is not None and (
         isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0
     ):
         raise EvaluationConfigError(
             f"evaluation.target_halfwidth={target!r}: a 95% half-width > 0 (e.g. 0.01), or null for off"
+        )
+    quick = ev.get("quick") or {}
+    if quick.get("objective", "clip") not in QUICK_OBJECTIVES:
+        raise EvaluationConfigError(
+            f"evaluation.quick.objective={quick.get('objective')!r}: choose one of {', '.join(QUICK_OBJECTIVES)}"
         )
     low = ev.get("min_samples")
     if isinstance(low, bool) or not isinstance(low, int) or low < 2:

@@ -100,6 +100,15 @@ def test_bad_adaptive_settings_are_refused(tiny_judge, tmp_path, key, value):
         check_config(eval_cfg(tiny_judge, tmp_path, **{key: value}))
 
 
+def test_unknown_quick_objective_is_refused(tiny_judge, tmp_path):
+    ev = eval_cfg(tiny_judge, tmp_path)
+    ev["quick"]["objective"] = "loss"
+    with pytest.raises(EvaluationConfigError, match="evaluation.quick.objective"):
+        check_config(ev)
+    ev["quick"]["objective"] = "denoising"
+    assert check_config(ev)["quick"]["objective"] == "denoising"
+
+
 def test_two_image_subsets_share_one_prompt_only_cache_entry(tiny_sd, tiny_judge, concept_images, tmp_path):
     run = tmp_path / "run"
     save_learned_embeds(run, "<cat-toy>", [torch.randn(1, 32)])
