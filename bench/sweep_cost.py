@@ -183,6 +183,18 @@ def markdown(result: dict) -> str:
             for k in OBJECTIVES
         ),
         "",
+        "| pair (config, concept, seed) | fixed s | adaptive s | stop step | samples adaptive/fixed "
+        "| image diff | text diff |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {p['config']} {p['concept']} {p['seed']} | {p['fixed']['wall_s']:.0f} | "
+            f"{p['adaptive']['wall_s']:.0f} | {p['adaptive']['stopped_at_step'] or '-'} | "
+            f"{p['adaptive']['samples']}/{p['fixed']['samples']} | "
+            f"{p['adaptive']['image_similarity'] - p['fixed']['image_similarity']:+.4f} | "
+            f"{p['adaptive']['text_similarity'] - p['fixed']['text_similarity']:+.4f} |"
+            for p in result["pairs"]
+        ),
+        "",
         f"Target: >= 3x trials/hour with both objectives' paired intervals within +-0.02: **{verdict}** "
         f"(speedup {s['speedup']:.2f}x; largest |mean difference| {s['max_objective_delta']:.4f}, "
         f"largest interval bound {s['max_objective_delta_ci_bound']:.4f}).",
