@@ -199,6 +199,7 @@ def markdown(result: dict) -> str:
         f"(speedup {s['speedup']:.2f}x; largest |mean difference| {s['max_objective_delta']:.4f}, "
         f"largest interval bound {s['max_objective_delta_ci_bound']:.4f}).",
         "",
+        *([result["notes"], ""] if result.get("notes") else []),
         "What sets the figure: the speedup grows with how far past convergence the fixed step budget is, and "
         "with how many samples the fixed protocol spends beyond what each prompt's interval needs; the "
         "quality cost is what the last steps and the extra samples would still have moved. "
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--raw", type=Path, default=ROOT / "benchmarks" / "sweep_cost.json", help="every trial's figures"
     )
     p.add_argument("--render", action="store_true", help="only rewrite the section and keys from --raw")
+    p.add_argument("--notes", help="with --render or --merge: a paragraph of findings to store and show")
     p.add_argument("--only", help="a shard: run only these concepts (comma list) of --size; write --raw only")
     p.add_argument(
         "--merge", help="comma list of shards' --raw files: combine them, then write as a full run"
@@ -309,6 +311,11 @@ def main(argv: list[str] | None = None) -> dict:
         if args.only:
             print(f"shard written to {args.raw}; combine the shards with --merge")
             return result
+    if args.notes:
+        result["notes"] = args.notes
+        from sweeper.atomic import write_json
+
+        write_json(args.raw, result)
     write_section(args.out, markdown(result))
     update_latest(args.json, result)
     s = result["summary"]
