@@ -183,7 +183,7 @@ def markdown(result: dict) -> str:
         f"| mean training steps | {a['steps']} | {s['mean_steps_adaptive']:.0f} "
         f"({s['stopped_early']}/{s['pairs']} stopped early) |",
         f"| mean samples per trial (all prompts) | {s['mean_samples_fixed']:.0f} | {s['mean_samples_adaptive']:.0f} |",
-        f"| evaluation s (all trials) | {s['evaluation_s_fixed']:.0f} | {s['evaluation_s_adaptive']:.0f} |",
+        f"| evaluation wall s (all trials; load-dependent) | {s['evaluation_s_fixed']:.0f} | {s['evaluation_s_adaptive']:.0f} |",
         "",
         "| paired difference, adaptive - fixed | mean | 95% interval (t, pairs) |",
         "|---|---:|---:|",
