@@ -376,7 +376,9 @@ def write(args, results: dict, date: str | None = None, device: str | None = Non
         "paper_trial_estimate_s": paper_trial_estimate(results),
         "targets": tgts,
         "settings": {
-            k: (str(v) if k == "device" else v) for k, v in vars(args).items() if k not in ("out", "json", "render")
+            k: (str(v) if k == "device" else v)
+            for k, v in vars(args).items()
+            if k not in ("out", "json", "render")
         },
         "results": results,
         **kept,

@@ -54,7 +54,9 @@ def test_summary_speedup_and_verdict():
 def test_keys_and_sections_of_other_benchmarks_survive(tmp_path):
     latest, md = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
     latest.write_text(json.dumps({"trainer_speedup": 1.6, "targets": []}))
-    md.write_text("# Benchmarks\n\nOLD-REPORT-TEXT\n\n<!-- scale:begin -->\n## Scale\nkept\n<!-- scale:end -->\n")
+    md.write_text(
+        "# Benchmarks\n\nOLD-REPORT-TEXT\n\n<!-- scale:begin -->\n## Scale\nkept\n<!-- scale:end -->\n"
+    )
     pairs = [pair("a", 400, 100, 0.001, -0.002), pair("b", 500, 100, -0.001, 0.002)]
     result = {
         "meta": {"date": "d", "machine": "m"},
