@@ -58,8 +58,9 @@ pre{font-size:11px;background:#f8f8f8;padding:6px;overflow-x:auto}
 
 # Click a header to sort by it; numbers (data-v) sort numerically, empty cells last.
 JS = """
-document.querySelectorAll('table.sortable th').forEach(function(th, col){
+document.querySelectorAll('table.sortable th').forEach(function(th){
   th.addEventListener('click', function(){
+    var col = th.cellIndex;  // the column within its own table (the report has several sortable tables)
     var table = th.closest('table'), body = table.tBodies[0];
     var asc = !th.classList.contains('asc');
     table.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc');});
