@@ -115,11 +115,16 @@ test-system: $(STAMP) system-deps
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not system" -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; else exit $$rc; fi
 
-# Speed: the project against the diffusers-example reference loop, on this machine's device
-# (CUDA: SD 1.5 shapes; CPU: small shapes). Prints a table; writes BENCHMARKS.md + benchmarks/latest.json.
+# Speed: the trainer against the project's re-implementation of the diffusers-example loop, on this machine's
+# device (CUDA: SD 1.5 shapes; CPU: small shapes); then the headline, sweep throughput on the world: early
+# stopping + adaptive evaluation against fixed budgets, Fig. 10a configurations x 3 concepts x 2 seeds
+# (SWEEP_COST_ARGS='--size reduced' or '--size ours' for fewer configurations; hours on a 2-core CPU at full size).
+# Prints tables; writes BENCHMARKS.md + benchmarks/latest.json (+ benchmarks/sweep_cost.json).
 BENCH_ARGS ?=
+SWEEP_COST_ARGS ?= --size full
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.sweep_cost $(SWEEP_COST_ARGS)
 
 # Many workers on one study: batches vs asynchronous workers (simulated GPUs), and K = 1, 2, 4, 8 sweeper
 # processes on one PostgreSQL study (measured). Writes its own section of BENCHMARKS.md and benchmarks/scale.json.

@@ -375,6 +375,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--json", type=Path, default=Path("benchmarks/latest.json"))
+    p.add_argument(
+        "--render", action="store_true", help="measure nothing: rewrite BENCHMARKS.md from --json's figures"
+    )
     args = p.parse_args(argv)
     from sweeper.models import resolve_device
 
@@ -397,6 +400,14 @@ def main(argv: list[str] | None = None) -> dict:
     from bench import report
 
     args = parse(argv)
+    if args.render:  # the saved run's settings, results, date and device; today's report text
+        import json
+
+        saved = json.loads(args.json.read_text())
+        for key, value in saved["settings"].items():
+            if key not in ("device", "render"):
+                setattr(args, key, value)
+        return report.write(args, saved["results"], date=saved["date"], device=saved["device"])
     torch.set_num_threads(args.threads)
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     import diffusers

@@ -54,10 +54,11 @@ from sweeper.models import (
     resolve_dtype,
 )
 from sweeper.search import current_trial_number, report_hook
-from sweeper.store import record
+from sweeper.store import atomic, record
 from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
 from sweeper.tracking import Tracker
-from sweeper.training import tokens
+from sweeper.training import early_stop, tokens
+from sweeper.training.early_stop import DenoisingObjective
 from sweeper.training.inversion import InversionResult, Trainer, train
 from sweeper.training.pivotal import pivotal_tune
 
@@ -247,6 +248,7 @@ def _evaluate_one(
         "num_vectors": int(result.vectors[0].shape[0]),
         "pivotal": _pivotal_mode(spec) if ev["use_pivotal"] else None,
         "vectorised_group": group,
+        "stopped_at_step": result.stopped_at,  # inversion.early_stop's stop (None: trained every step)
     }
     evaluate = lambda token: evaluate_pipeline(  # noqa: E731 - one call, two ways to get the token
         pipe,
@@ -341,14 +343,29 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------ helpers
 def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores], None]) -> Callable:
-    """For pruning: every `evaluation.quick.every` steps, evaluate the vectors as they are with a few
-    samples (no references, no CIs) and report (image_similarity, text_similarity) to Optuna, which
-    takes the study's objective. Values land in quick/step_<N>/metrics.json beside the run's record."""
+    """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
+
+    `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports
+    (image_similarity, text_similarity), of which Optuna takes the study's objective. `denoising`: the
+    early-stopping objective (training/early_stop.py: the denoising loss on a fixed batch, one forward pass,
+    noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
+    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
     quick = cfg.evaluation.quick
     every, last = int(quick.every), int(cfg.inversion.steps)
+    objectives: dict[int, DenoisingObjective] = {}
 
     def measure(step: int, trainer: Trainer) -> None:
         if step % every and step != last:
+            return
+        if quick.objective == "denoising":  # the early-stopping objective, noise free
+            if id(trainer) not in objectives:
+                objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
+            objective = objectives[id(trainer)]
+            m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
+            loss = objective(trainer, m)
+            out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
+            atomic.write_json(out, {"denoising_objective": loss, "intermediate_value": -loss, "step": step})
+            report(step, -loss)  # lower loss is better; the study maximises, so Optuna gets -loss
             return
         ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
         ev.update(

@@ -185,8 +185,8 @@ def test_every_inversion_knob_is_in_the_fingerprint_unless_marked_resume_safe():
     for f in dataclasses.fields(InversionConfig):
         changed = copy.deepcopy(cfg)
         node, name = changed.inversion, f.name
-        if OmegaConf.is_config(node[name]):  # a nested group (pivotal): change one of its knobs
-            node, name = node[name], "steps"
+        if OmegaConf.is_config(node[name]):  # a nested group (pivotal, early_stop): change one of its knobs
+            node, name = node[name], next(k for k in node[name] if k != "enabled")
         node[name] = _changed(node[name])
         assert (fingerprint(changed) == before) == (f.name in safe), f.name
 
@@ -195,8 +195,11 @@ def test_fingerprint_is_unchanged_for_old_checkpoints():
     """Checkpoints written before the schema carry the old JSON: the same keys, the same values."""
     cfg = compose_config(*base(), "inversion.num_vectors=2", "+experiment/fig10@_global_=progressive")
     old_resumable = ("steps", "log_every", "checkpoint_every", "pivotal", "compile")
+    newer = ("early_stop",)  # knobs added since (resume-safe), absent from those checkpoints' JSON
     inv = {
-        k: v for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items() if k not in old_resumable
+        k: v
+        for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items()
+        if k not in old_resumable + newer
     }
     old = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),

@@ -245,7 +245,9 @@ def test_evaluate_run_writes_metrics_grids_and_cached_references(
     assert not list(run.rglob("*.tmp"))
 
     # references are cached: a second run of the same model/concept/protocol reads them back
-    cache_files = list((tmp_path / "refs").glob("*.json"))
+    cache_files = list(
+        (tmp_path / "refs").glob("prompt_only/*.npz")
+    )  # per dependency (test_adaptive_evaluation)
     assert len(cache_files) == 1
     mtime = cache_files[0].stat().st_mtime_ns
     run2 = tmp_path / "run2"
@@ -256,7 +258,7 @@ def test_evaluate_run_writes_metrics_grids_and_cached_references(
     # ... and another protocol gets its own entry
     cfg.evaluation.guidance = 3.0
     evaluate_run(cfg, run2, images)
-    assert len(list((tmp_path / "refs").glob("*.json"))) == 2
+    assert len(list((tmp_path / "refs").glob("prompt_only/*.npz"))) == 2
 
 
 def test_trial_runs_invert_then_evaluate_and_returns_both_objectives(

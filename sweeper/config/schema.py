@@ -41,6 +41,7 @@ SAMPLERS = ("ddim", "dpmsolver++", "unipc", "euler")  # sampling.SAMPLERS
 TEXT_VARIANTS = ("mean_embedding", "per_image")  # clip_score.VARIANTS
 PROPERTIES = ("object", "style")  # data.PROPERTIES
 TRACKING_MODES = ("offline", "online", "disabled")
+QUICK_OBJECTIVES = ("clip", "denoising")  # evaluation.quick.objective: Optuna's intermediate value
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed refuses anything larger (and negative seeds)
 
 
@@ -105,6 +106,21 @@ class PivotalConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """Stop when the denoising loss on a fixed batch stops moving (DVAR; sweeper/training/early_stop.py)."""
+
+    enabled: bool = False
+    every: int = knob(10, ge=1, hint="steps between evaluations of the objective (no gradients)")
+    # evaluations in the window: stop when var(last window) / var(all so far) < threshold
+    window: int = knob(20, ge=2, hint="a variance needs >= 2 evaluations")
+    # DVAR's default; a ratio, so one value suits any loss scale
+    threshold: float = knob(0.15, gt=0, le=1, hint="a variance ratio (DVAR: 0.15)")
+    # fixed examples (image, flip, template, latent sample, noise, timestep) in the objective
+    batch: int = knob(8, ge=1)
+    seed: int = knob(0, ge=0, le=SEED_MAX)  # the objective's own generator, apart from the trainer's
+
+
+@dataclass
 class InversionConfig:
     """Textual inversion of one concept (Gal et al. 2022); the defaults follow the paper: one vector,
     5000 steps, base lr 5e-3 scaled by batch x accumulation (paper: 2 GPUs x batch 4 = 0.04 effective;
@@ -139,6 +155,8 @@ class InversionConfig:
     checkpoint_every: int | None = knob(500, ge=0, resume_safe=True, hint="0 or null = no checkpoints")
     # tuned after the inversion: the inverted vectors do not depend on it
     pivotal: PivotalConfig = knob(PivotalConfig(), resume_safe=True)
+    # measuring the objective uses no training randomness, so it never changes the trajectory
+    early_stop: EarlyStopConfig = knob(EarlyStopConfig(), resume_safe=True)
 
 
 @dataclass
@@ -149,6 +167,8 @@ class QuickEvaluationConfig:
     num_samples: int = knob(4, ge=1)  # samples per prompt (no references, no CIs): a cheap, noisy signal
     steps: int = knob(10, ge=1)
     max_prompts: int = knob(3, ge=1)  # the first prompts of the set
+    # clip (the few samples above) | denoising (the early-stopping objective, reported as -loss)
+    objective: str = knob("clip", choices=QUICK_OBJECTIVES)
 
 
 @dataclass
@@ -176,6 +196,11 @@ class EvaluationConfig:
     grid_tile: int = knob(256, ge=8, hint="max tile width in pixels in the grids")
     progress: bool = True  # tqdm bars while sampling
     use_pivotal: bool = True  # a run with pivotal/ is evaluated with its tuned UNet
+    # adaptive evaluation: sample each prompt in rounds until its 95% half-width <= this (null = off)
+    target_halfwidth: float | None = knob(None, gt=0, hint="a 95% half-width, e.g. 0.01, or null for off")
+    # adaptive evaluation: samples in the first round and in each further round (an interval needs two;
+    # a value above num_samples means one round of num_samples)
+    min_samples: int = knob(8, ge=2)
     prompt_set: str | None = None  # the preset's name, recorded with the metrics
     reconstruction_prompt: str = "a photo of {}"
     # edit prompt templates ("{}" = S*), or the name of a preset in conf/evaluation/prompts/

@@ -10,8 +10,16 @@
   default objective); "per_image" = mean over samples of cos(text, sample) (the official code).
 - `ev` is `evaluation.*` (sweeper/config/schema.py EvaluationConfig: defaults, types, ranges); a dict is checked
   against it too.
-- Bootstrap 95% CIs resample the samples (seeded); references "image_only" and "prompt_only" are cached
-  on disk under evaluation.cache_dir, keyed by a hash of model, concept images, prompts, protocol and judge.
+- Bootstrap 95% CIs resample the samples (seeded).
+- References, cached under evaluation.cache_dir by what each depends on: "prompt_only" samples (the CLIP
+  features of the prompts without S*) by model, prompts, protocol and judge, NOT the concept images, so
+  every image subset of a sweep shares them (only the cheap comparison with the images is redone);
+  "image_only" (the training set against itself and the prompts' texts) by the images, judge and prompts.
+- Adaptive evaluation (evaluation.target_halfwidth): each prompt is sampled in rounds of
+  evaluation.min_samples until the 95% interval half-width of its own similarity (1.96 x a jackknife
+  standard error) is at most the target, or num_samples is reached. Sample i of prompt p always starts
+  from the same noise, so the samples used are a prefix of the fixed evaluation's: common random numbers
+  hold across runs. metrics.json records each prompt's sample count (samples_per_prompt).
 
 This module samples and records; the judge and the similarity arithmetic are sweeper/evaluation/clip_score.py.
 """
@@ -19,10 +27,12 @@ This module samples and records; the judge and the similarity arithmetic are swe
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -41,6 +51,8 @@ from sweeper.models import load_pipeline, resolve_device
 from sweeper.store import atomic
 from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
 
+ADAPTIVE_KEYS = ("target_halfwidth", "min_samples")  # not part of the references' protocol
+
 
 def concept_removed(template: str) -> str:
     """The judge's text for a prompt template: the concept slot dropped, whitespace normalised."""
@@ -54,60 +66,139 @@ def fill(template: str, placeholder: str) -> str:
 # -------------------------------------------------------------------------------------- evaluation
 
 
-def _sample_and_embed(sampler: Sampler, judge: Judge, prompt: str, key: str, n: int, grid_path=None, ev=None):
+def halfwidth(features: np.ndarray, text: np.ndarray | None, training: np.ndarray, variant: str) -> float:
+    """95% interval half-width of one prompt's similarity: 1.96 x its jackknife standard error.
+
+    text None: the reconstruction prompt's image similarity (a mean over samples: the jackknife is the
+    standard error of the mean). Otherwise the prompt's text similarity in `variant`."""
+    n = len(features)
+    if n < 2:
+        return float("inf")
+    if text is None or variant == "per_image":
+        values = (features @ training.T).mean(1) if text is None else features @ text
+        return float(1.96 * values.std(ddof=1) / np.sqrt(n))
+    leave_one_out = (features.sum(0) - features) / (n - 1)
+    theta = (leave_one_out / np.linalg.norm(leave_one_out, axis=1, keepdims=True)) @ text
+    return float(1.96 * np.sqrt((n - 1) / n * ((theta - theta.mean()) ** 2).sum()))
+
+
+def _sample_and_judge(sampler: Sampler, judge: Judge, prompt: str, key: str, n: int, start: int):
+    """Samples start .. start+n-1 of `prompt` and the judge's (finite) features of them."""
     try:
-        images = sampler.sample(prompt, n, noise_key=key, desc=prompt[:40])
+        images = sampler.sample(prompt, n, noise_key=key, desc=prompt[:40], start=start)
     except NonFiniteError as err:
         raise NonFiniteError(f"prompt {prompt!r}: {err}") from None
+    feats = require_finite(judge.images(images), f"prompt {prompt!r}: the judge's features of the samples")
+    return images, feats
+
+
+def _sample_and_embed(
+    sampler: Sampler,
+    judge: Judge,
+    prompt: str,
+    key: str,
+    n: int,
+    grid_path=None,
+    ev=None,
+    width=None,
+) -> np.ndarray:
+    """CLIP features of samples 0 .. n-1 of `prompt`; with `width` (features -> half-width) and
+    ev["target_halfwidth"], sampled in rounds of ev["min_samples"] that stop once the width is reached."""
+    target = (ev or {}).get("target_halfwidth")
+    if width is None or target is None:
+        images, feats = _sample_and_judge(sampler, judge, prompt, key, n, 0)
+    else:
+        images, parts = [], []
+        while len(images) < n:
+            more = min(ev["min_samples"], n - len(images))
+            new, new_feats = _sample_and_judge(sampler, judge, prompt, key, more, len(images))
+            images += new
+            parts.append(new_feats)
+            if width(np.concatenate(parts)) <= target:
+                break
+        feats = np.concatenate(parts)
     if grid_path is not None:
         save_grid(images, grid_path, ev["grid_samples"], ev["grid_tile"])
-    return require_finite(judge.images(images), f"prompt {prompt!r}: the judge's features of the samples")
+    return feats
 
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def reference_key(model: str, training_images: list[Path], ev: dict, protocol: dict) -> str:
+def _hash(blob: dict) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _model_id(model: str) -> str:
     model_path = Path(model).expanduser()
     model_id = str(model_path.resolve()) if model_path.exists() else model
     if (model_path / "model_index.json").is_file():
         model_id += f"@{(model_path / 'model_index.json').stat().st_mtime_ns}"
-    blob = json.dumps(
+    return model_id
+
+
+def prompt_only_key(model: str, ev: dict, protocol: dict) -> str:
+    """What the prompt-only samples depend on: model, prompts, protocol, judge. Not the concept images."""
+    return _hash(
         {
-            "model": model_id,
-            "images": [_file_digest(p) for p in training_images],
+            "model": _model_id(model),
             "prompts": ev["prompts"],
             "reconstruction_prompt": ev["reconstruction_prompt"],
             "protocol": protocol,
             "judge": ev["judge"],
+        }
+    )
+
+
+def image_only_key(training_images: list[Path], ev: dict, resolution: int) -> str:
+    """What the image-only point depends on: the images (as the trainer sees them) and the judge; its text
+    similarity also on the prompts and the variant."""
+    return _hash(
+        {
+            "images": [_file_digest(p) for p in training_images],
+            "resolution": resolution,
+            "judge": ev["judge"],
+            "prompts": ev["prompts"],
             "variant": ev["text_variant"],
-        },
-        sort_keys=True,
+        }
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def references(sampler, judge, training, texts, ev: dict, protocol: dict, key: str) -> dict:
-    """'image_only' (training set vs itself and vs the prompts' texts) and 'prompt_only' (concept removed)."""
-    cache = Path(ev["cache_dir"]).expanduser() / f"{key}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())["references"]
-    n = ev["num_samples"]
-    image_only = score(training, training, [training] * len(texts), texts, ev["text_variant"], 1)
-    image_only["image_similarity"] = image_only_similarity(training)
-    recon = _sample_and_embed(
-        sampler, judge, concept_removed(ev["reconstruction_prompt"]), ev["reconstruction_prompt"], n
-    )
-    prompt_samples = [_sample_and_embed(sampler, judge, concept_removed(p), p, n) for p in ev["prompts"]]
-    prompt_only = score(recon, training, prompt_samples, texts, ev["text_variant"], 1)
-    keep = ("image_similarity", "text_similarity", *(f"text_similarity_{v}" for v in VARIANTS))
-    refs = {
-        name: {k: r[k] for k in keep}
-        for name, r in (("image_only", image_only), ("prompt_only", prompt_only))
-    }
-    atomic.write_json(cache, {"key": key, "judge": ev["judge"], "protocol": protocol, "references": refs})
-    return refs
+KEEP = ("image_similarity", "text_similarity", *(f"text_similarity_{v}" for v in VARIANTS))
+
+
+def references(
+    sampler, judge, training, texts, ev: dict, protocol: dict, model: str, training_images: list[Path]
+) -> dict:
+    """'image_only' (training set vs itself and vs the prompts' texts) and 'prompt_only' (concept removed),
+    each from its own cache entry (see the module doc); the prompt-only samples always take num_samples."""
+    root = Path(ev["cache_dir"]).expanduser()
+    image_cache = root / "image_only" / f"{image_only_key(training_images, ev, sampler.resolution)}.json"
+    if image_cache.is_file():
+        image_only = json.loads(image_cache.read_text())["image_only"]
+    else:
+        scored = score(training, training, [training] * len(texts), texts, ev["text_variant"], 1)
+        scored["image_similarity"] = image_only_similarity(training)
+        image_only = {k: scored[k] for k in KEEP}
+        atomic.write_json(image_cache, {"judge": ev["judge"], "image_only": image_only})
+
+    key = prompt_only_key(model, ev, protocol)
+    prompt_cache = root / "prompt_only" / f"{key}.npz"
+    if prompt_cache.is_file():
+        with np.load(prompt_cache, allow_pickle=False) as stored:
+            recon, prompt_samples = stored["reconstruction"], list(stored["prompts"])
+    else:
+        n = ev["num_samples"]
+        recon = _sample_and_embed(
+            sampler, judge, concept_removed(ev["reconstruction_prompt"]), ev["reconstruction_prompt"], n
+        )
+        prompt_samples = [_sample_and_embed(sampler, judge, concept_removed(p), p, n) for p in ev["prompts"]]
+        buf = io.BytesIO()
+        np.savez(buf, reconstruction=recon, prompts=np.stack(prompt_samples))
+        atomic.write_bytes(prompt_cache, buf.getvalue())
+    scored = score(recon, training, prompt_samples, texts, ev["text_variant"], 1)
+    return {"image_only": image_only, "prompt_only": {k: scored[k] for k in KEEP}}
 
 
 def evaluate_pipeline(
@@ -153,6 +244,8 @@ def evaluate_pipeline(
         )
     }
     protocol["resolution"] = sampler.resolution
+    reference_protocol = dict(protocol)  # the references always take num_samples: adaptivity is not in it
+    protocol.update({k: ev[k] for k in ADAPTIVE_KEYS})
 
     def to_pil(path: Path) -> Image.Image:  # the training images as the trainer saw them (crop, resize)
         pixels = ((load_image(Path(path), sampler.resolution) + 1) * 127.5).round().clamp(0, 255)
@@ -164,7 +257,7 @@ def evaluate_pipeline(
     texts = require_finite(
         judge.texts([concept_removed(p) for p in ev["prompts"]]), "the judge's text features"
     )
-    n, samples = ev["num_samples"], out_dir / "samples"
+    n, samples, variant = ev["num_samples"], out_dir / "samples", ev["text_variant"]
     recon = _sample_and_embed(
         sampler,
         judge,
@@ -173,22 +266,42 @@ def evaluate_pipeline(
         n,
         samples / "reconstruction.png",
         ev,
+        width=lambda f: halfwidth(f, None, training, variant),
     )
     names = slugs(ev["prompts"])
     prompt_samples = [
-        _sample_and_embed(sampler, judge, fill(p, placeholder), p, n, samples / f"{names[p]}.png", ev)
-        for p in ev["prompts"]
+        _sample_and_embed(
+            sampler,
+            judge,
+            fill(p, placeholder),
+            p,
+            n,
+            samples / f"{names[p]}.png",
+            ev,
+            width=lambda f, t=t: halfwidth(f, t, training, variant),
+        )
+        for p, t in zip(ev["prompts"], texts)
     ]
-    metrics = score(recon, training, prompt_samples, texts, ev["text_variant"], ev["bootstrap"], ev["seed"])
+    metrics = score(recon, training, prompt_samples, texts, variant, ev["bootstrap"], ev["seed"])
     metrics["per_prompt"] = {
-        p: {**vals, "text": concept_removed(p), "grid": f"samples/{names[p]}.png"}
-        for p, vals in zip(ev["prompts"], metrics["per_prompt"])
+        p: {
+            **vals,
+            "text": concept_removed(p),
+            "grid": f"samples/{names[p]}.png",
+            "num_samples": len(f),
+            "halfwidth": halfwidth(f, t, training, variant),
+        }
+        for p, vals, f, t in zip(ev["prompts"], metrics["per_prompt"], prompt_samples, texts)
     }
-    metrics["text_variant"] = ev["text_variant"]
+    metrics["text_variant"] = variant
+    metrics["samples_per_prompt"] = {
+        "reconstruction": len(recon),
+        **{p: len(f) for p, f in zip(ev["prompts"], prompt_samples)},
+    }
+    metrics["reconstruction_halfwidth"] = halfwidth(recon, None, training, variant)
     refs = None
     if ev["references"]:
-        key = reference_key(model, training_images, ev, protocol)
-        refs = references(sampler, judge, training, texts, ev, protocol, key)
+        refs = references(sampler, judge, training, texts, ev, reference_protocol, model, training_images)
     metrics.update(
         references=refs,
         judge=ev["judge"],

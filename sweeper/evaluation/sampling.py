@@ -129,8 +129,11 @@ class Sampler:
         return self.encode(negative_prompt or "")
 
     @torch.no_grad()
-    def sample(self, prompt: str, n: int, noise_key: str, desc: str | None = None) -> list[Image.Image]:
-        """`n` images of `prompt`; sample i starts from the noise of (seed, noise_key, i)."""
+    def sample(
+        self, prompt: str, n: int, noise_key: str, desc: str | None = None, start: int = 0
+    ) -> list[Image.Image]:
+        """`n` images of `prompt`, samples start .. start+n-1; sample i starts from the noise of
+        (seed, noise_key, i), so rounds of an adaptive evaluation continue the fixed sequence."""
         cond = self.encode(prompt)
         images: list[Image.Image] = []
         bar = tqdm(
@@ -140,8 +143,8 @@ class Sampler:
             leave=False,
             disable=not self.progress or progress_lines_only(),  # TQDM_DISABLE: a parallel sweep's worker
         )
-        for start in range(0, n, self.batch_size):
-            idx = range(start, min(start + self.batch_size, n))
+        for first in range(start, start + n, self.batch_size):
+            idx = range(first, min(first + self.batch_size, start + n))
             noise = initial_noise(self.latent_shape, self.seed, noise_key, idx)
             images.extend(self._denoise(noise, cond))
             bar.update(len(idx))

@@ -56,8 +56,10 @@ def latest_checkpoint(run_dir: Path, max_step: int) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(run_dir: Path, trainer: Any, step: int, fp: str, window: list[float]) -> Path:
-    state = trainer.state_dict(step) | {"fingerprint": fp, "loss_window": list(window)}
+def save_checkpoint(
+    run_dir: Path, trainer: Any, step: int, fp: str, window: list[float], extra: dict | None = None
+) -> Path:
+    state = trainer.state_dict(step) | {"fingerprint": fp, "loss_window": list(window)} | (extra or {})
     target = Path(run_dir) / CHECKPOINTS / f"step_{step}"
     with atomic.directory(target) as tmp:
         torch.save(state, tmp / "state.pt")
@@ -74,7 +76,8 @@ def read_history(run_dir: Path, up_to: int) -> list[dict]:
 
 def write_history(run_dir: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    # every column any row has (a run resumed with early stopping switched on gains its objective columns)
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(Path(run_dir) / HISTORY, buf.getvalue())

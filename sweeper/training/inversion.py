@@ -49,7 +49,7 @@ from sweeper.store.checkpoints import (
     write_history,
 )
 from sweeper.store.embeddings import save_learned_embeds
-from sweeper.training import tokens
+from sweeper.training import early_stop, tokens
 from sweeper.training.vectorised import check_compatible
 
 log = logging.getLogger(__name__)
@@ -392,6 +392,7 @@ class InversionResult:
     training_images: list[Path]
     effective_lr: float
     resumed_from: int | None
+    stopped_at: int | None = None  # the step inversion.early_stop ended training at (None: ran to the end)
 
 
 @dataclass
@@ -410,6 +411,7 @@ class _Run:
     bad: int = 0  # consecutive non-finite losses
     saved: int = -1  # step of its newest checkpoint
     error: Exception | None = None
+    stopper: early_stop.EarlyStop | None = None  # inversion.early_stop (training/early_stop.py)
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -458,6 +460,9 @@ def train(
         _Run(cfg, Path(d), t, fingerprint(cfg), int(cfg.inversion.steps))
         for cfg, d, t in zip(cfgs, run_dirs, group.trainers)
     ]
+    for run in runs:
+        crit = early_stop.criterion(run.cfg)
+        run.stopper = early_stop.EarlyStop(crit, run.trainer) if crit else None
     for run in runs:
         _resume(run)
         if run.error is None:
@@ -573,6 +578,9 @@ def _resume(run: _Run) -> None:
         run.trainer.load_state_dict(state)
         run.start = run.done = run.saved = int(state["step"])
         run.window = list(state["loss_window"])
+        if run.stopper is not None:
+            run.stopper.load_state_dict(state.get("early_stop"), run.start)
+            run.steps = run.stopper.stopped_at or run.steps  # a run that had stopped stays stopped
         log.info("resuming from %s", ckpt)
     run.rows = read_history(run.run_dir, run.start)
 
@@ -588,10 +596,14 @@ def _commit(run: _Run, done: int, used: torch.Tensor, loss: float) -> bool:
         return False
     run.window.append(out["loss"])
     run.done = done
+    if run.stopper is not None and run.stopper.after_step(done):
+        run.steps = done  # early stop: this step is the trial's last (history row, checkpoint, files)
+        log.info("%s: early stop at step %d (objective %.5g)", run.run_dir, done, run.stopper.values[-1][1])
     if done % int(run.cfg.inversion.log_every) and done != run.steps:
         return False
     t = run.trainer
-    run.rows.append({"step": done, "loss": float(np.mean(run.window)), "lr": t.lr, **t.distances()})
+    row = {"step": done, "loss": float(np.mean(run.window)), "lr": t.lr, **t.distances()}
+    run.rows.append(row | (run.stopper.row() if run.stopper is not None else {}))
     write_history(run.run_dir, run.rows)
     run.window = []
     return True
@@ -610,7 +622,8 @@ def _callbacks(run: _Run, m: int, on_log: Callable | None, report: Callable | No
 
 
 def _checkpoint(run: _Run) -> None:
-    save_checkpoint(run.run_dir, run.trainer, run.done, run.fingerprint, run.window)
+    extra = {"early_stop": run.stopper.state_dict()} if run.stopper is not None else None
+    save_checkpoint(run.run_dir, run.trainer, run.done, run.fingerprint, run.window, extra)
     run.saved = run.done
 
 
@@ -633,6 +646,9 @@ def _save(run: _Run, name: str, token: str, group_size: int) -> InversionResult:
         "tokens": " ".join(tokens.placeholder_tokens(name, t.k)),
         "group_size": str(group_size),
     }
+    stopped = run.stopper.stopped_at if run.stopper is not None else None
+    if stopped is not None:
+        meta["stopped_at_step"] = str(stopped)
     paths = save_learned_embeds(run.run_dir, name, vectors, per_image, meta)
     resumed = run.start or None
-    return InversionResult(t, name, token, vectors, per_image, paths, t.images, t.lr, resumed)
+    return InversionResult(t, name, token, vectors, per_image, paths, t.images, t.lr, resumed, stopped)
