@@ -15,7 +15,7 @@ References are off in both arms (they are cached once per sweep, sweeper/evaluat
 
 Defaults, chosen before measuring and not tuned on the result: the early-stopping criterion is the
 project's default (DVAR's threshold 0.15, a 200-step window as in DVAR, evaluated every 10 steps);
-`--target` 0.02 is the tolerance the issue accepts on each objective, applied to each prompt's own interval;
+`--target` 0.02 is the tolerance the issue accepts on each objective, applied to each objective's interval;
 `--steps` 1000 is a fixed budget well past where world inversions stop moving (README: 300 steps), as a
 paper-style 5000-step budget is past where SD inversions do; `--samples` 16 is evaluation=toy's.
 
@@ -174,7 +174,7 @@ def markdown(result: dict) -> str:
         ),
         f"- fixed: {a['steps']} steps, {a['samples']} samples per prompt; adaptive: the same caps, early stopping "
         f"with the default criterion (every 10 steps, window 20, threshold 0.15), target half-width {a['target']} "
-        "per prompt (rounds of 8)",
+        "per objective (rounds of 8; the edit prompts advance together)",
         "- references off in both arms (cached once per sweep by what they depend on)",
         "",
         "| figure | fixed budgets | early stop + adaptive |",

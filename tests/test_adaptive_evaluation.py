@@ -12,7 +12,7 @@ from test_evaluation import eval_cfg
 
 from sweeper.config.schema import EvaluationConfigError, evaluation_settings
 from sweeper.data.images import list_images
-from sweeper.evaluation.protocol import evaluate_run, halfwidth
+from sweeper.evaluation.protocol import evaluate_run, halfwidth, objective_halfwidth
 from sweeper.evaluation.sampling import Sampler
 from sweeper.models import load_pipeline
 from sweeper.store.embeddings import save_learned_embeds
@@ -90,6 +90,40 @@ def test_halfwidth_is_the_standard_error_of_a_mean_and_shrinks_with_samples():
     narrow = halfwidth(feats[:400], text, training, "mean_embedding")
     assert 0 < narrow < wide
     assert halfwidth(feats[:1], None, training, "mean_embedding") == float("inf")
+
+
+def test_the_text_objectives_halfwidth_is_that_of_a_mean_over_prompts():
+    # P independent prompts with half-width h each: the mean's half-width is h / sqrt(P)
+    assert objective_halfwidth([0.04] * 4) == pytest.approx(0.02)
+    assert objective_halfwidth([0.03, 0.04]) == pytest.approx(0.025)
+
+
+def test_prompts_advance_together_until_the_objectives_interval_is_reached(
+    tiny_sd, tiny_judge, concept_images, tmp_path
+):
+    run = tmp_path / "run"
+    save_learned_embeds(run, "<cat-toy>", [torch.randn(1, 32, generator=torch.Generator().manual_seed(0))])
+    images = list_images(concept_images)
+    common = {"num_samples": 8, "batch_size": 8, "references": False, "min_samples": 2}
+    full = evaluate_run(config(tiny_sd, tiny_judge, tmp_path / "r", **common), run, images)
+    widths = [v["halfwidth"] for v in full["per_prompt"].values()]
+    assert len(widths) >= 2 and full["text_similarity_halfwidth"] == pytest.approx(
+        objective_halfwidth(widths)
+    )
+    # a target between the text objective's half-width at 8 samples and the widest single prompt's: a
+    # per-prompt rule would sample that prompt to the end; the objective's rule stops every prompt at the
+    # same count, at or before the cap
+    target = (full["text_similarity_halfwidth"] + max(widths)) / 2
+    assert full["text_similarity_halfwidth"] < target < max(widths)
+    adaptive = evaluate_run(
+        config(tiny_sd, tiny_judge, tmp_path / "r", target_halfwidth=target, **common), run, images
+    )
+    counts = {p: c for p, c in adaptive["samples_per_prompt"].items() if p != "reconstruction"}
+    assert len(set(counts.values())) == 1
+    (count,) = set(counts.values())
+    assert count % 2 == 0 and 2 <= count <= 8
+    # at 8 samples the width is below the target, so the rounds always reach it
+    assert adaptive["text_similarity_halfwidth"] <= target
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,16 @@
   features of the prompts without S*) by model, prompts, protocol and judge, NOT the concept images, so
   every image subset of a sweep shares them (only the cheap comparison with the images is redone);
   "image_only" (the training set against itself and the prompts' texts) by the images, judge and prompts.
-- Adaptive evaluation (evaluation.target_halfwidth): each prompt is sampled in rounds of
-  evaluation.min_samples until the 95% interval half-width of its own similarity (1.96 x a jackknife
-  standard error) is at most the target, or num_samples is reached. Sample i of prompt p always starts
-  from the same noise, so the samples used are a prefix of the fixed evaluation's: common random numbers
-  hold across runs. metrics.json records each prompt's sample count (samples_per_prompt).
+- Adaptive evaluation (evaluation.target_halfwidth): sampling goes in rounds of evaluation.min_samples
+  until each OBJECTIVE's 95% interval half-width is at most the target, or num_samples is reached.
+  image_similarity: the reconstruction prompt's half-width (1.96 x the standard error of its mean).
+  text_similarity, the mean over P edit prompts: every prompt gets the next round together (all prompts keep
+  one sample count, so the per-prompt "mean_embedding" values stay comparable) until
+  sqrt(sum of the prompts' squared half-widths) / P (prompts' samples are independent; each half-width is
+  1.96 x a jackknife standard error) is at most the target. Sample i of prompt p always starts from the
+  same noise, so the samples used are a prefix of the fixed evaluation's: common random numbers hold across
+  runs. metrics.json records each prompt's sample count (samples_per_prompt) and each objective's
+  half-width.
 
 This module samples and records; the judge and the similarity arithmetic are sweeper/evaluation/clip_score.py.
 """
@@ -104,22 +109,46 @@ def _sample_and_embed(
 ) -> np.ndarray:
     """CLIP features of samples 0 .. n-1 of `prompt`; with `width` (features -> half-width) and
     ev["target_halfwidth"], sampled in rounds of ev["min_samples"] that stop once the width is reached."""
-    target = (ev or {}).get("target_halfwidth")
-    if width is None or target is None:
-        images, feats = _sample_and_judge(sampler, judge, prompt, key, n, 0)
-    else:
-        images, parts = [], []
-        while len(images) < n:
-            more = min(ev["min_samples"], n - len(images))
-            new, new_feats = _sample_and_judge(sampler, judge, prompt, key, more, len(images))
-            images += new
-            parts.append(new_feats)
-            if width(np.concatenate(parts)) <= target:
-                break
-        feats = np.concatenate(parts)
-    if grid_path is not None:
-        save_grid(images, grid_path, ev["grid_samples"], ev["grid_tile"])
+    one = None if width is None else (lambda feats: width(feats[0]))
+    (feats,) = _sample_in_rounds(sampler, judge, [prompt], [key], n, [grid_path], ev or {}, one)
     return feats
+
+
+def _sample_in_rounds(
+    sampler: Sampler,
+    judge: Judge,
+    prompts: list[str],
+    keys: list[str],
+    n: int,
+    grid_paths: list,
+    ev: dict,
+    width,
+) -> list[np.ndarray]:
+    """CLIP features of samples 0 .. n-1 of each prompt. With `width` (the list of every prompt's features ->
+    the objective's half-width) and ev["target_halfwidth"]: rounds of ev["min_samples"] samples of every
+    prompt, stopping once the half-width is at most the target; each prompt's samples are a prefix of its
+    fixed-noise sequence."""
+    target = ev.get("target_halfwidth")
+    step = n if width is None or target is None else ev["min_samples"]
+    images: list[list] = [[] for _ in prompts]
+    parts: list[list[np.ndarray]] = [[] for _ in prompts]
+    while len(images[0]) < n:
+        more = min(step, n - len(images[0]))
+        for i, (prompt, key) in enumerate(zip(prompts, keys)):
+            new, new_feats = _sample_and_judge(sampler, judge, prompt, key, more, len(images[i]))
+            images[i] += new
+            parts[i].append(new_feats)
+        if width is not None and target is not None and width([np.concatenate(p) for p in parts]) <= target:
+            break
+    for imgs, path in zip(images, grid_paths):
+        if path is not None:
+            save_grid(imgs, path, ev["grid_samples"], ev["grid_tile"])
+    return [np.concatenate(p) for p in parts]
+
+
+def objective_halfwidth(halfwidths: list[float]) -> float:
+    """95% half-width of a mean over prompts from each prompt's (independent samples): sqrt(sum hw^2) / P."""
+    return float(np.sqrt(np.sum(np.square(halfwidths))) / len(halfwidths))
 
 
 def _file_digest(path: Path) -> str:
@@ -269,19 +298,18 @@ def evaluate_pipeline(
         width=lambda f: halfwidth(f, None, training, variant),
     )
     names = slugs(ev["prompts"])
-    prompt_samples = [
-        _sample_and_embed(
-            sampler,
-            judge,
-            fill(p, placeholder),
-            p,
-            n,
-            samples / f"{names[p]}.png",
-            ev,
-            width=lambda f, t=t: halfwidth(f, t, training, variant),
-        )
-        for p, t in zip(ev["prompts"], texts)
-    ]
+    prompt_samples = _sample_in_rounds(
+        sampler,
+        judge,
+        [fill(p, placeholder) for p in ev["prompts"]],
+        list(ev["prompts"]),
+        n,
+        [samples / f"{names[p]}.png" for p in ev["prompts"]],
+        ev,
+        width=lambda feats: objective_halfwidth(
+            [halfwidth(f, t, training, variant) for f, t in zip(feats, texts)]
+        ),
+    )
     metrics = score(recon, training, prompt_samples, texts, variant, ev["bootstrap"], ev["seed"])
     metrics["per_prompt"] = {
         p: {
@@ -299,6 +327,9 @@ def evaluate_pipeline(
         **{p: len(f) for p, f in zip(ev["prompts"], prompt_samples)},
     }
     metrics["reconstruction_halfwidth"] = halfwidth(recon, None, training, variant)
+    metrics["text_similarity_halfwidth"] = objective_halfwidth(
+        [halfwidth(f, t, training, variant) for f, t in zip(prompt_samples, texts)]
+    )
     refs = None
     if ev["references"]:
         refs = references(sampler, judge, training, texts, ev, reference_protocol, model, training_images)
