@@ -124,6 +124,7 @@ BENCH_ARGS ?=
 SWEEP_COST_ARGS ?= --size full
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.phase_memory
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.sweep_cost $(SWEEP_COST_ARGS)
 
 # Many workers on one study: batches vs asynchronous workers (simulated GPUs), and K = 1, 2, 4, 8 sweeper

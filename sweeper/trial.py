@@ -42,6 +42,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
 from sweeper.config.schema import evaluation_settings, resolve_prompts
 from sweeper.evaluation.protocol import _apply_pivotal, evaluate_pipeline
@@ -88,6 +89,7 @@ class _Trial:
     seconds: float = 0.0  # wall time: its own phases plus its share of the group's
     open: bool = False  # status.json says "running"
     outcome: Scores | BaseException | None = None
+    peak_memory_gib: dict = field(default_factory=dict)  # per phase, for status.json
 
 
 def run_trial(
@@ -158,6 +160,8 @@ def _start(trial: _Trial, concurrent: bool) -> None:
 def _invert_and_evaluate(trials: list[_Trial]) -> None:
     specs = [t.spec for t in trials]
     shares = [0.0] * len(trials)
+    device = resolve_device(specs[0].cfg.get("device"))
+    memory.reset_peak(device)
     try:
         results = train(
             [s.cfg for s in specs],
@@ -185,6 +189,9 @@ def _invert_and_evaluate(trials: list[_Trial]) -> None:
                 trial.spec.run_dir,
                 on_log=_both(trial.spec.on_log, trial.tracker.on_log),
             )
+    training_peak = memory.peak_gib(device)  # the group's: the process trains its trials together
+    for trial in trials:
+        trial.peak_memory_gib = {"training": training_peak, "measured_by": memory.measured_by(device)}
     if done:
         _evaluate(done, group=len(trials))
 
@@ -199,6 +206,7 @@ def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
         ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     )
     pivotal = bool(cfg.inversion.pivotal.enabled)
+    memory.reset_peak(device)
     comps = done[0][1].trainer.comps
     reuse = reusable(comps, precision, device) and (ev["use_pivotal"] or not pivotal)
     if reuse:
@@ -227,6 +235,7 @@ def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
             except Exception as err:  # noqa: BLE001 - this trial only
                 _finish(trial, err)
                 continue
+        trial.peak_memory_gib["evaluation"] = memory.peak_gib(device)  # since the group's evaluation began
         _finish(trial, None, (metrics["image_similarity"], metrics["text_similarity"]))
 
 
@@ -307,12 +316,22 @@ def _finish(trial: _Trial, error: BaseException | None, scores: Scores | None = 
     trial.open, trial.outcome = False, error if error is not None else scores
     with signals_deferred():
         try:
-            record.finish_run(spec.run_dir, error, status=status, wall_time_s=round(trial.seconds, 3))
+            record.finish_run(
+                spec.run_dir,
+                error,
+                status=status,
+                wall_time_s=round(trial.seconds, 3),
+                peak_memory_gib=_rounded(trial.peak_memory_gib),
+            )
         except OSError as disk:
             log.error("%s: could not record status %r: %s", spec.run_dir, status, disk)
             if error is None:  # the result cannot be recorded: that is the trial's failure
                 trial.outcome, status = disk, "failed"
         trial.tracker.finish(status)
+
+
+def _rounded(peaks: dict) -> dict | None:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in peaks.items()} or None
 
 
 def outcome_status(error: BaseException) -> str:

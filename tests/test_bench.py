@@ -189,3 +189,26 @@ def test_python_m_bench_writes_report(tmp_path, capsys):
     assert "trainer / re-implemented example loop" in capsys.readouterr().out
     sx = saved["results"]["sdxl_memory"]
     assert sx["shapes"] == "sdxl-mini" and sx["step_peak_gib"] > 0 and sx["fits_24gb"] is None
+
+
+def test_phase_memory_reports_each_phase_of_a_real_trial(tmp_path):
+    from bench.phase_memory import BEGIN, END, main
+
+    from sweeper import memory
+
+    if memory.measured_by("cpu") is None:
+        pytest.skip("no per-phase peak RSS on this system (Linux /proc only)")
+    md, js = tmp_path / "BENCHMARKS.md", tmp_path / "latest.json"
+    md.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nTHE OLD SECTION\n{END}\n\nalso kept\n")
+    js.write_text(json.dumps({"other": 1}))
+    result = main(
+        ["--profile", "tiny", "--judge", "tiny", "--threads", "1", "--out", str(md), "--json", str(js)]
+    )
+    peaks = result["peaks"]
+    assert peaks["measured_by"] == "process RSS"
+    assert peaks["training"] > 0 and peaks["evaluation"] > 0 and result["two_copies_gib"] > 0
+    saved = json.loads(js.read_text())
+    assert saved["other"] == 1 and saved["phase_memory_evaluation_gib"] == peaks["evaluation"]
+    text = md.read_text()
+    assert "kept" in text and "also kept" in text and "THE OLD SECTION" not in text and text.count(BEGIN) == 1
+    assert "| training (loading, latent cache, steps) |" in text

@@ -260,6 +260,12 @@ def test_evaluation_samples_with_the_trainers_unet_and_scores_as_a_fresh_pipelin
     sampled = {m for m, training, _ in events if not training}
     assert len(trained) == 1 and sampled == trained  # one UNet, trained then sampled
     assert [alive for *_, alive in events if alive is not None] == [1]
+    peaks = json.loads((tmp_path / "run" / "status.json").read_text())["peak_memory_gib"]
+    assert set(peaks) == {"training", "evaluation", "measured_by"}
+    if (
+        peaks["measured_by"] is not None
+    ):  # Linux: each phase's peak resident set, the model's weights included
+        assert peaks["training"] > 0 and peaks["evaluation"] > 0
     # the same run folder evaluated the old way (a freshly loaded pipeline, the embedding file loaded in)
     fresh = evaluate_embedding(cfg, tmp_path / "run", list_images(concept_images), tmp_path / "fresh")
     reused = json.loads((tmp_path / "run" / "metrics.json").read_text())

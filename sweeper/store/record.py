@@ -20,6 +20,7 @@ import socket
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -143,20 +144,23 @@ def finish_run(
     *,
     status: str | None = None,
     wall_time_s: float | None = None,
+    peak_memory_gib: dict | None = None,
 ) -> dict:
     """Mark the run `status` (default: completed, or failed when there is an `error`, kept with its traceback).
 
     `wall_time_s`: the trial's own wall time when it shared its process with others (a vectorised group);
-    by default the time since start_run."""
+    by default the time since start_run. `peak_memory_gib`: each phase's peak (sweeper/memory.py)."""
     started = (read_status(run_dir) or {}).get("started_at")
     finished = _now()
     if wall_time_s is None and started:
         wall_time_s = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
-    fields = {
+    fields: dict[str, Any] = {
         "status": status or ("completed" if error is None else "failed"),
         "finished_at": finished,
         "wall_time_s": wall_time_s,
     }
+    if peak_memory_gib is not None:
+        fields["peak_memory_gib"] = peak_memory_gib
     if error is not None:
         fields.update(
             error=f"{type(error).__name__}: {error}",
