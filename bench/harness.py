@@ -134,3 +134,17 @@ def default_peak_flops(device: torch.device) -> float | None:
     if device.type == "cuda":
         return 800e12
     return None
+
+
+def write_section(path, section: str, begin: str, end: str) -> None:
+    """Put `section` (starting with the `begin` marker, ending with `end`) into the markdown file at `path`: in
+    place of the block between those markers, or appended; the rest of the file is kept as it is."""
+    from sweeper.store.atomic import write_text
+
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text(path, text)

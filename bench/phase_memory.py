@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
+from bench import harness
 from sweeper import memory
 from sweeper.console import quiet_libraries
-from sweeper.store.atomic import write_json, write_text
+from sweeper.store.atomic import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- phase-memory:begin -->", "<!-- phase-memory:end -->"
@@ -49,21 +50,11 @@ def millions(module: torch.nn.Module) -> str:
 
 def save_model(out: Path, profile: str) -> dict:
     """The profile's random components saved as a StableDiffusionPipeline folder; their sizes."""
-    from diffusers import StableDiffusionPipeline
-
     from bench.shapes import build_components
+    from sweeper.models import pipeline_from_components
 
     comps = build_components(profile)
-    StableDiffusionPipeline(
-        vae=comps.vae,
-        text_encoder=comps.text_encoders[0],
-        tokenizer=comps.tokenizers[0],
-        unet=comps.unet,
-        scheduler=comps.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(out)
+    pipeline_from_components(comps).save_pretrained(out)
     return {
         "parameters": f"UNet {millions(comps.unet)}, text encoder {millions(comps.text_encoders[0])}, "
         f"VAE {millions(comps.vae)}",
@@ -72,44 +63,10 @@ def save_model(out: Path, profile: str) -> dict:
 
 
 def save_judge(out: Path, size: str) -> str:
-    """A random CLIPModel with the named judge's shapes (+ tokenizer and image processor)."""
-    from tiny_components import build_tokenizer
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    """A random CLIPModel with the named judge's shapes (+ tokenizer and image processor); its size."""
+    from tiny_components import build_clip
 
-    hidden, layers, heads, inner, image, patch = JUDGES[size]["vision"]
-    t_hidden, t_layers, t_heads, t_inner = JUDGES[size]["text"]
-    tokenizer = build_tokenizer()
-    n = len(tokenizer)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=n,
-            hidden_size=t_hidden,
-            intermediate_size=t_inner,
-            num_hidden_layers=t_layers,
-            num_attention_heads=t_heads,
-            max_position_embeddings=77,
-            bos_token_id=n - 2,
-            eos_token_id=n - 1,
-            pad_token_id=n - 1,
-        ),
-        vision_config=dict(
-            hidden_size=hidden,
-            intermediate_size=inner,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            image_size=image,
-            patch_size=patch,
-        ),
-        projection_dim=JUDGES[size]["projection"],
-    )
-    torch.manual_seed(0)
-    judge = CLIPModel(config).eval()
-    judge.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    CLIPImageProcessor(
-        size={"shortest_edge": image}, crop_size={"height": image, "width": image}
-    ).save_pretrained(out)
-    return millions(judge)
+    return f"{build_clip(out, **JUDGES[size]) / 1e6:.0f} M"
 
 
 def overrides(model: Path, judge: Path, images: Path, cache: Path, device: str) -> list[str]:
@@ -140,12 +97,16 @@ def overrides(model: Path, judge: Path, images: Path, cache: Path, device: str) 
 
 
 def two_copies_peak(model: Path, judge: Path, device: str) -> float | None:
-    """The evaluation before issue 16: training components alive while a second pipeline loads and samples."""
+    """The evaluation before issue 16: the training components alive (and resident, as after training) while a
+    second pipeline loads and samples and the judge scores."""
     from sweeper.evaluation.clip_score import Judge
     from sweeper.evaluation.sampling import Sampler
     from sweeper.models import load_components, load_pipeline
 
     comps = load_components(str(model), "fp32", device)
+    for module in (comps.unet, comps.vae, *comps.text_encoders):  # resident, as training leaves them (the
+        for weight in module.parameters():  # weights are memory-mapped: pages count once touched)
+            weight.sum()
     memory.reset_peak(device)
     pipe = load_pipeline(str(model), "fp32", device)
     images = Sampler(pipe, steps=2, batch_size=1, progress=False).sample("a photo of a dog", 1, "k")
@@ -191,13 +152,7 @@ def markdown(result: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(path, text)
+    harness.write_section(path, section, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> dict:

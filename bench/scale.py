@@ -305,15 +305,9 @@ def markdown(sim: list[dict], pg: list[dict], meta: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    from sweeper.store.atomic import write_text
+    from bench import harness
 
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(path, text)
+    harness.write_section(path, section, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import harness
 from sweeper.store.atomic import write_json, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,13 +222,7 @@ def markdown(result: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(path, text)
+    harness.write_section(path, section, BEGIN, END)
 
 
 def update_latest(path: Path, result: dict) -> None:

@@ -206,6 +206,7 @@ def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
         ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     )
     pivotal = bool(cfg.inversion.pivotal.enabled)
+    gc.collect()  # the training step's last activations, before the phase's peak restarts
     memory.reset_peak(device)
     comps = done[0][1].trainer.comps
     reuse = reusable(comps, precision, device) and (ev["use_pivotal"] or not pivotal)

@@ -193,7 +193,6 @@ def test_python_m_bench_writes_report(tmp_path, capsys):
 
 def test_phase_memory_reports_each_phase_of_a_real_trial(tmp_path):
     from bench.phase_memory import BEGIN, END, main
-
     from sweeper import memory
 
     if memory.measured_by("cpu") is None:

@@ -147,40 +147,58 @@ def build_tiny_sd(out: str | Path, *, sdxl: bool = False, sample_size: int = 16,
 
 def build_tiny_clip(out: str | Path, *, image_size: int = 32, seed: int = 0) -> Path:
     """Save a small transformers CLIPModel (+ tokenizer) usable as an evaluation judge."""
+    build_clip(out, vision=(32, 2, 2, 64, image_size, 8), text=(32, 2, 2, 64), projection=32, seed=seed)
+    return Path(out)
+
+
+def build_clip(
+    out: str | Path,
+    *,
+    vision: tuple[int, int, int, int, int, int],
+    text: tuple[int, int, int, int],
+    projection: int,
+    seed: int = 0,
+) -> int:
+    """Save a random CLIPModel (+ this module's tokenizer and an image processor) as a judge folder; its parameter
+    count. vision = (hidden, layers, heads, intermediate, image size, patch), text = (hidden, layers, heads,
+    intermediate)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     out = Path(out)
     tokenizer = build_tokenizer()
     vocab_size = len(tokenizer)
+    hidden, layers, heads, inner, image_size, patch = vision
+    t_hidden, t_layers, t_heads, t_inner = text
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(
             vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            hidden_size=t_hidden,
+            intermediate_size=t_inner,
+            num_hidden_layers=t_layers,
+            num_attention_heads=t_heads,
             max_position_embeddings=77,
             bos_token_id=vocab_size - 2,
             eos_token_id=vocab_size - 1,
             pad_token_id=vocab_size - 1,
         ),
         vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            hidden_size=hidden,
+            intermediate_size=inner,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
             image_size=image_size,
-            patch_size=8,
+            patch_size=patch,
         ),
-        projection_dim=32,
+        projection_dim=projection,
     )
-    CLIPModel(config).eval().save_pretrained(out)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(out)
-    return out
+    return sum(t.numel() for t in model.parameters())
 
 
 def build_demo_images(out: str | Path, *, n: int = 5, size: int = 64, seed: int = 0) -> Path:
