@@ -24,37 +24,11 @@ import random
 import torch
 import torch.nn.functional as F
 
+from sweeper.data.templates import OBJECT_TEMPLATES
 from sweeper.models import Components
 
-IMAGENET_TEMPLATES_SMALL = [
-    "a photo of a {}",
-    "a rendering of a {}",
-    "a cropped photo of the {}",
-    "the photo of a {}",
-    "a photo of a clean {}",
-    "a photo of a dirty {}",
-    "a dark photo of the {}",
-    "a photo of my {}",
-    "a photo of the cool {}",
-    "a close-up photo of a {}",
-    "a bright photo of the {}",
-    "a cropped photo of a {}",
-    "a photo of the {}",
-    "a good photo of the {}",
-    "a photo of one {}",
-    "a close-up photo of the {}",
-    "a rendition of the {}",
-    "a photo of the clean {}",
-    "a rendition of a {}",
-    "a photo of a nice {}",
-    "a good photo of a {}",
-    "a photo of the nice {}",
-    "a photo of the small {}",
-    "a photo of the weird {}",
-    "a photo of the large {}",
-    "a photo of a cool {}",
-    "a photo of a small {}",
-]
+# the diffusers example's imagenet_templates_small: the official list's first 27 (the photo templates)
+IMAGENET_TEMPLATES_SMALL = OBJECT_TEMPLATES[:27]
 
 
 class ReferenceLoop:
