@@ -22,6 +22,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -286,7 +287,7 @@ def _index_is_sdxl(index: dict) -> bool:
     return "text_encoder_2" in index and index.get("text_encoder_2", [None])[0] is not None
 
 
-def pipeline_class(source: ModelSource) -> type:
+def pipeline_class(source: ModelSource) -> Any:  # a diffusers pipeline class
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     return StableDiffusionXLPipeline if source.is_sdxl else StableDiffusionPipeline

@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -86,7 +86,7 @@ def default_group(cfg: DictConfig | None = None) -> str | None:
         return None
     if hc.mode != RunMode.MULTIRUN:
         return None
-    study = OmegaConf.select(hc, "sweeper.study_name", default=None)
+    study = OmegaConf.select(cast(Any, hc), "sweeper.study_name", default=None)  # a structured config
     return str(study) if study else Path(str(hc.sweep.dir)).name
 
 
@@ -179,7 +179,7 @@ class Tracker:
 
             def init(mode: str):
                 return wandb.init(
-                    mode=mode,
+                    mode=mode,  # type: ignore[arg-type]  # online | offline | disabled: the schema's choices
                     project=t.get("project"),
                     entity=t.get("entity"),
                     group=group,

@@ -310,12 +310,11 @@ class PromptSampler:
         dual_n = max(len(self.templates_with_token), 1)
         dual = torch.randint(dual_n, (batch_size,), generator=generator, device=dev).tolist()
         out = []
+        tokens = self.image_tokens or []  # per_image is never drawn without image tokens (per_image_p 0)
         for i in range(batch_size):
             if per_image[i]:
                 img = index[i]
-                out.append(
-                    Example(img, bool(flip[i]), self.templates_with_token[dual[i]], self.image_tokens[img])
-                )
+                out.append(Example(img, bool(flip[i]), self.templates_with_token[dual[i]], tokens[img]))
             else:
                 out.append(Example(index[i], bool(flip[i]), self.templates[plain[i]], None))
         return out

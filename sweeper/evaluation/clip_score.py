@@ -9,6 +9,8 @@ sweeper.evaluation.protocol samples the images these score; this module only emb
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.stats import t as student_t
@@ -29,7 +31,7 @@ def require_finite(values: np.ndarray | torch.Tensor, what: str) -> np.ndarray |
 
     Without this, NaN samples become black images (uint8 conversion) and NaN features give NaN or
     normal-looking scores; a metric from either would be recorded as if it were a measurement."""
-    array = values.detach().float().cpu().numpy() if torch.is_tensor(values) else np.asarray(values)
+    array = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     bad = ~np.isfinite(array)
     if bad.any():
         raise NonFiniteError(
@@ -125,7 +127,7 @@ def score(
     """Point estimates and bias-corrected bootstrap CIs (each prompt's samples resampled independently;
     see `bias_corrected_interval`). The training images are the fixed reference, not resampled."""
     per_prompt = [text_similarity(s, t) for s, t in zip(prompt_samples, texts)]
-    out = {"image_similarity": image_similarity(recon, training)}
+    out: dict[str, Any] = {"image_similarity": image_similarity(recon, training)}
     for v in VARIANTS:
         out[f"text_similarity_{v}"] = float(np.mean([p[v] for p in per_prompt]))
     out["text_similarity"] = out[f"text_similarity_{variant}"]

@@ -161,6 +161,7 @@ class Sampler:
         context = context.to(self.device, unet.dtype)
         added = None
         if self.is_sdxl:
+            assert self.uncond.pooled is not None and cond.pooled is not None  # SDXL prompts carry one
             r = self.resolution
             time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=unet.dtype).expand(
                 2 * b, -1

@@ -27,6 +27,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -182,7 +183,8 @@ def _pickle_globals(path: Path) -> list[str]:
             data = z.read(names[0]) if names else b""
     else:
         data = path.read_bytes()
-    found, strings, memo, last = [], [], {}, None
+    found, strings, last = [], [], None
+    memo: dict[Any, Any] = {}
     try:
         for op, arg, _ in pickletools.genops(data):
             if "UNICODE" in op.name or "STRING" in op.name:
@@ -379,7 +381,7 @@ def check_fits_model(embedding: LoadedEmbedding, pretrained: str, config: str | 
 # ---------------------------------------------------------------------------------------- pipelines
 
 
-def _encoders(pipe) -> list[tuple[object, torch.nn.Module]]:
+def _encoders(pipe) -> list[tuple[Any, torch.nn.Module]]:
     pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))]
     pairs.append((getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)))
     return [(tok, enc) for tok, enc in pairs if tok is not None and enc is not None]
