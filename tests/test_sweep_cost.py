@@ -53,9 +53,13 @@ def test_summary_speedup_and_verdict():
 
 def test_keys_and_sections_of_other_benchmarks_survive(tmp_path):
     latest, md = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
-    latest.write_text(json.dumps({"trainer_speedup": 1.6, "targets": []}))
+    stale = report.headline_target(None)  # as `python -m bench` wrote it before this measurement
+    other = {"target": "another target", "value": "1", "met": None}
+    latest.write_text(json.dumps({"trainer_speedup": 1.6, "targets": [stale, other]}))
     md.write_text(
-        "# Benchmarks\n\nOLD-REPORT-TEXT\n\n<!-- scale:begin -->\n## Scale\nkept\n<!-- scale:end -->\n"
+        "# Benchmarks\n\nOLD-REPORT-TEXT\n\n"
+        f"{report.target_row(stale)}\n{report.target_row(other)}\n\n"
+        "<!-- scale:begin -->\n## Scale\nkept\n<!-- scale:end -->\n"
     )
     pairs = [pair("a", 400, 100, 0.001, -0.002), pair("b", 500, 100, -0.001, 0.002)]
     result = {
@@ -66,10 +70,16 @@ def test_keys_and_sections_of_other_benchmarks_survive(tmp_path):
     }
     sweep_cost.update_latest(latest, result)
     sweep_cost.write_section(md, sweep_cost.markdown(result))
+    sweep_cost.update_headline_row(md, result)
     saved = json.loads(latest.read_text())
     assert saved["trainer_speedup"] == 1.6 and saved["sweep_cost_speedup"] == pytest.approx(4.5)
     assert "sweep_cost_max_objective_delta" in saved
+    # the Targets table's headline row follows the new measurement, in latest.json and in BENCHMARKS.md
+    headline = report.headline_target(result)
+    assert saved["targets"] == [headline, other] and headline["value"].startswith("4.50x")
     text = md.read_text()
+    assert report.target_row(headline) in text and report.target_row(stale) not in text
+    assert report.target_row(other) in text
     assert "kept" in text and sweep_cost.BEGIN in text
     blocks = report.kept_blocks(md)  # what `python -m bench` carries over when it rewrites the file
     assert "<!-- scale:begin -->" in blocks and sweep_cost.BEGIN in blocks and "OLD-REPORT-TEXT" not in blocks
