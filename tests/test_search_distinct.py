@@ -43,6 +43,19 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     )
 
 
+def running_workers(url: str) -> set[str]:
+    """The workers (user attr "worker", set when a trial is asked) with a trial running in the study."""
+    try:
+        study = optuna.load_study(study_name="shared", storage=make_storage(url))
+    except KeyError:  # the study is not created yet
+        return set()
+    return {
+        t.user_attrs["worker"]
+        for t in study.trials
+        if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+    }
+
+
 def configurations(trials: list) -> list[tuple]:
     return [tuple(sorted(t.params.items())) for t in trials]
 
@@ -52,13 +65,23 @@ def configurations(trials: list) -> list[tuple]:
 def test_two_concurrent_workers_never_suggest_the_same_configuration(tmp_path, storage, sampler):
     sweep = tmp_path / "sweep"
     url = f"sqlite:///{tmp_path}/study.db" if storage == "sqlite" else str(tmp_path / "study.log")
+    go = tmp_path / "both-workers-asked"
     args = [
         f"hydra/sweeper/sampler={sampler}",
         "hydra.sweeper.sampler.seed=0",
         f"hydra.sweeper.storage={url}",
         "hydra.sweeper.n_trials=8",
+        f"wait_for={go}",  # every trial holds until both workers have one running (then none waits)
     ]
     workers = [start(app_cmd(sweep, *args), tmp_path / f"w{i}.log") for i in range(2)]
+    # An event, not a race: on a loaded machine one worker could otherwise run all 8 trials before the other
+    # has started, and the test would check nothing about two workers.
+    deadline = time.monotonic() + 180
+    while len(running_workers(url)) < 2:
+        assert all(w.poll() is None for w in workers), "a worker ended before both had asked"
+        assert time.monotonic() < deadline, "the two workers never had a trial each"
+        time.sleep(0.2)
+    go.touch()
     for i, w in enumerate(workers):
         assert w.wait(timeout=240) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
 
