@@ -185,25 +185,19 @@ def test_early_stop_of_the_wrong_type_is_refused_while_composing():
 def test_denoising_objective_as_optunas_intermediate_value(tmp_path, tiny_sd, tiny_judge):
     import optuna
     from conftest import write_concept_images
-    from sweep_app.cli import run_sweeper, tiny_overrides
+    from sweep_app.cli import pruning_sweep
 
     images = write_concept_images(tmp_path / "img", n=3)
     sweep = tmp_path / "sweeps" / "prune"
-    run_sweeper(
-        "-m",
-        "search=pareto_random",
-        "hydra.sweeper.study_name=prune",
-        f"hydra.sweep.dir={sweep}",
+    pruning_sweep(
+        sweep,
+        tiny_sd,
+        tiny_judge,
+        images,
         "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.direction=maximize",
-        "hydra.sweeper.objective=1",
         "hydra/sweeper/pruner=median",
-        "data.n_images=2",
         "inversion.num_vectors=1",
-        "inversion.per_image_tokens=false",
-        "evaluation.quick.every=2",
         "evaluation.quick.objective=denoising",
-        *tiny_overrides(tiny_sd, tiny_judge, images, steps=4),
     )
     trials = optuna.load_study(study_name="prune", storage=f"sqlite:///{sweep}/optuna.db").trials
     assert len(trials) == 2

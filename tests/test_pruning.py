@@ -7,30 +7,24 @@ import json
 
 import optuna
 from conftest import write_concept_images
-from sweep_app.cli import run_sweeper, tiny_overrides
+from sweep_app.cli import pruning_sweep
 
 
 def test_quick_evaluation_is_what_the_pruner_sees(tmp_path, tiny_sd, tiny_judge):
     images = write_concept_images(tmp_path / "img", n=3)
     sweep = tmp_path / "sweeps" / "prune"
-    run_sweeper(
-        "-m",
-        "search=pareto_random",
-        "hydra.sweeper.study_name=prune",
-        f"hydra.sweep.dir={sweep}",
+    pruning_sweep(
+        sweep,
+        tiny_sd,
+        tiny_judge,
+        images,
         "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.direction=maximize",
-        "hydra.sweeper.objective=1",
         "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_startup_trials=1",
-        "data.n_images=2",
         "inversion.num_vectors=1",
-        "inversion.per_image_tokens=false",
-        "evaluation.quick.every=2",
         "evaluation.quick.num_samples=2",
         "evaluation.quick.steps=2",
         "evaluation.quick.max_prompts=2",
-        *tiny_overrides(tiny_sd, tiny_judge, images, steps=4),
     )
     trials = optuna.load_study(study_name="prune", storage=f"sqlite:///{sweep}/optuna.db").trials
     assert len(trials) == 3
@@ -48,25 +42,20 @@ def test_optuna_sweep_on_the_vectorised_launcher_prunes_each_trial(tmp_path, tin
     """search=... with hydra/launcher=vectorised: one group per batch, each trial reports under its own number."""
     images = write_concept_images(tmp_path / "img", n=3)
     sweep = tmp_path / "sweeps" / "vprune"
-    out = run_sweeper(
-        "-m",
-        "search=pareto_random",
+    out = pruning_sweep(
+        sweep,
+        tiny_sd,
+        tiny_judge,
+        images,
         "hydra/launcher=vectorised",
-        "hydra.sweeper.study_name=vprune",
-        f"hydra.sweep.dir={sweep}",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.direction=maximize",
-        "hydra.sweeper.objective=1",
         "hydra/sweeper/pruner=threshold",
         "hydra.sweeper.pruner.lower=2.0",  # similarities are <= 1: all pruned
-        "data.n_images=2",
-        "inversion.per_image_tokens=false",
-        "evaluation.quick.every=2",
         "evaluation.quick.num_samples=2",
         "evaluation.quick.steps=2",
         "evaluation.quick.max_prompts=1",
-        *tiny_overrides(tiny_sd, tiny_judge, images, steps=4),
+        study="vprune",
     )
     assert "as 1 vectorised group(s)" in out.stdout + out.stderr
     trials = optuna.load_study(study_name="vprune", storage=f"sqlite:///{sweep}/optuna.db").trials

@@ -49,6 +49,26 @@ def run_sweeper(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return out
 
 
+def pruning_sweep(
+    sweep: Path, model: Path, judge: Path, images: Path, *extra: str, study: str = "prune"
+) -> subprocess.CompletedProcess:
+    """A `search=pareto_random` study maximising objective 1 (text similarity) over 4-step smoke trials on 2
+    images, with the quick evaluation every 2 steps; `extra` picks the pruner, trial count and the rest."""
+    return run_sweeper(
+        "-m",
+        "search=pareto_random",
+        f"hydra.sweeper.study_name={study}",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.objective=1",
+        "data.n_images=2",
+        "inversion.per_image_tokens=false",
+        "evaluation.quick.every=2",
+        *extra,
+        *tiny_overrides(model, judge, images, steps=4),
+    )
+
+
 def start_sweeper(*args: str, log: Path) -> subprocess.Popen:
     """A sweeper process in its own process group (so a test can SIGKILL all of it)."""
     f = open(log, "w")
