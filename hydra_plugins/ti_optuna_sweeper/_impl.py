@@ -44,6 +44,7 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -54,6 +55,7 @@ from optuna.trial import TrialState
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import search
+from sweeper.console import BadInput
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text
 
@@ -245,6 +247,7 @@ class OptunaSweeperImpl:
         self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
     def sweep(self, arguments: list[str]) -> None:
+        check_pruner(self.pruner, self.directions)
         distributions, fixed = search_space_from_overrides(
             [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         )
@@ -417,6 +420,8 @@ class OptunaSweeperImpl:
         self.in_flight.pop(trial._trial_id, None)
         started = time.perf_counter()
         try:
+            if _pruned(ret):  # Hydra's return_value would first print "Error executing job with overrides"
+                raise ret._return_value
             value = ret.return_value  # re-raises the job's exception
             values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
             if len(self.directions) == 1 and len(values) > 1:
@@ -429,7 +434,7 @@ class OptunaSweeperImpl:
                 raise ValueError(f"non-finite objective {values}: {_run_error(ret) or 'see status.json'}")
         except optuna.TrialPruned as e:
             _tell(study, trial, state=TrialState.PRUNED)
-            log.info("trial %d pruned: %s", trial.number, e)
+            log.info("trial %d pruned: %s (%s)", trial.number, e, _run_folder(ret) or "no run folder")
             return self._told(trial, False, started)
         except (Exception, TrialInterrupted) as e:  # noqa: BLE001 - a failing trial never stops the sweep
             if isinstance(e, (TrialInterrupted, search.JobEndedWithoutResult)) or _run_status(ret) == (
@@ -488,6 +493,23 @@ class OptunaSweeperImpl:
         write_text(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
 
 
+def check_pruner(pruner: Any, directions: Sequence[str]) -> None:
+    """Refuse, at sweep start, a single-objective pruner on a multi-objective study: Optuna's `Trial.report`
+    raises for several objectives, so it would prune nothing while the log names it as active."""
+    if len(directions) < 2 or pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
+        return
+    raise BadInput(
+        f"hydra.sweeper.pruner: {type(pruner).__name__} prunes single-objective studies only and this study has "
+        f"{len(directions)} directions; use hydra/sweeper/pruner=nop, or one direction "
+        f"(hydra.sweeper.direction=maximize hydra.sweeper.objective=0|1)"
+    )
+
+
+def _pruned(ret: Any) -> bool:
+    """The job ended with optuna.TrialPruned (Hydra stores the exception as the job's return value)."""
+    return ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned)
+
+
 def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
     try:
         study.tell(trial, **kwargs)
@@ -508,11 +530,18 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
+def _run_folder(ret: Any) -> str | None:
+    """A job's run folder: its Hydra output folder (working_dir is the launch folder for in-process jobs)."""
+    try:
+        return str(ret.hydra_cfg.hydra.runtime.output_dir)
+    except Exception:  # noqa: BLE001 - a job that never started
+        return ret.working_dir
+
+
 def _run_record(ret: Any) -> dict:
     """The run folder's status.json of a job, {} when there is none."""
     try:
-        folder = Path(ret.working_dir or ret.hydra_cfg.hydra.runtime.output_dir)
-        return dict(json.loads((folder / "status.json").read_text()))
+        return dict(json.loads((Path(str(_run_folder(ret))) / "status.json").read_text()))
     except Exception:  # noqa: BLE001 - no folder, no file, or a job that never started
         return {}
 
