@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -362,27 +363,35 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores], None]) -> Callable:
+def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Any], None]) -> Callable:
     """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
 
     `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports
     (image_similarity, text_similarity), of which Optuna takes the study's objective. `denoising`: the
     early-stopping objective (training/early_stop.py: the denoising loss on a fixed batch, one forward pass,
     noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
-    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
+    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json. With
+    `hydra/sweeper/pruner=mo_halving` (sweeper/halving.py) it measures at the pruner's rungs instead, adding
+    -denoising loss as the tie-break when the pruner breaks ties on it."""
     quick = cfg.evaluation.quick
     every, last = int(quick.every), int(cfg.inversion.steps)
     objectives: dict[int, DenoisingObjective] = {}
+    # a rung-based pruner (sweeper.halving) says at which steps it decides, and whether it breaks ties on the
+    # denoising objective; any other pruner is told every `evaluation.quick.every` steps
+    rungs = set(report.steps(last)) if hasattr(report, "steps") else None
+    tie_break = getattr(report, "tie_break", None) == "denoising"
+
+    def denoising(step: int, trainer: Trainer) -> float:
+        if id(trainer) not in objectives:
+            objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
+        m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
+        return objectives[id(trainer)](trainer, m)
 
     def measure(step: int, trainer: Trainer) -> None:
-        if step % every and step != last:
+        if (step not in rungs) if rungs is not None else (step % every and step != last):
             return
         if quick.objective == "denoising":  # the early-stopping objective, noise free
-            if id(trainer) not in objectives:
-                objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
-            objective = objectives[id(trainer)]
-            m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
-            loss = objective(trainer, m)
+            loss = denoising(step, trainer)
             out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
             atomic.write_json(out, {"denoising_objective": loss, "intermediate_value": -loss, "step": step})
             report(step, -loss)  # lower loss is better; the study maximises, so Optuna gets -loss
@@ -406,7 +415,8 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
             model=str(cfg.model.pretrained),
             device=trainer.comps.device,
         )
-        report(step, (metrics["image_similarity"], metrics["text_similarity"]))
+        scores = (metrics["image_similarity"], metrics["text_similarity"])
+        report(step, (*scores, -denoising(step, trainer)) if tie_break else scores)
 
     return measure
 

@@ -103,6 +103,7 @@ def test_a_single_objective_pruner_on_a_pareto_study_is_refused_at_start(tmp_pat
         "-m",
         "search=pareto_random",
         "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=0.1",
         f"hydra.sweep.dir={sweep}",
         *tiny_overrides(tiny_sd, tiny_judge, images),
     )
@@ -111,5 +112,5 @@ def test_a_single_objective_pruner_on_a_pareto_study_is_refused_at_start(tmp_pat
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "hydra.sweeper.pruner: ThresholdPruner prunes single-objective studies only" in lines[0]
-    assert "hydra/sweeper/pruner=nop" in lines[0]
+    assert "use hydra/sweeper/pruner=mo_halving" in lines[0]
     assert not (sweep / "optuna.db").exists() and not list(sweep.glob("trial_*"))

@@ -496,12 +496,18 @@ class OptunaSweeperImpl:
 def check_pruner(pruner: Any, directions: Sequence[str]) -> None:
     """Refuse, at sweep start, a single-objective pruner on a multi-objective study: Optuna's `Trial.report`
     raises for several objectives, so it would prune nothing while the log names it as active."""
-    if len(directions) < 2 or pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
+    from sweeper.halving import MOHalvingPruner
+
+    if (
+        len(directions) < 2
+        or pruner is None
+        or isinstance(pruner, (optuna.pruners.NopPruner, MOHalvingPruner))
+    ):
         return
     raise BadInput(
         f"hydra.sweeper.pruner: {type(pruner).__name__} prunes single-objective studies only and this study has "
-        f"{len(directions)} directions; use hydra/sweeper/pruner=nop, or one direction "
-        f"(hydra.sweeper.direction=maximize hydra.sweeper.objective=0|1)"
+        f"{len(directions)} directions; use hydra/sweeper/pruner=mo_halving (multi-objective successive halving), "
+        f"or nop"
     )
 
 
