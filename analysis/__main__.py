@@ -1,4 +1,4 @@
-"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N]`"""
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--colour-by KEY]`"""
 
 from __future__ import annotations
 
@@ -31,12 +31,21 @@ def main(argv: list[str] | None = None) -> int:
         "--wandb forces it, offline if tracking was off; --no-wandb never)",
     )
     p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
+    p.add_argument(
+        "--colour-by",
+        default=None,
+        metavar="KEY",
+        help="colour the tradeoff plot's points by this configuration key (e.g. inversion.num_vectors; default: "
+        "for a search, the effective learning rate when it varied, else the key that varied most)",
+    )
     args = p.parse_args(argv)
 
     from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
 
     try:
-        res = analyse(args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids)
+        res = analyse(
+            args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids, colour_by=args.colour_by
+        )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -40,15 +40,18 @@ def analyse(
     *,
     wandb: bool | None = None,
     max_grids: int | None = None,
+    colour_by: str | None = None,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
     "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
-    "tracked": bool}. wandb: None = log when the sweep's runs had tracking on; True = always; False = never."""
+    "tracked": bool}. wandb: None = log when the sweep's runs had tracking on; True = always; False = never.
+    colour_by: the configuration key a search's cloud is coloured by (plots.colour_axis; default: what varied
+    most)."""
     sweep_dirs = list(sweep_dirs)
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids)
+        return _analyse(df, out, wandb, max_grids, colour_by)
 
 
 @contextmanager
@@ -64,7 +67,9 @@ def output_folder(out: Path) -> Iterator[Path]:
         yield out
 
 
-def _analyse(df: pd.DataFrame, out: Path, wandb: bool | None, max_grids: int | None) -> dict[str, Any]:
+def _analyse(
+    df: pd.DataFrame, out: Path, wandb: bool | None, max_grids: int | None, colour_by: str | None = None
+) -> dict[str, Any]:
     files: dict[str, Path] = {}
     runs_csv = df.drop(columns=["configuration_values"])
     files["runs.csv"] = write_text(out / "runs.csv", runs_csv.to_csv(index=False))
@@ -74,7 +79,7 @@ def _analyse(df: pd.DataFrame, out: Path, wandb: bool | None, max_grids: int | N
     files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
-    fig, tradeoff = plots.tradeoff_plot(df)
+    fig, tradeoff = plots.tradeoff_plot(df, colour_by=colour_by)
     png, svg = plots.save(fig, out, "tradeoff")
     files.update({"tradeoff.png": png, "tradeoff.svg": svg})
     titles["Image vs text similarity (the tradeoff plane)"] = png
@@ -116,6 +121,7 @@ def _analyse(df: pd.DataFrame, out: Path, wandb: bool | None, max_grids: int | N
         findings=found,
         untested=untested,
         configs=configs,
+        front=tradeoff["front_table"],
     )
     result = {
         "runs": df,
