@@ -1,4 +1,5 @@
-"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--colour-by KEY]`"""
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]
+[--colour-by KEY]`"""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
     p.add_argument(
+        "--hv-reference",
+        type=_point,
+        default=None,
+        metavar="IMAGE,TEXT",
+        help="the hypervolume's reference point, fixed before any run (default: the worse value of each "
+        "objective over the recorded reference points 'image only' and 'prompt only')",
+    )
+    p.add_argument(
         "--colour-by",
         default=None,
         metavar="KEY",
@@ -44,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         res = analyse(
-            args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids, colour_by=args.colour_by
+            args.sweeps,
+            args.out,
+            wandb=args.wandb,
+            max_grids=args.max_grids,
+            hv_reference=args.hv_reference,
+            colour_by=args.colour_by,
         )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -52,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     df = res["runs"]
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
     print(f"{len(df)} runs ({counts}) -> {res['out']}")
-    for name in ("runs.csv", "configurations.csv", "findings.csv", "tradeoff.png", "report.html"):
+    for name in (
+        "runs.csv",
+        "configurations.csv",
+        "findings.csv",
+        "hypervolume.csv",
+        "tradeoff.png",
+        "report.html",
+    ):
         print(f"  {res['files'][name]}")
     for _, row in df[df["status"] == "failed"].iterrows():
         print(f"  failed: {row['run']}: {row['error']}")
@@ -60,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  W&B summary run: {res['out'] / 'wandb'}")
     print(findings_text(res["findings"], res["untested"]))
     return 0
+
+
+def _point(text: str) -> tuple[float, float]:
+    try:
+        image, txt = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IMAGE,TEXT (two numbers), got {text!r}") from None
+    return image, txt
 
 
 def findings_text(found, untested: list[str]) -> str:
