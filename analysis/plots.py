@@ -199,6 +199,8 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
             refs = _references(df if concept == "all" else df[df["concept"] == concept])
             for key, (rx, ry) in refs.items():
                 ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
+            dominated = _dominated(cfg, refs)
+            dominated_note = _annotate_dominated(ax, cfg, dominated)
             ax.set_xlabel(OBJECTIVES["image_similarity"])
             ax.set_ylabel(OBJECTIVES["text_similarity"])
             if len(facets) > 1:
@@ -243,6 +245,8 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 "run_y": runs["text_similarity"].tolist(),
                 "front": [cfg["configuration"].iloc[i] for i in front],
                 "references": refs,
+                "dominated": dominated,
+                "dominated_note": dominated_note,
             }
         handles, labels = [], []
         for ax in axes:  # every facet's families, once each, in family order
@@ -296,6 +300,45 @@ def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:
         ]
     )
     return np.clip(np.nan_to_num(err, nan=0.0), 0, None)
+
+
+def _dominated(cfg: pd.DataFrame, refs: dict[str, tuple[float, float]]) -> dict[str, list[str]]:
+    """{configuration: [reference names]}: the reference points that beat a configuration's mean on both
+    objectives (analysis.findings says it in words, with intervals)."""
+    out: dict[str, list[str]] = {}
+    for _, row in cfg.iterrows() if len(cfg) else []:
+        x, y = row["image_similarity_mean"], row["text_similarity_mean"]
+        beaten = [REFERENCES[k][0] for k, (rx, ry) in refs.items() if rx > x and ry > y]
+        if beaten:
+            out[str(row["configuration"])] = beaten
+    return out
+
+
+def _annotate_dominated(ax, cfg: pd.DataFrame, dominated: dict[str, list[str]]) -> str | None:
+    """A red ring on each configuration a reference point beats on both objectives, and one line saying so
+    (the prompt-only case: the token learned nothing the prompt lacks). Returns the note drawn."""
+    if not dominated:
+        return None
+    pts = cfg[cfg["configuration"].astype(str).isin(dominated)]
+    ax.scatter(
+        pts["image_similarity_mean"],
+        pts["text_similarity_mean"],
+        s=60,
+        facecolors="none",
+        edgecolors="tab:red",
+        linewidths=0.8,
+        zorder=4,
+    )
+    by_ref: dict[str, list[str]] = {}
+    for name, refs in dominated.items():
+        for ref in refs:
+            by_ref.setdefault(ref, []).append(name)
+    lines = [f"{ref} beats {', '.join(names)} on both objectives" for ref, names in by_ref.items()]
+    if "prompt only" in by_ref:
+        lines.append("(the token learned nothing the prompt lacks)")
+    note = "\n".join(lines)
+    ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=5, color="tab:red", va="bottom")
+    return note
 
 
 def _references(df: pd.DataFrame) -> dict[str, tuple[float, float]]:
