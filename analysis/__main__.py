@@ -1,4 +1,4 @@
-"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N]`"""
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]`"""
 
 from __future__ import annotations
 
@@ -31,19 +31,36 @@ def main(argv: list[str] | None = None) -> int:
         "--wandb forces it, offline if tracking was off; --no-wandb never)",
     )
     p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
+    p.add_argument(
+        "--hv-reference",
+        type=_point,
+        default=None,
+        metavar="IMAGE,TEXT",
+        help="the hypervolume's reference point, fixed before any run (default: the worse value of each "
+        "objective over the recorded reference points 'image only' and 'prompt only')",
+    )
     args = p.parse_args(argv)
 
     from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
 
     try:
-        res = analyse(args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids)
+        res = analyse(
+            args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids, hv_reference=args.hv_reference
+        )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     df = res["runs"]
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
     print(f"{len(df)} runs ({counts}) -> {res['out']}")
-    for name in ("runs.csv", "configurations.csv", "findings.csv", "tradeoff.png", "report.html"):
+    for name in (
+        "runs.csv",
+        "configurations.csv",
+        "findings.csv",
+        "hypervolume.csv",
+        "tradeoff.png",
+        "report.html",
+    ):
         print(f"  {res['files'][name]}")
     for _, row in df[df["status"] == "failed"].iterrows():
         print(f"  failed: {row['run']}: {row['error']}")
@@ -51,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  W&B summary run: {res['out'] / 'wandb'}")
     print(findings_text(res["findings"], res["untested"]))
     return 0
+
+
+def _point(text: str) -> tuple[float, float]:
+    try:
+        image, txt = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IMAGE,TEXT (two numbers), got {text!r}") from None
+    return image, txt
 
 
 def findings_text(found, untested: list[str]) -> str:
