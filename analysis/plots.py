@@ -151,6 +151,8 @@ class Facet:
     front: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # indices into cfg
     refs: dict[str, tuple[float, float]] = field(default_factory=dict)
     bars: list[tuple[float, float, float, float]] = field(default_factory=list)  # interval segments (data)
+    dominated: dict[str, list[str]] = field(default_factory=dict)  # configuration -> references beating it
+    dominated_note: str | None = None
 
 
 def tradeoff_plot(
@@ -166,7 +168,8 @@ def tradeoff_plot(
     maximised), the reference points; one facet per concept, plus "all concepts" first when there are several.
     Labels: every configuration when a facet has fewer than `label_all_below`, else the front only.
     More than `max_families` families (a search): coarser families for colours (coarse_families).
-    The layers, each its own function, drawn in this order: points, intervals, front, references, labels."""
+    The layers, each its own function, drawn in this order: points, intervals, front, references, the
+    configurations a reference point beats on both axes (a red ring and a note), labels."""
     done, coarse = _plot_runs(df, max_families)
     configs = configurations(done) if len(done) else pd.DataFrame()
     concepts = sorted(df["concept"].dropna().unique(), key=natural_key) or ["unknown"]
@@ -181,6 +184,7 @@ def tradeoff_plot(
             _draw_intervals(f, styles, x, y)
             _draw_front(f)
             _draw_references(f)
+            _draw_dominated(f)
             _finish_axes(f, x, y, several=len(facets) > 1)
             data["concepts"][f.concept] = _facet_data(f, x, y)
         data["legend"] = _legend(fig, axes, data, coarse, several=len(facets) > 1)
@@ -269,6 +273,29 @@ def _draw_references(f: Facet) -> None:
         f.ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
 
 
+def _draw_dominated(f: Facet) -> None:
+    """A red ring on each configuration mean a reference point beats on both axes, and one note saying so
+    (prompt only: the token learned nothing the prompt lacks; analysis.findings says it with intervals)."""
+    for i, name in enumerate(f.cfg["configuration"].astype(str) if len(f.cfg) else []):
+        beaten = [REFERENCES[k][0] for k, (rx, ry) in f.refs.items() if rx > f.x[i] and ry > f.y[i]]
+        if beaten:
+            f.dominated[name] = beaten
+            f.ax.scatter([f.x[i]], [f.y[i]], s=60, facecolors="none", edgecolors="tab:red", lw=0.8, zorder=4)
+    if not f.dominated:
+        return
+    by_ref: dict[str, list[str]] = {}
+    for name, refs in f.dominated.items():
+        for ref in refs:
+            by_ref.setdefault(ref, []).append(name)
+    lines = [f"{ref} beats {', '.join(names)} on both objectives" for ref, names in by_ref.items()]
+    if "prompt only" in by_ref:
+        lines.append("(the token learned nothing the prompt lacks)")
+    f.dominated_note = "\n".join(lines)
+    f.ax.text(
+        0.01, 0.01, f.dominated_note, transform=f.ax.transAxes, fontsize=5, color="tab:red", va="bottom"
+    )
+
+
 def _finish_axes(f: Facet, x: str, y: str, several: bool) -> None:
     f.ax.set_xlabel(OBJECTIVES.get(x, x))
     f.ax.set_ylabel(OBJECTIVES.get(y, y))
@@ -294,6 +321,8 @@ def _facet_data(f: Facet, x: str, y: str) -> dict[str, Any]:
         "run_y": f.runs[y].tolist(),
         "front": [f.cfg["configuration"].iloc[i] for i in f.front],
         "references": f.refs,
+        "dominated": f.dominated,
+        "dominated_note": f.dominated_note,
     }
 
 
