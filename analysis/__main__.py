@@ -96,9 +96,10 @@ def findings_text(found, untested: list[str]) -> str:
     lines = ["Findings (effect [95% interval], n, verdict; report.html has the table):"]
     for _, r in found.iterrows():
         ci = "" if r["ci_low"] != r["ci_low"] else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        effect = "" if r["effect"] != r["effect"] else f"{r['effect']:+.3f}{ci}, n={int(r['n'])}: "
+        paper = f"paper {r['paper']}; " if isinstance(r["paper"], str) and r["paper"] else ""
         lines.append(
-            f"  {r['claim']} ({r['source']}), {r['objective']}, {r['comparison']}: paper {r['paper']}; "
-            f"{r['effect']:+.3f}{ci}, n={int(r['n'])}: {r['verdict']}"
+            f"  {r['claim']} ({r['source']}), {r['objective']}, {r['comparison']}: {paper}{effect}{r['verdict']}"
         )
     if not len(found):
         lines.append("  none: no claim of the paper can be tested from these runs")

@@ -248,6 +248,8 @@ class Facet:
     front: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # indices into cfg
     refs: dict[str, tuple[float, float]] = field(default_factory=dict)
     bars: list[tuple[float, float, float, float]] = field(default_factory=list)  # interval segments (data)
+    dominated: dict[str, list[str]] = field(default_factory=dict)  # configuration -> references beating it
+    dominated_note: str | None = None
 
 
 @dataclass
@@ -286,7 +288,8 @@ def tradeoff_plot(
     families (coarse_families), the front ringed. Labels: short names, else keys ("#<trial number>" for a
     one-run configuration, "[k]" otherwise, listed in the legend and the report); every configuration's when a
     grid's facet has fewer than `label_all_below`, else the front's only.
-    The layers, each its own function, drawn in this order: points, intervals, front, references, labels."""
+    The layers, each its own function, drawn in this order: points, intervals, front, references, the
+    configurations a reference point beats on both axes (a red ring and a note), labels."""
     plan = _plan(df, max_families, x, y, colour_by)
     concepts = sorted(df["concept"].dropna().unique(), key=natural_key) or ["unknown"]
     names = (["all"] if len(concepts) > 1 else []) + concepts
@@ -306,6 +309,7 @@ def tradeoff_plot(
             _draw_intervals(f, plan)
             _draw_front(f, plan)
             _draw_references(f)
+            _draw_dominated(f, plan)
             _finish_axes(f, x, y, several=len(facets) > 1)
             data["concepts"][f.concept] = _facet_data(f, plan)
         data["legend"] = _legend(fig, axes, data, plan, several=len(facets) > 1)
@@ -435,6 +439,35 @@ def _draw_references(f: Facet) -> None:
         f.ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
 
 
+def _draw_dominated(f: Facet, plan: Plan) -> None:
+    """A red ring on each configuration mean a reference point beats on both axes, and one note saying so
+    (prompt only: the token learned nothing the prompt lacks; analysis.findings says it with intervals). The
+    note names them as their labels do (a key for a long name), or counts them when there are many."""
+    shown: dict[str, str] = {}
+    for i, name in enumerate(f.cfg["configuration"].astype(str) if len(f.cfg) else []):
+        beaten = [REFERENCES[k][0] for k, (rx, ry) in f.refs.items() if rx > f.x[i] and ry > f.y[i]]
+        if beaten:
+            f.dominated[name] = beaten
+            shown[name] = _point_label(f.cfg.iloc[i], plan)
+            f.ax.scatter([f.x[i]], [f.y[i]], s=60, facecolors="none", edgecolors="tab:red", lw=0.8, zorder=4)
+    if not f.dominated:
+        return
+    by_ref: dict[str, list[str]] = {}
+    for name, refs in f.dominated.items():
+        for ref in refs:
+            by_ref.setdefault(ref, []).append(shown[name])
+    lines = [
+        f"{ref} beats {', '.join(names) if len(names) <= 4 else f'{len(names)} configurations'} on both objectives"
+        for ref, names in by_ref.items()
+    ]
+    if "prompt only" in by_ref:
+        lines.append("(the token learned nothing the prompt lacks)")
+    f.dominated_note = "\n".join(lines)
+    f.ax.text(
+        0.01, 0.01, f.dominated_note, transform=f.ax.transAxes, fontsize=5, color="tab:red", va="bottom"
+    )
+
+
 def _finish_axes(f: Facet, x: str, y: str, several: bool) -> None:
     f.ax.set_xlabel(OBJECTIVES.get(x, x))
     f.ax.set_ylabel(OBJECTIVES.get(y, y))
@@ -464,6 +497,8 @@ def _facet_data(f: Facet, plan: Plan) -> dict[str, Any]:
         "front_runs": [runs_of.get(configs[i], []) for i in f.front],
         "front_keys": [plan.keys.get(configs[i], "") for i in f.front],
         "references": f.refs,
+        "dominated": f.dominated,
+        "dominated_note": f.dominated_note,
     }
 
 
