@@ -64,9 +64,15 @@ def _launcher_name(config: DictConfig) -> str:
 
 
 def trial_line(
-    number: Any, status: str, run_dir: str, values: Any = None, seconds: float | None = None
+    number: Any,
+    status: str,
+    run_dir: str,
+    values: Any = None,
+    seconds: float | None = None,
+    lr: str | None = None,
 ) -> str:
-    """`[trial 3] completed in 41 s: image_similarity=0.5123 text_similarity=0.6345 (outputs/demo/3)`."""
+    """`[trial 3] completed in 41 s: image_similarity=0.5123 text_similarity=0.6345; lr 0.04 (effective;
+    base 0.005) (outputs/demo/3)` (`lr`: sweeper.config.schema.lr_label)."""
     name = "trial" if number is None else f"trial {number}"
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     scores = ""
@@ -74,7 +80,17 @@ def trial_line(
         scores = f": image_similarity={float(values[0]):.4f} text_similarity={float(values[1]):.4f}"
     elif values is not None:
         scores = f": {values}"
-    return f"[{name}] {status}{took}{scores} ({run_dir})"
+    shown_lr = f"; {lr}" if lr else ""
+    return f"[{name}] {status}{took}{scores}{shown_lr} ({run_dir})"
+
+
+def _lr_of(config: DictConfig) -> str | None:
+    from sweeper.config.schema import inversion_lr_label
+
+    try:
+        return inversion_lr_label(config.inversion)
+    except Exception:  # noqa: BLE001 - an app without the inversion group (tests' sweep app)
+        return None
 
 
 try:
@@ -103,7 +119,7 @@ class ConsoleCallback(Callback):
         number = OmegaConf.select(config, "hydra.job.num", default=None) if multirun else None
         run_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default="") or ""
         if job_return.status == JobStatus.COMPLETED:
-            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds)
+            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds, _lr_of(config))
         elif _is_pruned(job_return._return_value):
             return  # the Optuna sweeper's one line says so ("trial N pruned: ..."), for every launcher
         else:
