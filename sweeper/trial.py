@@ -49,6 +49,7 @@ from sweeper.config.schema import evaluation_settings, resolve_prompts
 from sweeper.evaluation.protocol import _apply_pivotal, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
+    PRECISIONS,
     Components,
     load_pipeline,
     pipeline_from_components,
@@ -168,7 +169,13 @@ def _invert_and_evaluate(trials: list[_Trial]) -> None:
             [s.cfg for s in specs],
             [s.run_dir for s in specs],
             on_logs=[_both(s.on_log, t.tracker.on_log) for s, t in zip(specs, trials)],
-            reports=[quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None for s in specs],
+            reports=[
+                _both_reports(
+                    quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None,
+                    checkpoint_evaluation(s.cfg, s.run_dir),
+                )
+                for s in specs
+            ],
             seconds=shares,
         )
     finally:
@@ -419,6 +426,59 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Any]
         report(step, (*scores, -denoising(step, trainer)) if tie_break else scores)
 
     return measure
+
+
+AT_STEPS_DIR = "at_steps"  # <run>/at_steps/step_<N>/: evaluation.at_steps' evaluations
+
+
+def checkpoint_evaluation(cfg: DictConfig, run_dir: Path) -> Callable | None:
+    """`evaluation.at_steps`: at each of those steps below the last, evaluate the vectors as they are with the
+    trial's own protocol (prompts, samples, sampler, seeds: the same noise as the final evaluation, so the points
+    along a run share common random numbers), references off (they do not depend on the step). Each lands in
+    at_steps/step_<N>/ (metrics.json with `step` and the evaluation's CPU and wall seconds); None when unset."""
+    last = int(cfg.inversion.steps)
+    steps = {int(s) for s in cfg.evaluation.get("at_steps") or [] if int(s) < last}
+    if not steps:
+        return None
+
+    def measure(step: int, trainer: Trainer) -> None:
+        if step not in steps:
+            return
+        ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
+        # the training components' own precision (recorded as such: the final evaluation may load its own)
+        precision = {v: k for k, v in PRECISIONS.items()}.get(trainer.comps.dtype, "fp32")
+        ev.update(references=False, progress=False, precision=precision)
+        ev["prompts"] = resolve_prompts(ev["prompts"])
+        ev.pop("quick", None)
+        out = Path(run_dir) / AT_STEPS_DIR / f"step_{step:06d}"
+        cpu, wall = time.process_time(), time.monotonic()
+        metrics = evaluate_pipeline(
+            pipeline_from_components(trainer.comps),
+            str(trainer.cfg.inversion.placeholder),
+            ev,
+            trainer.images,
+            out,
+            model=str(cfg.model.pretrained),
+            extra={"step": step},
+            device=trainer.comps.device,
+        )
+        cost = {"evaluation_cpu_s": time.process_time() - cpu, "evaluation_wall_s": time.monotonic() - wall}
+        atomic.write_json(out / "metrics.json", {**metrics, **cost})
+
+    return measure
+
+
+def _both_reports(a: Callable | None, b: Callable | None) -> Callable | None:
+    """One per-row hook from two (the pruning report and the checkpoint evaluations); an exception (a pruned
+    trial) from the first still ends the trial, after the second has measured this step."""
+    if a is None or b is None:
+        return a or b
+
+    def call(step: int, trainer: Trainer) -> None:
+        b(step, trainer)
+        a(step, trainer)
+
+    return call
 
 
 def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:

@@ -122,6 +122,17 @@ def derive(cfg: DictConfig | Config) -> Derived:
     return _derived(typed, select_images(typed.data))
 
 
+def check_at_steps(typed: Config) -> None:
+    """evaluation.at_steps: positive multiples of inversion.log_every (the trainer reports after a history row)."""
+    every = int(typed.inversion.log_every)
+    for step in typed.evaluation.at_steps or []:
+        if int(step) < 1 or int(step) % every:
+            raise ConfigError(
+                f"evaluation.at_steps: step {step} is not a positive multiple of inversion.log_every={every}; "
+                f"use steps such as {every}, {2 * every}, ... or set inversion.log_every to divide them"
+            )
+
+
 def settings_that_cannot_act(typed: Config) -> list[str]:
     """Budget-saving settings that are on but can never save anything at this budget (a warning each, not a
     refusal: a sweep over inversion.steps or evaluation.num_samples may hold such trials on purpose)."""
@@ -158,6 +169,7 @@ def check_config(cfg: DictConfig) -> Derived:
             f"inversion.compile=true on {device}: torch.compile's CPU backward gives "
             "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false"
         )
+    check_at_steps(typed)
     for warning in settings_that_cannot_act(typed):
         log.warning("%s", warning)
     image_paths = check_data(typed)

@@ -207,6 +207,9 @@ class EvaluationConfig:
     # edit prompt templates ("{}" = S*), or the name of a preset in conf/evaluation/prompts/
     prompts: Any = knob(hint="e.g. evaluation/prompts=paper_examples")
     quick: QuickEvaluationConfig = field(default_factory=QuickEvaluationConfig)
+    # checkpoints as front points: also evaluate the vectors at these training steps (multiples of
+    # inversion.log_every, below inversion.steps), with this same protocol and noise: at_steps/step_<N>/
+    at_steps: list[int] | None = None
 
 
 @dataclass
