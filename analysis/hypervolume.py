@@ -14,6 +14,9 @@ Checkpoints as front points: a run evaluated at chosen steps (evaluation.at_step
 `hypervolume_with_checkpoints` counts each (configuration, step) as a configuration of its own (means over
 seeds), so the front may hold a configuration at fewer steps than its budget.
 
+Cheap first, then confirm: runs of `python -m sweeper.confirm` (load's `confirmed` column) give
+`hypervolume_confirmed`, the front of the confirmed runs alone: the final front's.
+
 Compute = each run's `wall_time_s` from status.json (its training and evaluation, its share of a vectorised
 group), summed over every run that ended (completed, pruned, failed) in the order the runs finished.
 """
@@ -39,6 +42,7 @@ HYPERVOLUME_COLUMNS = [
     "concept",
     "hypervolume",
     "hypervolume_with_checkpoints",
+    "hypervolume_confirmed",
     "reference_image",
     "reference_text",
     "reference_source",
@@ -160,12 +164,23 @@ def front_hypervolumes(df: pd.DataFrame, given: tuple[float, float] | None = Non
         means = configuration_means(_scope(done, concept))
         on_front = pareto_mask(means[OBJECTIVES[0]], means[OBJECTIVES[1]])
         step_means = step_configuration_means(_scope(points, concept)) if with_steps else None
+        confirmed = _scope(done, concept)
+        confirmed = (
+            confirmed[confirmed["confirmed"].fillna(False).astype(bool)]
+            if "confirmed" in confirmed
+            else confirmed[:0]
+        )
         rows.append(
             {
                 "concept": concept,
                 "hypervolume": hypervolume_2d(means.to_numpy(), ref.point),
                 "hypervolume_with_checkpoints": (
                     hypervolume_2d(step_means.to_numpy(), ref.point) if step_means is not None else math.nan
+                ),
+                "hypervolume_confirmed": (
+                    hypervolume_2d(configuration_means(confirmed).to_numpy(), ref.point)
+                    if len(confirmed)
+                    else math.nan
                 ),
                 "reference_image": ref.image,
                 "reference_text": ref.text,

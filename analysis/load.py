@@ -386,6 +386,9 @@ def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
                 -max(1, math.ceil(LOSS_TAIL * len(hist))) :
             ]
             row["loss_tail_mean"] = float(tail.mean())
+    confirmation = _read(run_dir / CONFIRMED_FILE, lambda p: json.loads(p.read_text()), errors)
+    row["confirmed"] = isinstance(confirmation, dict)
+    row["confirmed_from"] = confirmation.get("source_trial") if isinstance(confirmation, dict) else None
     points = step_points_of(run_dir, errors)
     row["step_points"] = json.dumps(points) if points else None
     row["load_error"] = "; ".join(errors) or None
@@ -393,6 +396,7 @@ def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
 
 
 AT_STEPS_DIR = "at_steps"  # evaluation.at_steps' evaluations (sweeper/trial.py)
+CONFIRMED_FILE = "confirmed.json"  # a run of `python -m sweeper.confirm` (sweeper/confirm.py)
 
 
 def step_points_of(run_dir: Path, errors: list[str]) -> list[list[Any]]:
