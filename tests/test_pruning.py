@@ -108,9 +108,11 @@ def test_a_single_objective_pruner_on_a_pareto_study_is_refused_at_start(tmp_pat
         *tiny_overrides(tiny_sd, tiny_judge, images),
     )
     r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0
+    assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "hydra.sweeper.pruner: ThresholdPruner prunes single-objective studies only" in lines[0]
+    assert lines[0].startswith(
+        "error: hydra.sweeper.pruner: ThresholdPruner prunes single-objective studies only"
+    )
     assert "use hydra/sweeper/pruner=mo_halving" in lines[0]
     assert not (sweep / "optuna.db").exists() and not list(sweep.glob("trial_*"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import warnings
@@ -57,7 +58,6 @@ from optuna.trial import TrialState
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import search
 from sweeper.config.schema import lr_label
-from sweeper.console import BadInput
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text
 
@@ -517,11 +517,15 @@ def check_pruner(pruner: Any, directions: Sequence[str]) -> None:
         or isinstance(pruner, (optuna.pruners.NopPruner, MOHalvingPruner))
     ):
         return
-    raise BadInput(
-        f"hydra.sweeper.pruner: {type(pruner).__name__} prunes single-objective studies only and this study has "
-        f"{len(directions)} directions; use hydra/sweeper/pruner=mo_halving (multi-objective successive halving), "
-        f"or nop"
+    # one line and exit status 2, as bad input to a single trial (sweeper/__main__.py); SystemExit passes Hydra's
+    # own reporting, which would add its HYDRA_FULL_ERROR hint
+    print(
+        f"error: hydra.sweeper.pruner: {type(pruner).__name__} prunes single-objective studies only and this study "
+        f"has {len(directions)} directions; use hydra/sweeper/pruner=mo_halving (multi-objective successive "
+        f"halving), or nop",
+        file=sys.stderr,
     )
+    raise SystemExit(2)
 
 
 def _pruned(ret: Any) -> bool:
