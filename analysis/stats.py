@@ -14,9 +14,14 @@ from scipy.stats import norm, spearmanr
 from scipy.stats import t as student_t
 
 from analysis.load import completed, natural_key
+from sweeper.evaluation.metrics import clip_value, get, summarised_metrics
 
-OBJECTIVE_COLUMNS = ["image_similarity", "text_similarity"]
-SUMMARY_COLUMNS = [*OBJECTIVE_COLUMNS, "final_dist_l2", "loss_tail_mean"]
+DIAGNOSTIC_COLUMNS = ["final_dist_l2", "loss_tail_mean"]
+
+
+def summary_columns() -> list[str]:
+    """What configurations.csv summarises: every summarised metric of the registry, then the diagnostics."""
+    return [m.name for m in summarised_metrics()] + DIAGNOSTIC_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,17 @@ def configurations(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             }
             for col in ("inversion.num_vectors", "inversion.steps"):
                 row[col] = first.get(col)
-            for col in SUMMARY_COLUMNS:
+            for col in summary_columns():
                 if col not in grp:
                     continue
                 values = concept_adjusted(sub, col).loc[grp.index] if adjust else grp[col]
                 est = t_interval(values, level)
-                row[f"{col}_mean"] = float(pd.to_numeric(grp[col], errors="coerce").mean())
-                row[f"{col}_ci_low"] = est.low + (row[f"{col}_mean"] - est.value)
-                row[f"{col}_ci_high"] = est.high + (row[f"{col}_mean"] - est.value)
+                mean = float(pd.to_numeric(grp[col], errors="coerce").mean())
+                low, high = est.low + (mean - est.value), est.high + (mean - est.value)
+                if col not in DIAGNOSTIC_COLUMNS and math.isfinite(low):  # inside the metric's range
+                    bounds = get(col).range
+                    low, high = clip_value(low, bounds), clip_value(high, bounds)
+                row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
             row["configuration_values"] = first.get("configuration_values")
             rows.append(row)
     rows.sort(key=_row_order)

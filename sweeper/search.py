@@ -309,11 +309,15 @@ def report_hook(
         return None
     trial = optuna.Trial(study, trial_id)
 
-    objective = int(sweeper.get("objective", 0) or 0)
+    from sweeper.evaluation.metrics import objective_values  # numpy: not at plugin discovery
+
+    named = sweeper.get("objectives")  # the study's objective by name (a search preset's `objectives`)
+    objective = [str(named[0])] if named else None
+    index = int(sweeper.get("objective", 0) or 0)  # else by position in what the trial returns
 
     def report(step: int, value: float | tuple[float, ...]) -> None:
-        if isinstance(value, (tuple, list)):  # a trial's (image_similarity, text_similarity)
-            value = value[objective]
+        if isinstance(value, (tuple, list)):  # a trial's Scores
+            value = objective_values(value, objective)[0] if objective else value[index]
         trial.report(float(value), int(step))
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (intermediate value {value:.4g})")

@@ -54,6 +54,7 @@ from optuna.trial import TrialState
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import search
+from sweeper.evaluation.metrics import directions, objective_values
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text
 
@@ -62,8 +63,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# What a trial returns, in order (sweeper.trial): the default names of a study's objectives.
-TRIAL_METRICS = ("image_similarity", "text_similarity")
 # Launchers whose jobs run in other processes: safe to call from several threads at once (async slots).
 OUT_OF_PROCESS_LAUNCHERS = (
     "hydra_plugins.hydra_joblib_launcher",
@@ -119,6 +118,28 @@ def search_space_from_overrides(
     return distributions, fixed
 
 
+def _directions(objectives: list[str] | None, direction: Any) -> list[str]:
+    """The study's directions: the registry's for named objectives (`direction`, when also given, must agree);
+    else `direction` (one or a list; default minimize)."""
+    given = None
+    if direction is not None:
+        dirs = (
+            list(direction)
+            if isinstance(direction, Sequence) and not isinstance(direction, str)
+            else [direction]
+        )
+        given = [str(getattr(d, "name", d)) for d in dirs]
+    if not objectives:
+        return given or ["minimize"]
+    wanted = directions(objectives)
+    if given is not None and [d.lower() for d in given] != wanted:
+        raise ValueError(
+            f"hydra.sweeper.direction={given} disagrees with the directions {wanted} the metric registry "
+            f"gives hydra.sweeper.objectives={objectives}: drop `direction` (the objectives set it)"
+        )
+    return wanted
+
+
 def grid_values(name: str, d: BaseDistribution) -> list:
     if isinstance(d, CategoricalDistribution):
         return list(d.choices)
@@ -149,6 +170,7 @@ class OptunaSweeperImpl:
         grace_period: int | None,
         max_retry: int | None,
         metric_names: Sequence[str] | None = None,
+        objectives: Sequence[str] | None = None,
     ) -> None:
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate}")
@@ -158,12 +180,9 @@ class OptunaSweeperImpl:
         # process builds it with its own seed (_create_study).
         self.sampler_config = sampler
         self.pruner = instantiate(pruner) if OmegaConf.is_config(pruner) else pruner
-        dirs = (
-            list(direction)
-            if isinstance(direction, Sequence) and not isinstance(direction, str)
-            else [direction]
-        )
-        self.directions = [str(getattr(d, "name", d)) for d in dirs]
+        # objectives by name: their directions are the metric registry's (sweeper/evaluation/metrics.py)
+        self.objectives = [str(n) for n in objectives] if objectives else None
+        self.directions = _directions(self.objectives, direction)
         self.storage_url, self.study_name = storage, study_name
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.max_failure_rate, self.objective = float(max_failure_rate), int(objective)
@@ -184,6 +203,10 @@ class OptunaSweeperImpl:
         self.seed_from = ""
 
     def _metric_names(self, names: Sequence[str] | None) -> list[str] | None:
+        from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES
+
+        if self.objectives and not names:
+            return list(self.objectives)
         if names:
             names = [str(n) for n in names]
             if len(names) != len(self.directions):
@@ -191,10 +214,10 @@ class OptunaSweeperImpl:
                     f"hydra.sweeper.metric_names: {len(names)} names for {len(self.directions)} directions"
                 )
             return names
-        if len(self.directions) == len(TRIAL_METRICS):
-            return list(TRIAL_METRICS)
-        if len(self.directions) == 1 and 0 <= self.objective < len(TRIAL_METRICS):
-            return [TRIAL_METRICS[self.objective]]
+        if len(self.directions) == len(DEFAULT_OBJECTIVES):
+            return list(DEFAULT_OBJECTIVES)
+        if len(self.directions) == 1 and 0 <= self.objective < len(DEFAULT_OBJECTIVES):
+            return [DEFAULT_OBJECTIVES[self.objective]]
         return None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -418,9 +441,12 @@ class OptunaSweeperImpl:
         started = time.perf_counter()
         try:
             value = ret.return_value  # re-raises the job's exception
-            values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-            if len(self.directions) == 1 and len(values) > 1:
-                values = [values[self.objective]]
+            if self.objectives:  # by name (the trial's Scores carry every metric)
+                values = objective_values(value, self.objectives)
+            else:  # by position in what the task returned
+                values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+                if len(self.directions) == 1 and len(values) > 1:
+                    values = [values[self.objective]]
             if len(values) != len(self.directions):
                 raise ValueError(
                     f"the task returned {len(values)} values for {len(self.directions)} directions"

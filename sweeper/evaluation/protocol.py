@@ -26,7 +26,9 @@
   runs. metrics.json records each prompt's sample count (samples_per_prompt) and each objective's
   half-width.
 
-This module samples and records; the judge and the similarity arithmetic are sweeper/evaluation/clip_score.py.
+This module samples and records; the judge is sweeper/evaluation/clip_score.py, and the metrics (every key
+metrics.json holds per metric: its value, `<name>_ci` and `<name>_ci_too_few_samples`) are the registry's,
+sweeper/evaluation/metrics.py.
 """
 
 from __future__ import annotations
@@ -43,14 +45,8 @@ from PIL import Image
 
 from sweeper.config.schema import EvaluationConfigError, evaluation_settings
 from sweeper.data.images import load_image
-from sweeper.evaluation.clip_score import (
-    VARIANTS,
-    Judge,
-    NonFiniteError,
-    image_only_similarity,
-    require_finite,
-    score,
-)
+from sweeper.evaluation.clip_score import Judge, NonFiniteError, require_finite
+from sweeper.evaluation.metrics import IMAGE_SIMILARITY, evaluation_metrics, image_only_similarity, score
 from sweeper.evaluation.sampling import Sampler, save_grid, slugs
 from sweeper.models import load_pipeline, resolve_device
 from sweeper.store import atomic
@@ -194,7 +190,9 @@ def image_only_key(training_images: list[Path], ev: dict, resolution: int) -> st
     )
 
 
-KEEP = ("image_similarity", "text_similarity", *(f"text_similarity_{v}" for v in VARIANTS))
+def _values(scored: dict) -> dict:
+    """A reference point: every registered evaluation metric's value (no intervals)."""
+    return {m.name: scored[m.name] for m in evaluation_metrics()}
 
 
 def references(
@@ -204,12 +202,11 @@ def references(
     each from its own cache entry (see the module doc); the prompt-only samples always take num_samples."""
     root = Path(ev["cache_dir"]).expanduser()
     image_cache = root / "image_only" / f"{image_only_key(training_images, ev, sampler.resolution)}.json"
-    if image_cache.is_file():
-        image_only = json.loads(image_cache.read_text())["image_only"]
-    else:
+    image_only = json.loads(image_cache.read_text())["image_only"] if image_cache.is_file() else {}
+    if any(m.name not in image_only for m in evaluation_metrics()):  # absent, or from before a registration
         scored = score(training, training, [training] * len(texts), texts, ev["text_variant"], 1)
-        scored["image_similarity"] = image_only_similarity(training)
-        image_only = {k: scored[k] for k in KEEP}
+        scored[IMAGE_SIMILARITY.name] = image_only_similarity(training)  # the off-diagonal pairs only
+        image_only = _values(scored)
         atomic.write_json(image_cache, {"judge": ev["judge"], "image_only": image_only})
 
     key = prompt_only_key(model, ev, protocol)
@@ -227,7 +224,7 @@ def references(
         np.savez(buf, reconstruction=recon, prompts=np.stack(prompt_samples))
         atomic.write_bytes(prompt_cache, buf.getvalue())
     scored = score(recon, training, prompt_samples, texts, ev["text_variant"], 1)
-    return {"image_only": image_only, "prompt_only": {k: scored[k] for k in KEEP}}
+    return {"image_only": image_only, "prompt_only": _values(scored)}
 
 
 def evaluate_pipeline(
