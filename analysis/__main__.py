@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from analysis.load import StoreError
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, evaluation_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +32,26 @@ def main(argv: list[str] | None = None) -> int:
         "--wandb forces it, offline if tracking was off; --no-wandb never)",
     )
     p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
+    p.add_argument(
+        "--axes",
+        nargs=2,
+        metavar=("X", "Y"),
+        default=list(DEFAULT_OBJECTIVES),
+        help="the tradeoff plot's two metrics, by registered name (default: %(default)s; registered: "
+        + ", ".join(m.name for m in evaluation_metrics())
+        + ")",
+    )
     args = p.parse_args(argv)
+    unknown = [a for a in args.axes if a not in {m.name for m in evaluation_metrics()}]
+    if unknown:
+        p.error(f"--axes: no metric {', '.join(unknown)} is registered")
 
     from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
 
     try:
-        res = analyse(args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids)
+        res = analyse(
+            args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids, axes=tuple(args.axes)
+        )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

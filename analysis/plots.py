@@ -1,5 +1,6 @@
-"""The plots: the tradeoff plane (the paper's Fig. 10a), objectives vs distance from init and vs
-dataset size (Fig. 12), loss/distance curves. Each function returns (figure, plotted data) so tests
+"""The plots: the tradeoff plane (the paper's Fig. 10a; any two registered metrics as its axes), objectives
+vs distance from init and vs dataset size (Fig. 12), loss/distance curves. Metrics are named as the registry
+(sweeper/evaluation/metrics.py) names them. Each function returns (figure, plotted data) so tests
 and the report can check exactly what was drawn. Sized for a paper column (3.3 in wide per facet).
 """
 
@@ -23,6 +24,7 @@ from analysis.labels import repel_labels  # noqa: E402
 from analysis.load import completed, family, natural_key  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from analysis.stats import configurations  # noqa: E402
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, get  # noqa: E402
 from sweeper.store.atomic import save_figure  # noqa: E402
 
 # Lazy imports: matplotlib's colour helpers are imported where used: `python -m analysis --help` stays fast.
@@ -39,10 +41,6 @@ STYLE = {
 }
 COLUMN_IN = 3.3
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
-OBJECTIVES = {
-    "image_similarity": "image similarity (reconstruction)",
-    "text_similarity": "text similarity (editability)",
-}
 REFERENCES = {"image_only": ("image only", "*"), "prompt_only": ("prompt only", "X")}
 
 
@@ -134,24 +132,38 @@ def _facets(concepts: list[str], width: float, height: float) -> tuple[Figure, l
     return fig, axes
 
 
-def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int = 10) -> tuple[Figure, dict]:
-    """x = image similarity, y = text similarity, as the paper's Fig. 10a: each configuration's mean over its
-    runs with a 95% interval from seed (and, in the "all concepts" facet, concept) variation
-    (stats.configurations), every run as a light point behind it, the Pareto front of the means (both
-    maximised), the reference points; one facet per concept, plus "all concepts" first when there are several.
+def tradeoff_plot(
+    df: pd.DataFrame,
+    label_all_below: int = 15,
+    max_families: int = 10,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
+) -> tuple[Figure, dict]:
+    """Two registered metrics against each other (`axes`, default x = image similarity, y = text similarity,
+    as the paper's Fig. 10a): each configuration's mean over its runs with a 95% interval from seed (and, in
+    the "all concepts" facet, concept) variation (stats.configurations), every run as a light point behind
+    it, the Pareto front of the means (in each metric's direction), the reference points; one facet per
+    concept, plus "all concepts" first when there are several.
     Labels: every configuration when a facet has fewer than `label_all_below`, else the front only.
     More than `max_families` families (a search): coarser families for colours (coarse_families)."""
-    done = completed(df)
+    xm, ym = get(axes[0]), get(axes[1])
+    xcol, ycol = xm.name, ym.name
+    done = completed(df, axes)
     coarse = bool(len(done)) and done["family"].nunique() > max_families
     if len(done):
         done = done.assign(family=coarse_families(done, max_families))
         if coarse:
             done = done.assign(lr_series=done["family"])
-    configs = configurations(done) if len(done) else pd.DataFrame()
+    configs = configurations(done, extra=axes) if len(done) else pd.DataFrame()
     concepts = sorted(df["concept"].dropna().unique(), key=natural_key) or ["unknown"]
     facets = (["all"] if len(concepts) > 1 else []) + concepts
     styles = family_styles(done) if len(done) else {}
-    data: dict[str, Any] = {"concepts": {}, "styles": styles, "coarsened": coarse, "configurations": configs}
+    data: dict[str, Any] = {
+        "concepts": {},
+        "styles": styles,
+        "coarsened": coarse,
+        "configurations": configs,
+        "axes": (xcol, ycol),
+    }
     with matplotlib.rc_context(STYLE):
         fig, axes = _facets(facets, COLUMN_IN, 2.8)
         pending = []
@@ -166,8 +178,8 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 colour, marker = styles[fam]
                 pts = runs[runs["family"] == fam]
                 ax.scatter(
-                    pts["image_similarity"],
-                    pts["text_similarity"],
+                    pts[xcol],
+                    pts[ycol],
                     s=6,
                     marker=marker,
                     color=colour,
@@ -177,10 +189,10 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 )
                 grp = cfg[cfg["family"] == fam]
                 ax.errorbar(
-                    grp["image_similarity_mean"],
-                    grp["text_similarity_mean"],
-                    xerr=_ci_err(grp, "image_similarity"),
-                    yerr=_ci_err(grp, "text_similarity"),
+                    grp[f"{xcol}_mean"],
+                    grp[f"{ycol}_mean"],
+                    xerr=_ci_err(grp, xcol),
+                    yerr=_ci_err(grp, ycol),
                     fmt=marker,
                     color=colour,
                     ms=3.5,
@@ -191,16 +203,16 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                     label=fam,
                     zorder=3,
                 )
-            x = cfg["image_similarity_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
-            y = cfg["text_similarity_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
-            front = pareto_front(x, y)
+            x = cfg[f"{xcol}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
+            y = cfg[f"{ycol}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
+            front = pareto_front(xm.oriented(x), ym.oriented(y))  # higher is better on both, as oriented
             if len(front) > 1:
                 ax.plot(x[front], y[front], "--", color="0.25", lw=0.7, zorder=2, label="Pareto front")
-            refs = _references(df if concept == "all" else df[df["concept"] == concept])
+            refs = _references(df if concept == "all" else df[df["concept"] == concept], (xcol, ycol))
             for key, (rx, ry) in refs.items():
                 ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
-            ax.set_xlabel(OBJECTIVES["image_similarity"])
-            ax.set_ylabel(OBJECTIVES["text_similarity"])
+            ax.set_xlabel(xm.label)
+            ax.set_ylabel(ym.label)
             if len(facets) > 1:
                 ax.set_title("all concepts" if concept == "all" else concept)
             ax.grid(alpha=0.25, lw=0.4)
@@ -222,10 +234,7 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 lab_xy.append((rx, ry))
                 lab_txt.append(REFERENCES[key][0])
             bars = []
-            for col, other, horizontal in (
-                ("image_similarity", "text_similarity", True),
-                ("text_similarity", "image_similarity", False),
-            ):
+            for col, other, horizontal in ((xcol, ycol, True), (ycol, xcol, False)):
                 err = _ci_err(cfg, col)
                 if err is not None:
                     for v, o, lo, hi in zip(cfg[f"{col}_mean"], cfg[f"{other}_mean"], *err):
@@ -239,8 +248,8 @@ def tradeoff_plot(df: pd.DataFrame, label_all_below: int = 15, max_families: int
                 "n": cfg["n"].tolist() if len(cfg) else [],
                 "family": cfg["family"].tolist() if len(cfg) else [],
                 "runs": runs["run"].tolist(),
-                "run_x": runs["image_similarity"].tolist(),
-                "run_y": runs["text_similarity"].tolist(),
+                "run_x": runs[xcol].tolist(),
+                "run_y": runs[ycol].tolist(),
                 "front": [cfg["configuration"].iloc[i] for i in front],
                 "references": refs,
             }
@@ -298,10 +307,12 @@ def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:
     return np.clip(np.nan_to_num(err, nan=0.0), 0, None)
 
 
-def _references(df: pd.DataFrame) -> dict[str, tuple[float, float]]:
+def _references(
+    df: pd.DataFrame, axes: tuple[str, str] = DEFAULT_OBJECTIVES
+) -> dict[str, tuple[float, float]]:
     refs = {}
     for key in REFERENCES:
-        cx, cy = f"ref.{key}.image_similarity", f"ref.{key}.text_similarity"
+        cx, cy = f"ref.{key}.{axes[0]}", f"ref.{key}.{axes[1]}"
         if cx in df and cy in df:
             rx = pd.to_numeric(df[cx], errors="coerce").median()
             ry = pd.to_numeric(df[cy], errors="coerce").median()
@@ -310,16 +321,18 @@ def _references(df: pd.DataFrame) -> dict[str, tuple[float, float]]:
     return refs
 
 
-def distance_plot(df: pd.DataFrame, dist: str = "final_dist_l2") -> tuple[Figure, dict]:
-    """Each objective against the final distance of the learned vectors from their init; Spearman rho
-    per concept in the legend."""
-    done = completed(df)
+def distance_plot(
+    df: pd.DataFrame, dist: str = "final_dist_l2", metrics: tuple[str, ...] = DEFAULT_OBJECTIVES
+) -> tuple[Figure, dict]:
+    """Each of `metrics` (registered names) against the final distance of the learned vectors from their
+    init; Spearman rho per concept in the legend."""
+    done = completed(df, metrics)
     done = done[done[dist].notna()]
     data: dict[str, dict] = {}
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(2 * COLUMN_IN, 2.4)
-        for j, (obj, label) in enumerate(OBJECTIVES.items()):
-            ax = fig.add_subplot(1, 2, j + 1)
+        fig = new_figure(len(metrics) * COLUMN_IN, 2.4)
+        for j, (obj, label) in enumerate((name, get(name).label) for name in metrics):
+            ax = fig.add_subplot(1, len(metrics), j + 1)
             data[obj] = {}
             for i, (concept, grp) in enumerate(done.groupby("concept")):
                 d, v = grp[dist].to_numpy(float), grp[obj].to_numpy(float)
@@ -352,10 +365,12 @@ def distance_plot(df: pd.DataFrame, dist: str = "final_dist_l2") -> tuple[Figure
     return fig, data
 
 
-def dataset_size_plot(df: pd.DataFrame) -> tuple[Figure, dict] | tuple[None, dict]:
-    """Objectives against the training-set size, mean per size (Fig. 12). The size is what the run used
-    (load.n_images: data.n_images=null counts the folder's images)."""
-    done = completed(df)
+def dataset_size_plot(
+    df: pd.DataFrame, metrics: tuple[str, ...] = DEFAULT_OBJECTIVES
+) -> tuple[Figure, dict] | tuple[None, dict]:
+    """`metrics` (registered names) against the training-set size, mean per size (Fig. 12). The size is what
+    the run used (load.n_images: data.n_images=null counts the folder's images)."""
+    done = completed(df, metrics)
     if "n_images" not in done:
         return None, {}
     done = done.assign(n=pd.to_numeric(done["n_images"], errors="coerce")).dropna(subset=["n"])
@@ -363,9 +378,9 @@ def dataset_size_plot(df: pd.DataFrame) -> tuple[Figure, dict] | tuple[None, dic
         return None, {}
     data: dict[str, dict] = {}
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(2 * COLUMN_IN, 2.2)
-        for j, (obj, label) in enumerate(OBJECTIVES.items()):
-            ax = fig.add_subplot(1, 2, j + 1)
+        fig = new_figure(len(metrics) * COLUMN_IN, 2.2)
+        for j, (obj, label) in enumerate((name, get(name).label) for name in metrics):
+            ax = fig.add_subplot(1, len(metrics), j + 1)
             data[obj] = {}
             for i, (concept, grp) in enumerate(done.groupby("concept")):
                 mean = grp.groupby("n")[obj].mean()

@@ -6,6 +6,7 @@ correlations with intervals. Every interval is 95% unless `level` says otherwise
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,12 +59,13 @@ def concept_adjusted(df: pd.DataFrame, col: str) -> pd.Series:
     return values - values.groupby(df["concept"]).transform("mean") + values.mean()
 
 
-def configurations(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+def configurations(df: pd.DataFrame, level: float = 0.95, extra: Sequence[str] = ()) -> pd.DataFrame:
     """One row per (configuration, concept) and, with more than one concept, one per configuration over
     all concepts (concept = "all"): n runs, seeds, the means of the objectives, distance and tail loss, and
     each mean's interval. Per concept the interval is over seeds; over all concepts it is over every run of
     the configuration after removing each concept's overall level (concept_adjusted), so it holds seed and
-    configuration x concept variation."""
+    configuration x concept variation. `extra`: registered metrics to summarise besides summary_columns()
+    (a plot's axis that is not summarised, e.g. a text similarity variant)."""
     done = completed(df)
     rows = []
     concepts = sorted(done["concept"].unique(), key=natural_key)
@@ -86,7 +88,7 @@ def configurations(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             }
             for col in ("inversion.num_vectors", "inversion.steps"):
                 row[col] = first.get(col)
-            for col in summary_columns():
+            for col in [*summary_columns(), *(c for c in extra if c not in summary_columns())]:
                 if col not in grp:
                     continue
                 values = concept_adjusted(sub, col).loc[grp.index] if adjust else grp[col]

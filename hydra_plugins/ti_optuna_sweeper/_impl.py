@@ -54,7 +54,7 @@ from optuna.trial import TrialState
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import search
-from sweeper.evaluation.metrics import directions, objective_values
+from sweeper.evaluation.metrics import objective_values
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text
 
@@ -118,28 +118,6 @@ def search_space_from_overrides(
     return distributions, fixed
 
 
-def _directions(objectives: list[str] | None, direction: Any) -> list[str]:
-    """The study's directions: the registry's for named objectives (`direction`, when also given, must agree);
-    else `direction` (one or a list; default minimize)."""
-    given = None
-    if direction is not None:
-        dirs = (
-            list(direction)
-            if isinstance(direction, Sequence) and not isinstance(direction, str)
-            else [direction]
-        )
-        given = [str(getattr(d, "name", d)) for d in dirs]
-    if not objectives:
-        return given or ["minimize"]
-    wanted = directions(objectives)
-    if given is not None and [d.lower() for d in given] != wanted:
-        raise ValueError(
-            f"hydra.sweeper.direction={given} disagrees with the directions {wanted} the metric registry "
-            f"gives hydra.sweeper.objectives={objectives}: drop `direction` (the objectives set it)"
-        )
-    return wanted
-
-
 def grid_values(name: str, d: BaseDistribution) -> list:
     if isinstance(d, CategoricalDistribution):
         return list(d.choices)
@@ -181,8 +159,8 @@ class OptunaSweeperImpl:
         self.sampler_config = sampler
         self.pruner = instantiate(pruner) if OmegaConf.is_config(pruner) else pruner
         # objectives by name: their directions are the metric registry's (sweeper/evaluation/metrics.py)
-        self.objectives = [str(n) for n in objectives] if objectives else None
-        self.directions = _directions(self.objectives, direction)
+        names = [str(n) for n in objectives] if objectives else None
+        self.objectives, self.directions = search.study_objectives(names, direction, int(objective))
         self.storage_url, self.study_name = storage, study_name
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.max_failure_rate, self.objective = float(max_failure_rate), int(objective)
