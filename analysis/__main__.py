@@ -1,4 +1,4 @@
-"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N]`"""
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]`"""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(m.name for m in evaluation_metrics())
         + ")",
     )
+    p.add_argument(
+        "--hv-reference",
+        type=_point,
+        default=None,
+        metavar="IMAGE,TEXT",
+        help="the hypervolume's reference point, fixed before any run (default: the worse value of each "
+        "objective over the recorded reference points 'image only' and 'prompt only')",
+    )
     args = p.parse_args(argv)
     unknown = [a for a in args.axes if a not in {m.name for m in evaluation_metrics()}]
     if unknown:
@@ -50,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         res = analyse(
-            args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids, axes=tuple(args.axes)
+            args.sweeps,
+            args.out,
+            wandb=args.wandb,
+            max_grids=args.max_grids,
+            hv_reference=args.hv_reference,
+            axes=tuple(args.axes),
         )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -58,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     df = res["runs"]
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
     print(f"{len(df)} runs ({counts}) -> {res['out']}")
-    for name in ("runs.csv", "configurations.csv", "findings.csv", "tradeoff.png", "report.html"):
+    for name in (
+        "runs.csv",
+        "configurations.csv",
+        "findings.csv",
+        "hypervolume.csv",
+        "tradeoff.png",
+        "report.html",
+    ):
         print(f"  {res['files'][name]}")
     for _, row in df[df["status"] == "failed"].iterrows():
         print(f"  failed: {row['run']}: {row['error']}")
@@ -68,14 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _point(text: str) -> tuple[float, float]:
+    try:
+        image, txt = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IMAGE,TEXT (two numbers), got {text!r}") from None
+    return image, txt
+
+
 def findings_text(found, untested: list[str]) -> str:
     """The findings section as text: one line per claim and objective."""
     lines = ["Findings (effect [95% interval], n, verdict; report.html has the table):"]
     for _, r in found.iterrows():
         ci = "" if r["ci_low"] != r["ci_low"] else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        effect = "" if r["effect"] != r["effect"] else f"{r['effect']:+.3f}{ci}, n={int(r['n'])}: "
+        paper = f"paper {r['paper']}; " if isinstance(r["paper"], str) and r["paper"] else ""
         lines.append(
-            f"  {r['claim']} ({r['source']}), {r['objective']}, {r['comparison']}: paper {r['paper']}; "
-            f"{r['effect']:+.3f}{ci}, n={int(r['n'])}: {r['verdict']}"
+            f"  {r['claim']} ({r['source']}), {r['objective']}, {r['comparison']}: {paper}{effect}{r['verdict']}"
         )
     if not len(found):
         lines.append("  none: no claim of the paper can be tested from these runs")

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from analysis import plots
+from analysis import hypervolume, plots
 from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
@@ -41,18 +41,21 @@ def analyse(
     *,
     wandb: bool | None = None,
     max_grids: int | None = None,
+    hv_reference: tuple[float, float] | None = None,
     axes: tuple[str, str] = DEFAULT_OBJECTIVES,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
     "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
-    "tracked": bool}. wandb: None = log when the sweep's runs had tracking on; True = always; False = never.
-    axes: the two registered metrics of the tradeoff plot (x, y)."""
+    "hypervolume": per scope, "hypervolume_trace": against compute, "tracked": bool}. wandb: None = log when
+    the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
+    point (image, text), fixed before the runs; None = from the recorded reference points
+    (analysis.hypervolume). axes: the two registered metrics of the tradeoff plot (x, y)."""
     sweep_dirs = list(sweep_dirs)
     axes = (get(axes[0]).name, get(axes[1]).name)  # an unknown metric: KeyError naming the registered ones
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, axes)
+        return _analyse(df, out, wandb, max_grids, hv_reference, axes)
 
 
 @contextmanager
@@ -69,7 +72,12 @@ def output_folder(out: Path) -> Iterator[Path]:
 
 
 def _analyse(
-    df: pd.DataFrame, out: Path, wandb: bool | None, max_grids: int | None, axes: tuple[str, str]
+    df: pd.DataFrame,
+    out: Path,
+    wandb: bool | None,
+    max_grids: int | None,
+    hv_reference: tuple[float, float] | None = None,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
 ) -> dict[str, Any]:
     files: dict[str, Path] = {}
     runs_csv = df.drop(columns=["configuration_values"])
@@ -77,10 +85,14 @@ def _analyse(
     configs = configurations(df)
     files["configurations.csv"] = write_text(out / "configurations.csv", configs.to_csv(index=False))
     found, untested = findings(df)
+    hv = hypervolume.front_hypervolumes(df, hv_reference)
+    files["hypervolume.csv"] = write_text(out / "hypervolume.csv", hv.to_csv(index=False))
+    if len(hv):
+        found = pd.DataFrame(found.to_dict("records") + hypervolume.findings_rows(hv), columns=found.columns)
     files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
-    fig, tradeoff = plots.tradeoff_plot(df, axes=axes)
+    fig, tradeoff = plots.tradeoff_plot(df, x=axes[0], y=axes[1])
     png, svg = plots.save(fig, out, "tradeoff")
     files.update({"tradeoff.png": png, "tradeoff.svg": svg})
     titles[_tradeoff_title(axes)] = png
@@ -89,6 +101,13 @@ def _analyse(
     png, svg = plots.save(fig, out, "objectives_vs_distance")
     files.update({"objectives_vs_distance.png": png, "objectives_vs_distance.svg": svg})
     titles["Objectives vs distance from the init embedding"] = png
+
+    hv_trace = hypervolume.hypervolume_trace(df, hv_reference)
+    hv_fig = hypervolume.hypervolume_plot(hv_trace)
+    if hv_fig is not None:
+        png, svg = plots.save(hv_fig, out, "hypervolume_vs_compute")
+        files.update({"hypervolume_vs_compute.png": png, "hypervolume_vs_compute.svg": svg})
+        titles["Hypervolume of the front against compute spent"] = png
 
     notes = []
     fig, sizes = plots.dataset_size_plot(df)
@@ -132,6 +151,8 @@ def _analyse(
         "tradeoff": tradeoff,
         "distance": distance,
         "dataset_size": sizes,
+        "hypervolume": hv,
+        "hypervolume_trace": hv_trace,
         "out": out,
     }
     images = {Path(p).stem: p for p in titles.values()}

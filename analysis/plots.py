@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from analysis.labels import repel_labels  # noqa: E402
+from analysis.labels import agg_renderer, repel_labels  # noqa: E402
 from analysis.load import completed, family, natural_key  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from analysis.stats import configurations  # noqa: E402
@@ -132,168 +135,267 @@ def _facets(concepts: list[str], width: float, height: float) -> tuple[Figure, l
     return fig, axes
 
 
+@dataclass
+class Facet:
+    """One panel of the tradeoff plot: its runs and configuration means, where they are drawn, and what the
+    layers put there (the Pareto front, the reference points, the obstacles the labels must avoid)."""
+
+    ax: Axes
+    concept: str
+    runs: pd.DataFrame  # completed runs of this facet
+    cfg: pd.DataFrame  # their configuration means (stats.configurations rows of this facet)
+    x: np.ndarray  # configuration means on the x axis
+    y: np.ndarray
+    front: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # indices into cfg
+    refs: dict[str, tuple[float, float]] = field(default_factory=dict)
+    bars: list[tuple[float, float, float, float]] = field(default_factory=list)  # interval segments (data)
+    dominated: dict[str, list[str]] = field(default_factory=dict)  # configuration -> references beating it
+    dominated_note: str | None = None
+
+
 def tradeoff_plot(
     df: pd.DataFrame,
     label_all_below: int = 15,
     max_families: int = 10,
-    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
+    x: str = DEFAULT_OBJECTIVES[0],
+    y: str = DEFAULT_OBJECTIVES[1],
 ) -> tuple[Figure, dict]:
-    """Two registered metrics against each other (`axes`, default x = image similarity, y = text similarity,
-    as the paper's Fig. 10a): each configuration's mean over its runs with a 95% interval from seed (and, in
-    the "all concepts" facet, concept) variation (stats.configurations), every run as a light point behind
-    it, the Pareto front of the means (in each metric's direction), the reference points; one facet per
-    concept, plus "all concepts" first when there are several.
+    """Two registered metrics against each other (default x = image similarity, y = text similarity, as the
+    paper's Fig. 10a): each configuration's mean over its runs with a 95% interval from seed (and, in the
+    "all concepts" facet, concept) variation (stats.configurations), every run as a light point behind it,
+    the Pareto front of the means (in each metric's direction), the reference points; one facet per concept,
+    plus "all concepts" first when there are several.
     Labels: every configuration when a facet has fewer than `label_all_below`, else the front only.
-    More than `max_families` families (a search): coarser families for colours (coarse_families)."""
-    xm, ym = get(axes[0]), get(axes[1])
-    xcol, ycol = xm.name, ym.name
-    done = completed(df, axes)
-    coarse = bool(len(done)) and done["family"].nunique() > max_families
-    if len(done):
-        done = done.assign(family=coarse_families(done, max_families))
-        if coarse:
-            done = done.assign(lr_series=done["family"])
-    configs = configurations(done, extra=axes) if len(done) else pd.DataFrame()
+    More than `max_families` families (a search): coarser families for colours (coarse_families).
+    The layers, each its own function, drawn in this order: points, intervals, front, references, the
+    configurations a reference point beats on both axes (a red ring and a note), labels."""
+    x, y = get(x).name, get(y).name  # an unknown metric: KeyError naming the registered ones
+    done, coarse = _plot_runs(df, max_families, (x, y))
+    configs = configurations(done, extra=(x, y)) if len(done) else pd.DataFrame()
     concepts = sorted(df["concept"].dropna().unique(), key=natural_key) or ["unknown"]
-    facets = (["all"] if len(concepts) > 1 else []) + concepts
+    names = (["all"] if len(concepts) > 1 else []) + concepts
     styles = family_styles(done) if len(done) else {}
     data: dict[str, Any] = {
         "concepts": {},
         "styles": styles,
         "coarsened": coarse,
         "configurations": configs,
-        "axes": (xcol, ycol),
+        "axes": (x, y),
     }
     with matplotlib.rc_context(STYLE):
-        fig, axes = _facets(facets, COLUMN_IN, 2.8)
-        pending = []
-        for ax, concept in zip(axes, facets):
-            runs = done if concept == "all" else done[done["concept"] == concept]
-            cfg = configs[configs["concept"] == concept] if len(configs) else configs
-            if coarse and len(cfg):  # several configurations per coarse family: one mark each, same style
-                cfg = cfg.assign(
-                    family=cfg["configuration"].map(dict(zip(done["configuration"], done["family"])))
-                )
-            for fam in family_order(runs) if len(runs) else []:
-                colour, marker = styles[fam]
-                pts = runs[runs["family"] == fam]
-                ax.scatter(
-                    pts[xcol],
-                    pts[ycol],
-                    s=6,
-                    marker=marker,
-                    color=colour,
-                    alpha=0.3,
-                    linewidths=0,
-                    zorder=2,
-                )
-                grp = cfg[cfg["family"] == fam]
-                ax.errorbar(
-                    grp[f"{xcol}_mean"],
-                    grp[f"{ycol}_mean"],
-                    xerr=_ci_err(grp, xcol),
-                    yerr=_ci_err(grp, ycol),
-                    fmt=marker,
-                    color=colour,
-                    ms=3.5,
-                    mew=0.5,
-                    mec="white",
-                    elinewidth=0.6,
-                    capsize=1.2,
-                    label=fam,
-                    zorder=3,
-                )
-            x = cfg[f"{xcol}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
-            y = cfg[f"{ycol}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
-            front = pareto_front(xm.oriented(x), ym.oriented(y))  # higher is better on both, as oriented
-            if len(front) > 1:
-                ax.plot(x[front], y[front], "--", color="0.25", lw=0.7, zorder=2, label="Pareto front")
-            refs = _references(df if concept == "all" else df[df["concept"] == concept], (xcol, ycol))
-            for key, (rx, ry) in refs.items():
-                ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
-            ax.set_xlabel(xm.label)
-            ax.set_ylabel(ym.label)
-            if len(facets) > 1:
-                ax.set_title("all concepts" if concept == "all" else concept)
-            ax.grid(alpha=0.25, lw=0.4)
-            ax.margins(0.15)
-            ax.autoscale_view()
-            ax.set_xlim(ax.get_xlim())
-            ax.set_ylim(ax.get_ylim())
-            on_front = set(front.tolist())
-            order = list(front) + (
-                [i for i in range(len(cfg)) if i not in on_front] if len(cfg) < label_all_below else []
-            )
-            lab_xy = [(x[i], y[i]) for i in order]
-            lab_txt = [cfg["configuration"].iloc[i] if not coarse else cfg["family"].iloc[i] for i in order]
-            if coarse:  # one label per coarse family
-                seen: set[str] = set()
-                keep = [j for j, t in enumerate(lab_txt) if not (t in seen or seen.add(t))]
-                lab_xy, lab_txt = [lab_xy[j] for j in keep], [lab_txt[j] for j in keep]
-            for key, (rx, ry) in refs.items():
-                lab_xy.append((rx, ry))
-                lab_txt.append(REFERENCES[key][0])
-            bars = []
-            for col, other, horizontal in ((xcol, ycol, True), (ycol, xcol, False)):
-                err = _ci_err(cfg, col)
-                if err is not None:
-                    for v, o, lo, hi in zip(cfg[f"{col}_mean"], cfg[f"{other}_mean"], *err):
-                        seg = (v - lo, o, v + hi, o) if horizontal else (o, v - lo, o, v + hi)
-                        bars.append(seg)
-            pending.append((ax, lab_xy, lab_txt, list(zip(x, y)) + list(refs.values()), bars))
-            data["concepts"][concept] = {
-                "configurations": cfg["configuration"].tolist() if len(cfg) else [],
-                "x": x.tolist(),
-                "y": y.tolist(),
-                "n": cfg["n"].tolist() if len(cfg) else [],
-                "family": cfg["family"].tolist() if len(cfg) else [],
-                "runs": runs["run"].tolist(),
-                "run_x": runs[xcol].tolist(),
-                "run_y": runs[ycol].tolist(),
-                "front": [cfg["configuration"].iloc[i] for i in front],
-                "references": refs,
-            }
-        handles, labels = [], []
-        for ax in axes:  # every facet's families, once each, in family order
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        for key, (name, marker) in REFERENCES.items():
-            if any(key in c["references"] for c in data["concepts"].values()):
-                handles.append(axes[0].plot([], [], marker, color="black", ms=5, ls="none")[0])
-                labels.append(name)
-        data["legend"] = labels
-        fig.tight_layout()
-        title = "mean of each configuration, 95% interval over seeds; light points: runs"
-        if len(facets) > 1:
-            title += "\n(all concepts: interval over every run with each concept's overall level removed)"
-        if coarse:
-            title += "; families coarsened (configurations.csv has each configuration)"
-        for ncol in range(min(3, len(labels)), 0, -1):  # as many columns as fit the figure's width
-            leg = fig.legend(
-                handles,
-                labels,
-                loc="upper center",
-                bbox_to_anchor=(0.5, 0.0),
-                frameon=False,
-                ncol=ncol,
-                fontsize=6,
-                handletextpad=0.3,
-                columnspacing=0.8,
-                title=title,
-                title_fontsize=6,
-            )
-            if ncol == 1 or leg.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width:
-                break
-            leg.remove()
-        for (ax, lab_xy, lab_txt, obstacles, bars), concept in zip(pending, facets):
-            data["concepts"][concept]["labels"] = repel_labels(ax, lab_xy, lab_txt, obstacles, bars)
+        fig, axes = _facets(names, COLUMN_IN, 2.8)
+        facets = [_facet(ax, name, df, done, configs, coarse, x, y) for ax, name in zip(axes, names)]
+        for f in facets:
+            _draw_points(f, styles, x, y)
+            _draw_intervals(f, styles, x, y)
+            _draw_front(f, x, y)
+            _draw_references(f)
+            _draw_dominated(f)
+            _finish_axes(f, x, y, several=len(facets) > 1)
+            data["concepts"][f.concept] = _facet_data(f, x, y)
+        data["legend"] = _legend(fig, axes, data, coarse, several=len(facets) > 1)
+        for f in facets:  # after the layout is final: label placement is measured in display space
+            data["concepts"][f.concept]["labels"] = _draw_labels(f, coarse, label_all_below)
     return fig, data
 
 
+def _plot_runs(df: pd.DataFrame, max_families: int, axes: tuple[str, str]) -> tuple[pd.DataFrame, bool]:
+    """The completed runs (with both axes recorded) with the family each is coloured by, and whether those
+    families were coarsened."""
+    done = completed(df, axes)
+    coarse = bool(len(done)) and done["family"].nunique() > max_families
+    if len(done):
+        done = done.assign(family=coarse_families(done, max_families))
+        if coarse:
+            done = done.assign(lr_series=done["family"])
+    return done, coarse
+
+
+def _facet(
+    ax: Axes,
+    concept: str,
+    df: pd.DataFrame,
+    done: pd.DataFrame,
+    configs: pd.DataFrame,
+    coarse: bool,
+    x: str,
+    y: str,
+) -> Facet:
+    runs = done if concept == "all" else done[done["concept"] == concept]
+    cfg = configs[configs["concept"] == concept] if len(configs) else configs
+    if coarse and len(cfg):  # several configurations per coarse family: one mark each, same style
+        cfg = cfg.assign(family=cfg["configuration"].map(dict(zip(done["configuration"], done["family"]))))
+    xs = cfg[f"{x}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
+    ys = cfg[f"{y}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
+    refs = _references(df if concept == "all" else df[df["concept"] == concept], x, y)
+    return Facet(ax, concept, runs, cfg, xs, ys, refs=refs)
+
+
+def _draw_points(f: Facet, styles: dict[str, tuple[Any, str]], x: str, y: str) -> None:
+    """Every run as a light point, each configuration's mean as a solid mark, in the family's style."""
+    for fam in family_order(f.runs) if len(f.runs) else []:
+        colour, marker = styles[fam]
+        pts = f.runs[f.runs["family"] == fam]
+        f.ax.scatter(pts[x], pts[y], s=6, marker=marker, color=colour, alpha=0.3, linewidths=0, zorder=2)
+        grp = f.cfg[f.cfg["family"] == fam]
+        f.ax.plot(
+            grp[f"{x}_mean"],
+            grp[f"{y}_mean"],
+            marker,
+            color=colour,
+            ms=3.5,
+            mew=0.5,
+            mec="white",
+            ls="none",
+            label=fam,
+            zorder=3,
+            gid="configuration means",
+        )
+
+
+def _draw_intervals(f: Facet, styles: dict[str, tuple[Any, str]], x: str, y: str) -> None:
+    """Each mean's 95% interval on both axes, only where one exists (a configuration with one run has none)."""
+    for col, other, horizontal in ((x, y, True), (y, x, False)):
+        err = _ci_err(f.cfg, col)
+        if err is None:
+            continue
+        for v, o, lo, hi, fam in zip(f.cfg[f"{col}_mean"], f.cfg[f"{other}_mean"], *err, f.cfg["family"]):
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                continue
+            seg = (v - lo, o, v + hi, o) if horizontal else (o, v - lo, o, v + hi)
+            f.bars.append(seg)
+            f.ax.plot(seg[::2], seg[1::2], "-", color=styles[fam][0], lw=0.6, zorder=3, solid_capstyle="butt")
+
+
+def _draw_front(f: Facet, x: str, y: str) -> None:
+    """The Pareto front of the configuration means (each axis in its metric's direction), as a dashed line."""
+    f.front = pareto_front(get(x).oriented(f.x), get(y).oriented(f.y))
+    if len(f.front) > 1:
+        f.ax.plot(f.x[f.front], f.y[f.front], "--", color="0.25", lw=0.7, zorder=2, label="Pareto front")
+
+
+def _draw_references(f: Facet) -> None:
+    """The reference points (image only, prompt only) as black marks."""
+    for key, (rx, ry) in f.refs.items():
+        f.ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
+
+
+def _draw_dominated(f: Facet) -> None:
+    """A red ring on each configuration mean a reference point beats on both axes, and one note saying so
+    (prompt only: the token learned nothing the prompt lacks; analysis.findings says it with intervals)."""
+    for i, name in enumerate(f.cfg["configuration"].astype(str) if len(f.cfg) else []):
+        beaten = [REFERENCES[k][0] for k, (rx, ry) in f.refs.items() if rx > f.x[i] and ry > f.y[i]]
+        if beaten:
+            f.dominated[name] = beaten
+            f.ax.scatter([f.x[i]], [f.y[i]], s=60, facecolors="none", edgecolors="tab:red", lw=0.8, zorder=4)
+    if not f.dominated:
+        return
+    by_ref: dict[str, list[str]] = {}
+    for name, refs in f.dominated.items():
+        for ref in refs:
+            by_ref.setdefault(ref, []).append(name)
+    lines = [f"{ref} beats {', '.join(names)} on both objectives" for ref, names in by_ref.items()]
+    if "prompt only" in by_ref:
+        lines.append("(the token learned nothing the prompt lacks)")
+    f.dominated_note = "\n".join(lines)
+    f.ax.text(
+        0.01, 0.01, f.dominated_note, transform=f.ax.transAxes, fontsize=5, color="tab:red", va="bottom"
+    )
+
+
+def _finish_axes(f: Facet, x: str, y: str, several: bool) -> None:
+    f.ax.set_xlabel(get(x).label)
+    f.ax.set_ylabel(get(y).label)
+    if several:
+        f.ax.set_title("all concepts" if f.concept == "all" else f.concept)
+    f.ax.grid(alpha=0.25, lw=0.4)
+    f.ax.margins(0.15)
+    f.ax.autoscale_view()
+    f.ax.set_xlim(f.ax.get_xlim())  # fixed before the labels are placed: a label must not move the axes
+    f.ax.set_ylim(f.ax.get_ylim())
+
+
+def _facet_data(f: Facet, x: str, y: str) -> dict[str, Any]:
+    """What the facet shows, for tests and the report."""
+    return {
+        "configurations": f.cfg["configuration"].tolist() if len(f.cfg) else [],
+        "x": f.x.tolist(),
+        "y": f.y.tolist(),
+        "n": f.cfg["n"].tolist() if len(f.cfg) else [],
+        "family": f.cfg["family"].tolist() if len(f.cfg) else [],
+        "runs": f.runs["run"].tolist(),
+        "run_x": f.runs[x].tolist(),
+        "run_y": f.runs[y].tolist(),
+        "front": [f.cfg["configuration"].iloc[i] for i in f.front],
+        "references": f.refs,
+        "dominated": f.dominated,
+        "dominated_note": f.dominated_note,
+    }
+
+
+def _legend(fig: Figure, axes: list[Axes], data: dict[str, Any], coarse: bool, several: bool) -> list[str]:
+    """One legend below the facets: every facet's families once each (family order), the front, the reference
+    points; as many columns as fit the figure's width. Returns its labels."""
+    handles: list[Any] = []
+    labels: list[str] = []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    for key, (name, marker) in REFERENCES.items():
+        if any(key in c["references"] for c in data["concepts"].values()):
+            handles.append(axes[0].plot([], [], marker, color="black", ms=5, ls="none")[0])
+            labels.append(name)
+    fig.tight_layout()
+    title = "mean of each configuration, 95% interval over seeds; light points: runs"
+    if several:
+        title += "\n(all concepts: interval over every run with each concept's overall level removed)"
+    if coarse:
+        title += "; families coarsened (configurations.csv has each configuration)"
+    for ncol in range(min(3, len(labels)), 0, -1):
+        leg = fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            frameon=False,
+            ncol=ncol,
+            fontsize=6,
+            handletextpad=0.3,
+            columnspacing=0.8,
+            title=title,
+            title_fontsize=6,
+        )
+        if ncol == 1 or leg.get_window_extent(agg_renderer(fig)).width <= fig.bbox.width:
+            break
+        leg.remove()
+    return labels
+
+
+def _draw_labels(f: Facet, coarse: bool, label_all_below: int) -> list[Text]:
+    """Names beside the front's configurations (every configuration's when the facet has fewer than
+    `label_all_below`; one per family when coarsened) and the reference points, placed so that none overlaps
+    another, a mark or an interval (labels.repel_labels)."""
+    on_front = set(f.front.tolist())
+    order = list(f.front) + (
+        [i for i in range(len(f.cfg)) if i not in on_front] if len(f.cfg) < label_all_below else []
+    )
+    xy = [(f.x[i], f.y[i]) for i in order]
+    texts = [f.cfg["family" if coarse else "configuration"].iloc[i] for i in order]
+    if coarse:  # one label per coarse family
+        first = {t: j for j, t in reversed(list(enumerate(texts)))}
+        keep = sorted(first.values())
+        xy, texts = [xy[j] for j in keep], [texts[j] for j in keep]
+    for key, (rx, ry) in f.refs.items():
+        xy.append((rx, ry))
+        texts.append(REFERENCES[key][0])
+    obstacles = list(zip(f.x, f.y)) + list(f.refs.values())
+    return repel_labels(f.ax, xy, texts, obstacles, f.bars)
+
+
 def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:
-    """Error-bar lengths below/above each mean from the <col>_ci_low/high columns (NaN: no bar)."""
+    """Interval lengths below/above each mean from the <col>_ci_low/high columns (NaN: no interval)."""
     lo, hi, mid = f"{col}_ci_low", f"{col}_ci_high", f"{col}_mean"
     if lo not in grp or hi not in grp:
         return None
@@ -304,15 +406,15 @@ def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:
             pd.to_numeric(grp[hi], errors="coerce").to_numpy(float) - v,
         ]
     )
-    return np.clip(np.nan_to_num(err, nan=0.0), 0, None)
+    return np.clip(err, 0, None)
 
 
 def _references(
-    df: pd.DataFrame, axes: tuple[str, str] = DEFAULT_OBJECTIVES
+    df: pd.DataFrame, x: str = DEFAULT_OBJECTIVES[0], y: str = DEFAULT_OBJECTIVES[1]
 ) -> dict[str, tuple[float, float]]:
     refs = {}
     for key in REFERENCES:
-        cx, cy = f"ref.{key}.{axes[0]}", f"ref.{key}.{axes[1]}"
+        cx, cy = f"ref.{key}.{x}", f"ref.{key}.{y}"
         if cx in df and cy in df:
             rx = pd.to_numeric(df[cx], errors="coerce").median()
             ry = pd.to_numeric(df[cy], errors="coerce").median()

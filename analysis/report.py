@@ -53,7 +53,8 @@ th{background:#f3f3f3;cursor:pointer;user-select:none;position:sticky;top:0}
 th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
 tr.failed td{background:#fff0f0}tr.running td{background:#f4f8ff}tr.stale td{background:#fff8e0}
 tr.pruned td{background:#f3f3f3;color:#666}tr.interrupted td{background:#fff4e8}
-td.holds{color:#060;font-weight:bold}td.contradicted{color:#a00;font-weight:bold}td.inconclusive{color:#666}
+td.holds{color:#060;font-weight:bold}td.contradicted{color:#a00;font-weight:bold}td.inconclusive{color:#666}td.confounded{color:#666;font-style:italic}td.dominated{color:#a00}
+p.dominated{color:#a00;font-weight:bold}
 .findings{border:2px solid #333;padding:4px 16px 12px;margin:12px 0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.few{color:#a60;font-size:10px}
 .grids img{height:192px;margin:2px;border:1px solid #eee}.err{color:#a00;white-space:pre-wrap}
@@ -200,6 +201,16 @@ def _fmt(v, digits: int = 3) -> str:
     return "" if _blank(v) else f"{float(v):+.{digits}f}"
 
 
+def _dominated_lines(found: pd.DataFrame) -> str:
+    """Each configuration a reference point beats on both objectives, said first (findings' reference rows)."""
+    rows = found[found["source"] == "reference point"].drop_duplicates(["claim", "comparison"])
+    return "".join(
+        f'<p class="dominated">{html.escape(str(r["comparison"]).split(" - ")[0])}: '
+        f"{html.escape(str(r['claim']))} ({html.escape(str(r['verdict']))}).</p>"
+        for _, r in rows.iterrows()
+    )
+
+
 def findings_section(found: pd.DataFrame | None, untested: list[str] | None, notes: list[str] | None) -> str:
     """The report's first section: one row per claim and objective, with effect, interval, n and verdict."""
     if found is None or not len(found):
@@ -219,8 +230,9 @@ def findings_section(found: pd.DataFrame | None, untested: list[str] | None, not
                 f'<td class="{cls}">{html.escape(str(r["verdict"]))}</td></tr>'
             )
         body = (
-            f"<p>{summary}. Effects are paired differences (configuration - reference, same concept and seed) "
-            "or Spearman's rho within concept; 95% intervals; <i>paper</i> is the direction the paper reports. "
+            f"{_dominated_lines(found)}<p>{summary}. Effects are paired differences (configuration - reference, "
+            "same concept and seed), signed distances to the tradeoff curve (positive beyond it) or Spearman's "
+            "rho within concept; 95% intervals; <i>paper</i> is what the paper reports. "
             "A verdict needs the interval to exclude no effect; these are properties of the runs analysed "
             "(their model, concepts, steps), not a replication of the paper.</p>"
             '<table id="findings"><thead><tr><th>claim</th><th>source</th><th>objective</th><th>comparison</th>'

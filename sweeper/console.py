@@ -64,9 +64,15 @@ def _launcher_name(config: DictConfig) -> str:
 
 
 def trial_line(
-    number: Any, status: str, run_dir: str, values: Any = None, seconds: float | None = None
+    number: Any,
+    status: str,
+    run_dir: str,
+    values: Any = None,
+    seconds: float | None = None,
+    lr: str | None = None,
 ) -> str:
-    """`[trial 3] completed in 41 s: image_similarity=0.5123 text_similarity=0.6345 (outputs/demo/3)`."""
+    """`[trial 3] completed in 41 s: image_similarity=0.5123 text_similarity=0.6345; lr 0.04 (effective;
+    base 0.005) (outputs/demo/3)` (`lr`: sweeper.config.schema.lr_label)."""
     name = "trial" if number is None else f"trial {number}"
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES  # numpy: only once a trial ends
@@ -76,7 +82,17 @@ def trial_line(
         scores = ": " + " ".join(f"{n}={float(v):.4f}" for n, v in zip(DEFAULT_OBJECTIVES, values))
     elif values is not None:
         scores = f": {values}"
-    return f"[{name}] {status}{took}{scores} ({run_dir})"
+    shown_lr = f"; {lr}" if lr else ""
+    return f"[{name}] {status}{took}{scores}{shown_lr} ({run_dir})"
+
+
+def _lr_of(config: DictConfig) -> str | None:
+    from sweeper.config.schema import inversion_lr_label
+
+    try:
+        return inversion_lr_label(config.inversion)
+    except Exception:  # noqa: BLE001 - an app without the inversion group (tests' sweep app)
+        return None
 
 
 try:
@@ -105,7 +121,7 @@ class ConsoleCallback(Callback):
         number = OmegaConf.select(config, "hydra.job.num", default=None) if multirun else None
         run_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default="") or ""
         if job_return.status == JobStatus.COMPLETED:
-            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds)
+            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds, _lr_of(config))
         else:
             err = job_return._return_value
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

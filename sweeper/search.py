@@ -53,6 +53,8 @@ ERROR_ATTR = "error"  # user attr set on trials the sweeper told FAIL (their err
 INTERRUPTED_ATTR = "interrupted"  # user attr of a trial stopped by a signal / a SLURM job gone: the reason
 SEED_ATTR = "sampler_seed"  # user attr: the seed of the sampler of the process that asked the trial
 SEED_FROM_ATTR = "sampler_seed_from"  # user attr: what that seed was derived from (base, trials, worker)
+EFFECTIVE_LR_ATTR = "effective_lr"  # user attr: the optimiser's lr (the `inversion.lr` param is the base lr)
+LR_ATTR = "lr"  # user attr: how the lr is shown everywhere, "lr 0.029 (effective; base 0.00363)" (lr_label)
 # Attributes of one attempt, not carried over to its retry.
 ATTEMPT_ATTRS = (WORKER_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, SEED_ATTR, SEED_FROM_ATTR)
 

@@ -37,7 +37,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config.schema import TrackingConfig
+from sweeper.config.schema import TrackingConfig, effective_lr, inversion_lr_label
 from sweeper.evaluation.metrics import summarised_metrics
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,15 @@ def _plain_config(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra job
         return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def lr_config(cfg: DictConfig) -> dict:
+    """The run's learning rate in the one convention, beside the config's base `inversion.lr`:
+    `effective_lr` (a number to chart) and `lr` ("lr 0.029 (effective; base 0.00363)")."""
+    try:
+        return {"effective_lr": effective_lr(cfg.inversion), "lr": inversion_lr_label(cfg.inversion)}
+    except Exception:  # noqa: BLE001 - a config without the inversion group (a re-evaluation)
+        return {}
 
 
 def unreachable(base_url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
@@ -186,7 +195,7 @@ class Tracker:
                     group=group,
                     name=run_dir.name,
                     tags=list(t.get("tags") or []),
-                    config=_plain_config(cfg),
+                    config={**_plain_config(cfg), **lr_config(cfg)},
                     dir=str(wandb_dir),
                     reinit="create_new" if concurrent else "finish_previous",
                     settings=wandb.Settings(

@@ -377,10 +377,11 @@ def test_tradeoff_plot_configuration_means_over_light_run_points(analysed):
         boxes = [text_box(t, fig.canvas.get_renderer()) for t in d["labels"]]
         for a, b in itertools.combinations(boxes, 2):
             assert not a.overlaps(b), (a, b)
-    # the artists: error-bar markers are the configuration means, the light scatter the runs
+    # the artists: the solid marks are the configuration means, the light scatter the runs
     teapot = data["teapot"]
     ax = teapot["labels"][0].figure.axes[2]
-    drawn = sorted((float(px), float(py)) for c in ax.containers for px, py in zip(*c.lines[0].get_data()))
+    means = [line for line in ax.get_lines() if line.get_gid() == "configuration means"]
+    drawn = sorted((float(px), float(py)) for line in means for px, py in zip(*line.get_data()))
     np.testing.assert_allclose(drawn, sorted(zip(teapot["x"], teapot["y"])))
     np.testing.assert_allclose(drawn[0], (0.79, 0.24))  # n=5 images: two seeds (0.80, 0.78) averaged
     runs = sorted(tuple(p) for coll in ax.collections if coll.get_alpha() == 0.3 for p in coll.get_offsets())

@@ -32,8 +32,10 @@ from sweeper.config.schema import (
     InversionConfig,
     effective_lr,
     evaluation_settings,
+    inversion_lr_label,
     job_overrides,
     knob,
+    lr_label,
     resume_safe_fields,
     settings,
 )
@@ -287,6 +289,17 @@ def test_config_yaml_records_the_derived_block(concept_images, tmp_path):
 
     unscaled = compose_config(*base(concept_images), "inversion.lr=0.04", "inversion.scale_lr=false")
     assert derive(unscaled).effective_lr == pytest.approx(0.04) == effective_lr(unscaled.inversion)
+
+
+def test_one_learning_rate_label_names_the_base_beside_the_effective_lr():
+    assert lr_label(0.02904, 0.00363) == "lr 0.029 (effective; base 0.00363)"
+    assert lr_label(0.005, 0.005) == "lr 0.005"  # no scaling: one number
+    assert lr_label(0.04) == "lr 0.04"  # the base unknown (an old run folder)
+    assert lr_label(8e-4, 1e-4) == "lr 0.0008 (effective; base 0.0001)"
+    assert lr_label(4e-5, 5e-6) == "lr 4e-5 (effective; base 5e-6)"
+    scaled = InversionConfig(lr=0.005, batch_size=4, grad_accum=2)
+    assert inversion_lr_label(scaled) == "lr 0.04 (effective; base 0.005)"
+    assert inversion_lr_label(InversionConfig(lr=0.005, batch_size=4, scale_lr=False)) == "lr 0.005"
 
 
 def test_check_config_returns_what_derive_computes(tiny_sd, concept_images):

@@ -112,6 +112,16 @@ def test_one_line_per_finished_trial(capsys):
     assert trial_line(None, "completed", "run", (0.1, 0.2)).startswith("[trial] completed: ")
 
 
+def test_the_trial_line_shows_the_effective_lr_with_the_base_beside_it(capsys):
+    cb = ConsoleCallback()
+    cfg = job_config("hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+    cfg.inversion = {"lr": 0.005, "scale_lr": True, "batch_size": 4, "grad_accum": 2}
+    cb.on_job_start(cfg)
+    cb.on_job_end(cfg, SimpleNamespace(status=JobStatus.COMPLETED, _return_value=(0.5, 0.25)))
+    out = capsys.readouterr().out
+    assert "text_similarity=0.2500; lr 0.04 (effective; base 0.005) (sweep/3)" in out
+
+
 def test_hydra_full_error_shows_the_traceback(tiny_sd, concept_images, tmp_path):
     """The CLI's short form is tested in test_checks.py; the full traceback is one variable away."""
     cmd = [

@@ -390,3 +390,56 @@ def test_width_is_checked_against_the_models_config_without_loading_it(tmp_path,
     check_fits_model(xl, str(tiny_sdxl))
     with pytest.raises(EmbeddingFormatError, match=r"xl: holds 2 vector set\(s\) of width \[32, 48\]"):
         check_fits_model(xl, str(tiny_sd))
+
+
+# ------------------------------------------------------------------------ bounded memory, header first
+
+_PEAK_RSS_OF_A_REFUSAL = """
+import json, resource, sys
+from sweeper.store.embeddings import EmbeddingFormatError, load_embedding_file
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_embedding_file(sys.argv[1])
+    refusal = None
+except EmbeddingFormatError as err:
+    refusal = str(err)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"refusal": refusal, "grew_kib": after - before}))
+"""
+
+
+def _sparse_safetensors(path: Path, shape: list[int], dtype: str = "F32") -> Path:
+    """A safetensors file whose header claims `shape` and whose data is a hole: it costs no disk."""
+    import json as _json
+    import struct
+
+    nbytes = 4 * int(torch.tensor(shape).prod())
+    header = _json.dumps({"<huge>": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + nbytes)
+    return path
+
+
+def test_a_file_claiming_a_huge_tensor_is_refused_from_its_header_in_bounded_memory(tmp_path):
+    import json as _json
+    import subprocess
+    import sys
+
+    path = _sparse_safetensors(tmp_path / "huge.safetensors", [1, 2**28])  # 1 GiB claimed, a hole on disk
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_OF_A_REFUSAL, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    result = _json.loads(out.stdout.strip().splitlines()[-1])
+    assert (
+        result["refusal"]
+        and "huge.safetensors" in result["refusal"]
+        and "[1, 268435456]" in result["refusal"]
+    )
+    assert result["grew_kib"] < 128 * 1024, result  # the 1 GiB tensor was never materialised

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -100,6 +101,29 @@ def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
         assert (sweep / f"trial_{t.number:04d}" / "status.json").is_file()
     results = (sweep / "optimization_results.yaml").read_text()
     assert "solutions" in results and "n_complete: 1" in results
+
+
+def test_trials_and_results_show_the_effective_lr_with_the_base_beside_it(tmp_path):
+    """Optuna's `x` param is the base lr here (the app's config.yaml: effective = 8 x base): the trial's user
+    attrs and optimization_results.yaml name the effective lr, the base beside it (lr_label)."""
+    sweep = tmp_path / "lr"
+    run_app(
+        sweep,
+        "x=0.25,0.75",
+        "lr_scale=8",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.direction=[maximize,maximize]",
+    )
+    trials = sorted(load(sweep).trials, key=lambda t: t.params["x"])
+    assert [t.user_attrs["lr"] for t in trials] == [
+        "lr 2 (effective; base 0.25)",
+        "lr 6 (effective; base 0.75)",
+    ]
+    assert [t.user_attrs["effective_lr"] for t in trials] == [2.0, 6.0]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    shown = {s["trial"]: s["lr"] for s in results["solutions"]}
+    assert shown and all(shown[t.number] == t.user_attrs["lr"] for t in trials if t.number in shown)
 
 
 def test_single_objective_pruning_and_enqueued_configurations(tmp_path):

@@ -22,7 +22,16 @@ def tracking_cfg(name: str = "wandb", **extra) -> OmegaConf:
     t = compose_config(f"tracking={name}").tracking  # the preset over the schema's defaults
     t.mode = "offline"
     return OmegaConf.create(
-        {"tracking": OmegaConf.merge(t, extra), "inversion": {"lr": 0.00731, "num_vectors": 2}}
+        {
+            "tracking": OmegaConf.merge(t, extra),
+            "inversion": {
+                "lr": 0.00731,
+                "num_vectors": 2,
+                "scale_lr": True,
+                "batch_size": 4,
+                "grad_accum": 2,
+            },
+        }
     )
 
 
@@ -67,6 +76,7 @@ def test_offline_run_holds_config_curves_metrics_images_and_embeddings(tmp_path)
         b"samples/reconstruction",
         b"embeddings-trial_0007",
         b"0.00731",
+        b"lr 0.0585 (effective; base 0.00731)",  # the one lr convention beside the config's base lr
         b"my-study",
     ):
         assert needle in data, needle

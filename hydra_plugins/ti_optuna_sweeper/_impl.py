@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
@@ -54,6 +55,7 @@ from optuna.trial import TrialState
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import search
+from sweeper.config.schema import lr_label
 from sweeper.evaluation.metrics import objective_values
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text
@@ -417,6 +419,7 @@ class OptunaSweeperImpl:
         """Tell Optuna how the job ended; True when it failed (an interruption is re-queued, not failed)."""
         self.in_flight.pop(trial._trial_id, None)
         started = time.perf_counter()
+        self._record_lr(trial, ret)
         try:
             value = ret.return_value  # re-raises the job's exception
             if self.objectives:  # by name (the trial's Scores carry every metric)
@@ -447,6 +450,14 @@ class OptunaSweeperImpl:
             return self._told(trial, True, started)
         _tell(study, trial, values=values)
         return self._told(trial, False, started)
+
+    def _record_lr(self, trial: optuna.Trial, ret: Any) -> None:
+        """User attrs `effective_lr` (the optimiser's) and `lr` (sweeper.config.schema.lr_label): Optuna's
+        `inversion.lr` param is the base lr, which is not what the plot and the family names show."""
+        lr = _run_lr(_run_folder(ret) or self.sweep_dir / search.trial_folder_name(study_trial(trial)))
+        if lr is not None:
+            trial.set_user_attr(search.EFFECTIVE_LR_ATTR, lr[0])
+            trial.set_user_attr(search.LR_ATTR, lr_label(*lr))
 
     def _told(self, trial: optuna.Trial, failed: bool, started: float) -> bool:
         self.told.append(failed)
@@ -484,9 +495,11 @@ class OptunaSweeperImpl:
         if complete and len(self.directions) == 1:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+            results.update(_lr_attrs(best, "best_"))
         elif complete:
             results["solutions"] = [
-                {"trial": t.number, "params": t.params, "values": t.values} for t in study.best_trials
+                {"trial": t.number, "params": t.params, **_lr_attrs(t), "values": t.values}
+                for t in study.best_trials
             ]
             log.info("Pareto front: %d trials", len(results["solutions"]))
         write_text(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
@@ -512,13 +525,37 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
+def _run_folder(ret: Any) -> Path | None:
+    """A job's run folder, None when its return does not say (a SLURM job that ended without a result)."""
+    output_dir = OmegaConf.select(getattr(ret, "hydra_cfg", None) or {}, "hydra.runtime.output_dir")
+    folder = output_dir or getattr(
+        ret, "working_dir", None
+    )  # working_dir is the cwd when hydra.job.chdir=false
+    return Path(str(folder)) if folder else None
+
+
 def _run_record(ret: Any) -> dict:
     """The run folder's status.json of a job, {} when there is none."""
     try:
-        folder = Path(ret.working_dir or ret.hydra_cfg.hydra.runtime.output_dir)
-        return dict(json.loads((folder / "status.json").read_text()))
+        return dict(json.loads((_run_folder(ret) / "status.json").read_text()))  # type: ignore[operator]
     except Exception:  # noqa: BLE001 - no folder, no file, or a job that never started
         return {}
+
+
+def _run_lr(folder: Path) -> tuple[float, float] | None:
+    """(effective, base) learning rate from a run folder's config.yaml (its `derived:` block), None without."""
+    try:
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        return float(cfg["derived"]["effective_lr"]), float(cfg["inversion"]["lr"])
+    except Exception:  # noqa: BLE001 - a trial refused before its config was written, or an old folder
+        return None
+
+
+def _lr_attrs(trial: Any, prefix: str = "") -> dict:
+    """optimization_results.yaml's `lr` (the label) and `effective_lr` of a trial, where it recorded them."""
+    attrs = trial.user_attrs
+    keys = (search.LR_ATTR, search.EFFECTIVE_LR_ATTR)
+    return {f"{prefix}{k}": attrs[k] for k in keys if k in attrs}
 
 
 def _run_error(ret: Any) -> str | None:

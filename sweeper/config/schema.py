@@ -449,6 +449,36 @@ def effective_lr(inversion: Any) -> float:
     return float(inversion.lr) * scale
 
 
+LR_CONVENTION = (
+    "lr = the effective learning rate, the optimiser's: inversion.lr x batch_size x grad_accum with "
+    "inversion.scale_lr (the paper's 0.04 = base 5e-3 x 8), inversion.lr itself without"
+)
+
+
+def lr_label(effective: float, base: float | None = None) -> str:
+    """THE way a learning rate is shown to a person (console, Optuna user attrs, optimization_results.yaml, plot
+    labels, findings, W&B): the effective (optimiser's) lr, with the base `inversion.lr` named beside it where
+    it differs: `lr 0.029 (effective; base 0.00363)`; `lr 0.005` where they agree or the base is unknown."""
+    shown = f"lr {short_number(effective)}"
+    if base is None or math.isclose(float(base), float(effective), rel_tol=1e-6):
+        return shown
+    return f"{shown} (effective; base {short_number(base)})"
+
+
+def inversion_lr_label(inversion: Any) -> str:
+    """`lr_label` of an inversion config (`cfg.inversion`)."""
+    return lr_label(effective_lr(inversion), float(inversion.lr))
+
+
+def short_number(x: float, digits: int = 3) -> str:
+    """`digits` significant digits, the way the paper writes them: 0.0290 -> '0.029', 5e-05 -> '5e-5'."""
+    s = f"{float(x):.{digits}g}"
+    if "e" in s:
+        mantissa, exponent = s.split("e")
+        s = f"{mantissa}e{int(exponent)}"
+    return s
+
+
 def resume_safe_fields(schema: type = InversionConfig) -> list[str]:
     """The inversion knobs that may change between a run and its resumption (left out of the fingerprint)."""
     return [f.name for f in dataclasses.fields(schema) if f.metadata.get("resume_safe")]

@@ -11,8 +11,10 @@
 - `ev` is `evaluation.*` (sweeper/config/schema.py EvaluationConfig: defaults, types, ranges); a dict is checked
   against it too.
 - Bootstrap 95% CIs resample the samples (seeded).
-- References, cached under evaluation.cache_dir by what each depends on: "prompt_only" samples (the CLIP
-  features of the prompts without S*) by model, prompts, protocol and judge, NOT the concept images, so
+- References, cached under evaluation.cache_dir by what each depends on (models and judges by their files'
+  sizes and mtimes or hub revision: sweeper/evaluation/cache.py; a damaged entry is recomputed and rewritten):
+  "prompt_only" samples (the CLIP features of the prompts without S*) by model, prompts, protocol and judge,
+  NOT the concept images, so
   every image subset of a sweep shares them (only the cheap comparison with the images is redone);
   "image_only" (the training set against itself and the prompts' texts) by the images, judge and prompts.
 - Adaptive evaluation (evaluation.target_halfwidth): sampling goes in rounds of evaluation.min_samples
@@ -45,6 +47,7 @@ from PIL import Image
 
 from sweeper.config.schema import EvaluationConfigError, evaluation_settings
 from sweeper.data.images import load_image
+from sweeper.evaluation.cache import read_entry, source_identity
 from sweeper.evaluation.clip_score import Judge, NonFiniteError, require_finite
 from sweeper.evaluation.metrics import IMAGE_SIMILARITY, evaluation_metrics, image_only_similarity, score
 from sweeper.evaluation.sampling import Sampler, save_grid, slugs
@@ -155,23 +158,16 @@ def _hash(blob: dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _model_id(model: str) -> str:
-    model_path = Path(model).expanduser()
-    model_id = str(model_path.resolve()) if model_path.exists() else model
-    if (model_path / "model_index.json").is_file():
-        model_id += f"@{(model_path / 'model_index.json').stat().st_mtime_ns}"
-    return model_id
-
-
 def prompt_only_key(model: str, ev: dict, protocol: dict) -> str:
-    """What the prompt-only samples depend on: model, prompts, protocol, judge. Not the concept images."""
+    """What the prompt-only samples depend on: the model's and the judge's files (or hub revisions), prompts,
+    protocol. Not the concept images."""
     return _hash(
         {
-            "model": _model_id(model),
+            "model": source_identity(model),
             "prompts": ev["prompts"],
             "reconstruction_prompt": ev["reconstruction_prompt"],
             "protocol": protocol,
-            "judge": ev["judge"],
+            "judge": source_identity(ev["judge"]),
         }
     )
 
@@ -183,7 +179,7 @@ def image_only_key(training_images: list[Path], ev: dict, resolution: int) -> st
         {
             "images": [_file_digest(p) for p in training_images],
             "resolution": resolution,
-            "judge": ev["judge"],
+            "judge": source_identity(ev["judge"]),
             "prompts": ev["prompts"],
             "variant": ev["text_variant"],
         }
@@ -195,6 +191,26 @@ def _values(scored: dict) -> dict:
     return {m.name: scored[m.name] for m in evaluation_metrics()}
 
 
+def _read_image_only(path: Path) -> dict:
+    image_only = json.loads(path.read_text())["image_only"]
+    names = [m.name for m in evaluation_metrics()]  # an entry from before a registration is recomputed
+    if not all(isinstance(image_only.get(k), float) for k in names):
+        raise ValueError(f"expected the float values {names}")
+    return image_only
+
+
+def _read_prompt_only(path: Path, n_prompts: int, n_samples: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    with np.load(path, allow_pickle=False) as stored:
+        recon, prompts = stored["reconstruction"], stored["prompts"]
+    if recon.ndim != 2 or prompts.shape[:2] != (n_prompts, n_samples) or len(recon) != n_samples:
+        raise ValueError(
+            f"shapes {recon.shape} and {prompts.shape} are not {n_prompts} prompts x {n_samples}"
+        )
+    require_finite(prompts, "the cached prompt-only features")
+    require_finite(recon, "the cached reconstruction features")
+    return recon, list(prompts)
+
+
 def references(
     sampler, judge, training, texts, ev: dict, protocol: dict, model: str, training_images: list[Path]
 ) -> dict:
@@ -202,8 +218,8 @@ def references(
     each from its own cache entry (see the module doc); the prompt-only samples always take num_samples."""
     root = Path(ev["cache_dir"]).expanduser()
     image_cache = root / "image_only" / f"{image_only_key(training_images, ev, sampler.resolution)}.json"
-    image_only = json.loads(image_cache.read_text())["image_only"] if image_cache.is_file() else {}
-    if any(m.name not in image_only for m in evaluation_metrics()):  # absent, or from before a registration
+    image_only = read_entry(image_cache, _read_image_only)
+    if image_only is None:
         scored = score(training, training, [training] * len(texts), texts, ev["text_variant"], 1)
         scored[IMAGE_SIMILARITY.name] = image_only_similarity(training)  # the off-diagonal pairs only
         image_only = _values(scored)
@@ -211,9 +227,11 @@ def references(
 
     key = prompt_only_key(model, ev, protocol)
     prompt_cache = root / "prompt_only" / f"{key}.npz"
-    if prompt_cache.is_file():
-        with np.load(prompt_cache, allow_pickle=False) as stored:
-            recon, prompt_samples = stored["reconstruction"], list(stored["prompts"])
+    cached = read_entry(
+        prompt_cache, lambda path: _read_prompt_only(path, len(ev["prompts"]), ev["num_samples"])
+    )
+    if cached is not None:
+        recon, prompt_samples = cached
     else:
         n = ev["num_samples"]
         recon = _sample_and_embed(

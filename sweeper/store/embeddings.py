@@ -12,7 +12,10 @@ Read: diffusers .safetensors/.bin ({token: tensor}), A1111/ComfyUI .pt (string_t
 go only through torch's weights-only unpickler, whose allow-list (tensors, Parameters, plain containers, set)
 gets exactly one class more, nn.ParameterDict, for the official format: a file that would run code is refused.
 
-Refused when read, before any model work, each naming the file: non-finite values (NaN/inf), and, through
+Refused when read, before any model work, each naming the file: a tensor larger than any embedding (wider than
+MAX_WIDTH, or more than MAX_ELEMENTS values in the file), from the header alone (safetensors' header, a torch
+zip archive memory-mapped, a legacy pickle's file size) so a file that claims gigabytes costs none; non-finite
+values (NaN/inf), and, through
 `check_fits_model`, a width that is not the model's text encoder's (read from the model's config.json or its
 single file's header, no weights).
 """
@@ -53,6 +56,11 @@ SAFE_BUILTINS = (
 # EmbeddingManager.save() pickles string_to_param as an nn.ParameterDict, a Module whose state is plain
 # containers and Parameters (Module.__setstate__ only updates __dict__; it runs nothing from the file).
 OFFICIAL_FORMAT_GLOBALS = (torch.nn.ParameterDict,)
+# No text encoder is wider than MAX_WIDTH (SD 1.x 768, SD 2.x 1024, SDXL 1280; T5-XXL 4096), and no embedding
+# file (per-image tokens included) holds more than MAX_ELEMENTS values: a larger claim is refused before its
+# data is read, so memory stays bounded whatever a header says.
+MAX_WIDTH = 8192
+MAX_ELEMENTS = 2**24
 
 
 class EmbeddingFormatError(ValueError):
@@ -77,9 +85,26 @@ class LoadedEmbedding:
 # ---------------------------------------------------------------------------------------------- write
 
 
+def _require_embedding_sized(shapes: dict[str, list[int]], path: Path | str) -> None:
+    """Refuse, from shapes alone, tensors no embedding has (see MAX_WIDTH, MAX_ELEMENTS)."""
+    total = 0
+    for key, shape in shapes.items():
+        numel = 1
+        for size in shape:
+            numel *= int(size)
+        total += numel
+        if (shape and int(shape[-1]) > MAX_WIDTH) or total > MAX_ELEMENTS:
+            raise EmbeddingFormatError(
+                f"{path}: tensor {key!r} claims shape {list(shape)}, larger than any embedding (vectors of width "
+                f"<= {MAX_WIDTH}, <= {MAX_ELEMENTS} values in a file); not an embedding file, refused before "
+                "reading its data"
+            )
+
+
 def _as_matrix(t: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what}: expected a tensor, got {type(t).__name__}")
+    _require_embedding_sized({"tensor": list(t.shape)}, what)  # before the copy below touches its data
     t = t.detach()
     if t.dim() == 1:
         t = t.unsqueeze(0)
@@ -143,7 +168,18 @@ def _torch_load_safe(path: Path) -> object:
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(OFFICIAL_FORMAT_GLOBALS)):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            # a zip archive is memory-mapped: a tensor's data is read only once its size was accepted
+            # (_as_matrix); a legacy pickle holds its data inline, so its file size bounds what it costs
+            if zipfile.is_zipfile(path):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if path.stat().st_size > 8 * MAX_ELEMENTS:
+                raise EmbeddingFormatError(
+                    f"{path}: {path.stat().st_size} bytes, larger than any embedding file "
+                    f"(<= {MAX_ELEMENTS} values); refused before reading it"
+                )
             return torch.load(path, map_location="cpu", weights_only=True)
+    except EmbeddingFormatError:
+        raise
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" not in msg:
@@ -213,7 +249,10 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
+            _require_embedding_sized({k: f.get_slice(k).get_shape() for k in f.keys()}, path)
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except EmbeddingFormatError:
+        raise
     except Exception as e:
         raise EmbeddingFormatError(
             f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})"

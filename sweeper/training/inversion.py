@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sweeper.config.checks import select_images
-from sweeper.config.schema import effective_lr
+from sweeper.config.schema import effective_lr, lr_label
 from sweeper.data.images import Example, PromptSampler, format_prompt, load_image
 from sweeper.interrupt import is_interruption, signals_deferred
 from sweeper.models import Components, load_components
@@ -220,7 +220,7 @@ class Trainer:
         if bad > (10 if self.scaler.is_enabled() else 0):
             raise FloatingPointError(
                 f"non-finite loss ({loss}) at step {step}: lower inversion.lr "
-                f"(effective {self.lr:.3g}) or use inversion.precision=bf16/fp32"
+                f"({lr_label(self.lr, float(self.cfg.inversion.lr))}) or use inversion.precision=bf16/fp32"
             )
         return bad
 
@@ -467,12 +467,11 @@ def train(
         _resume(run)
         if run.error is None:
             log.info(
-                "inversion %s: %d images, k=%d, effective lr %.3g (base %.3g, scale_lr=%s, batch %d x accum %d)",
+                "inversion %s: %d images, k=%d, %s (scale_lr=%s, batch %d x accum %d)",
                 run.run_dir,
                 len(run.trainer.images),
                 run.trainer.k,
-                run.trainer.lr,
-                run.cfg.inversion.lr,
+                lr_label(run.trainer.lr, float(run.cfg.inversion.lr)),
                 run.cfg.inversion.scale_lr,
                 run.cfg.inversion.batch_size,
                 run.cfg.inversion.grad_accum,

@@ -30,6 +30,9 @@ def main(cfg: DictConfig) -> tuple[float, float]:
     write_json(
         run_dir / "status.json", {"status": "running", "error": None, "trial_number": current_trial_number()}
     )
+    if cfg.lr_scale is not None:  # a trial's config.yaml, as far as the learning rate goes
+        lr = {"inversion": {"lr": cfg.x}, "derived": {"effective_lr": cfg.x * cfg.lr_scale}}
+        (run_dir / "config.yaml").write_text(json.dumps(lr))
     ckpt = run_dir / "checkpoint.json"
     step = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
     if step:
