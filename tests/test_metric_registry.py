@@ -64,6 +64,7 @@ def test_one_registration_reaches_every_view(tmp_path, tiny_sd, tiny_judge, new_
         lo, hi = m[f"{NAME}_ci"]
         assert -1 <= lo <= hi <= 1
         assert m[f"{NAME}_ci_too_few_samples"] is None  # this metric's coverage was never measured
+        assert m["image_similarity_ci_too_few_samples"] is True  # 2 samples: coverage was measured from 4
         assert 0 < m[NAME] <= 1  # a mean cosine with the samples' own mean direction
         recorded[run.name] = (m["text_similarity"], m[NAME])
 
@@ -100,6 +101,7 @@ def test_one_registration_reaches_every_view(tmp_path, tiny_sd, tiny_judge, new_
     assert sorted(facet["run_x"]) == pytest.approx(sorted(v for _, v in recorded.values()))
     html = (out / "report.html").read_text()
     assert f"<th>{SAMPLE_AGREEMENT.short}</th>" in html and f"{SAMPLE_AGREEMENT.short} [95%]" in html
+    assert "(too few samples)</span>" in html  # 2 samples per prompt: below the 4 coverage was measured at
     assert res["tracked"]
     wandb_files_written()
     (summary,) = (out / "wandb").glob("offline-run-*")
