@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
+    from analysis.analyse import analyse, default_out  # matplotlib import only after the arguments are valid
 
     try:
         res = analyse(
@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output folder: unwritable, not a folder, a full disk
+        out = args.out or default_out(args.sweeps)
+        print(
+            f"error: --out {out}: cannot write the analysis there ({e}); choose a writable --out",
+            file=sys.stderr,
+        )
         return 2
     df = res["runs"]
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
