@@ -1,4 +1,5 @@
-"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]`"""
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]
+[--colour-by KEY]`"""
 
 from __future__ import annotations
 
@@ -39,13 +40,25 @@ def main(argv: list[str] | None = None) -> int:
         help="the hypervolume's reference point, fixed before any run (default: the worse value of each "
         "objective over the recorded reference points 'image only' and 'prompt only')",
     )
+    p.add_argument(
+        "--colour-by",
+        default=None,
+        metavar="KEY",
+        help="colour the tradeoff plot's points by this configuration key (e.g. inversion.num_vectors; default: "
+        "for a search, the effective learning rate when it varied, else the key that varied most)",
+    )
     args = p.parse_args(argv)
 
     from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
 
     try:
         res = analyse(
-            args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids, hv_reference=args.hv_reference
+            args.sweeps,
+            args.out,
+            wandb=args.wandb,
+            max_grids=args.max_grids,
+            hv_reference=args.hv_reference,
+            colour_by=args.colour_by,
         )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -83,9 +96,10 @@ def findings_text(found, untested: list[str]) -> str:
     lines = ["Findings (effect [95% interval], n, verdict; report.html has the table):"]
     for _, r in found.iterrows():
         ci = "" if r["ci_low"] != r["ci_low"] else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        effect = "" if r["effect"] != r["effect"] else f"{r['effect']:+.3f}{ci}, n={int(r['n'])}: "
+        paper = f"paper {r['paper']}; " if isinstance(r["paper"], str) and r["paper"] else ""
         lines.append(
-            f"  {r['claim']} ({r['source']}), {r['objective']}, {r['comparison']}: paper {r['paper']}; "
-            f"{r['effect']:+.3f}{ci}, n={int(r['n'])}: {r['verdict']}"
+            f"  {r['claim']} ({r['source']}), {r['objective']}, {r['comparison']}: {paper}{effect}{r['verdict']}"
         )
     if not len(found):
         lines.append("  none: no claim of the paper can be tested from these runs")

@@ -43,3 +43,31 @@ def pareto_front(x, y) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     idx = np.flatnonzero(pareto_mask(x, y))
     return idx[np.argsort(x[idx], kind="stable")]
+
+
+def distance_to_front(x: float, y: float, front_x, front_y) -> float:
+    """Signed Euclidean distance from (x, y) to the curve a front draws: its points joined by straight
+    segments (as the plot draws it), extended by a horizontal ray to the left of its highest point and a
+    vertical ray below its rightmost point. Positive beyond the curve (no point of the curve is at least as
+    good on both axes), negative behind it, 0 on it; NaN without a finite front point."""
+    fx = np.asarray(front_x, dtype=float)
+    fy = np.asarray(front_y, dtype=float)
+    ok = np.isfinite(fx) & np.isfinite(fy)
+    fx, fy = fx[ok], fy[ok]
+    if not len(fx) or not (np.isfinite(x) and np.isfinite(y)):
+        return float("nan")
+    idx = pareto_front(fx, fy)
+    px, py = fx[idx], fy[idx]  # x ascending, y descending
+    inf = 1e9
+    xs = np.r_[px[0] - inf, px, px[-1]]
+    ys = np.r_[py[0], py, py[-1] - inf]
+    best = np.inf
+    for i in range(len(xs) - 1):
+        a = np.array([xs[i], ys[i]])
+        b = np.array([xs[i + 1], ys[i + 1]])
+        ab = b - a
+        length = float(ab @ ab)
+        t = 0.0 if length == 0 else min(max(float((np.array([x, y]) - a) @ ab) / length, 0.0), 1.0)
+        best = min(best, float(np.hypot(*(np.array([x, y]) - (a + t * ab)))))
+    behind = x <= px[-1] and y <= float(np.interp(x, px, py, left=py[0]))
+    return -best if behind else best

@@ -29,6 +29,7 @@ TABLE_COLUMNS = [
     ("image_similarity", "image sim."),
     ("text_similarity", "text sim."),
     ("seed", "seed"),
+    ("trial_number", "trial"),
     ("final_dist_l2", "L2 from init"),
     ("loss_tail_mean", "loss (mean of last 25% of rows)"),
     ("last_step", "steps"),
@@ -49,7 +50,8 @@ th{background:#f3f3f3;cursor:pointer;user-select:none;position:sticky;top:0}
 th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
 tr.failed td{background:#fff0f0}tr.running td{background:#f4f8ff}tr.stale td{background:#fff8e0}
 tr.pruned td{background:#f3f3f3;color:#666}tr.interrupted td{background:#fff4e8}
-td.holds{color:#060;font-weight:bold}td.contradicted{color:#a00;font-weight:bold}td.inconclusive{color:#666}
+td.holds{color:#060;font-weight:bold}td.contradicted{color:#a00;font-weight:bold}td.inconclusive{color:#666}td.confounded{color:#666;font-style:italic}td.dominated{color:#a00}
+p.dominated{color:#a00;font-weight:bold}
 .findings{border:2px solid #333;padding:4px 16px 12px;margin:12px 0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grids img{height:192px;margin:2px;border:1px solid #eee}.err{color:#a00;white-space:pre-wrap}
@@ -119,12 +121,23 @@ def _cell(row: pd.Series, col: str) -> str:
     return f"<td>{html.escape(str(v))}</td>"
 
 
-def runs_table(df: pd.DataFrame) -> str:
+def _folder_link(row: pd.Series, out_dir: Path | None) -> str:
+    """The run's name linking to its run folder (relative to the report, so the pair can be moved together)."""
+    name = html.escape(str(row["run"]))
+    if out_dir is None or _blank(row.get("run_dir")):
+        return name
+    href = html.escape(os.path.relpath(str(row["run_dir"]), out_dir) + "/")
+    return f'<a href="{href}">{name}</a>'
+
+
+def runs_table(df: pd.DataFrame, out_dir: Path | None = None) -> str:
     cols = [(c, name) for c, name in TABLE_COLUMNS if c in df.columns]
     head = "".join(f"<th>{html.escape(name)}</th>" for _, name in cols)
     body = []
     for _, row in df.iterrows():
-        cells = "".join(_cell(row, c) for c, _ in cols)
+        cells = "".join(
+            f"<td>{_folder_link(row, out_dir)}</td>" if c == "run" else _cell(row, c) for c, _ in cols
+        )
         body.append(
             f'<tr class="run {html.escape(str(row["status"]))}" id="{_anchor(row["run"])}">{cells}</tr>'
         )
@@ -190,6 +203,16 @@ def _fmt(v, digits: int = 3) -> str:
     return "" if _blank(v) else f"{float(v):+.{digits}f}"
 
 
+def _dominated_lines(found: pd.DataFrame) -> str:
+    """Each configuration a reference point beats on both objectives, said first (findings' reference rows)."""
+    rows = found[found["source"] == "reference point"].drop_duplicates(["claim", "comparison"])
+    return "".join(
+        f'<p class="dominated">{html.escape(str(r["comparison"]).split(" - ")[0])}: '
+        f"{html.escape(str(r['claim']))} ({html.escape(str(r['verdict']))}).</p>"
+        for _, r in rows.iterrows()
+    )
+
+
 def findings_section(found: pd.DataFrame | None, untested: list[str] | None, notes: list[str] | None) -> str:
     """The report's first section: one row per claim and objective, with effect, interval, n and verdict."""
     if found is None or not len(found):
@@ -209,8 +232,9 @@ def findings_section(found: pd.DataFrame | None, untested: list[str] | None, not
                 f'<td class="{cls}">{html.escape(str(r["verdict"]))}</td></tr>'
             )
         body = (
-            f"<p>{summary}. Effects are paired differences (configuration - reference, same concept and seed) "
-            "or Spearman's rho within concept; 95% intervals; <i>paper</i> is the direction the paper reports. "
+            f"{_dominated_lines(found)}<p>{summary}. Effects are paired differences (configuration - reference, "
+            "same concept and seed), signed distances to the tradeoff curve (positive beyond it) or Spearman's "
+            "rho within concept; 95% intervals; <i>paper</i> is what the paper reports. "
             "A verdict needs the interval to exclude no effect; these are properties of the runs analysed "
             "(their model, concepts, steps), not a replication of the paper.</p>"
             '<table id="findings"><thead><tr><th>claim</th><th>source</th><th>objective</th><th>comparison</th>'
@@ -221,6 +245,33 @@ def findings_section(found: pd.DataFrame | None, untested: list[str] | None, not
         body += f"<p>Not testable from these runs: {html.escape(', '.join(untested))}.</p>"
     body += "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes or [])
     return f'<div class="findings"><h2 id="findings-title">Findings</h2>{body}</div>'
+
+
+def front_section(front: pd.DataFrame | None, df: pd.DataFrame, out_dir: Path) -> str:
+    """The Pareto front of each facet of the tradeoff plot: the key its label shows (#trial number or [k]),
+    the configuration, both means, and each of its runs linked to its row and its run folder."""
+    if front is None or not len(front):
+        return "<p>No Pareto front: no completed runs.</p>"
+    by_run = {str(r["run"]): r for _, r in df.iterrows()}
+    rows = []
+    for _, r in front.iterrows():
+        runs = ", ".join(
+            f'<a href="#{_anchor(run)}">row</a> / {_folder_link(by_run[run], out_dir)}'
+            if run in by_run
+            else html.escape(run)
+            for run in r["runs"]
+        )
+        rows.append(
+            f"<tr><td>{html.escape(str(r['concept']))}</td><td>{html.escape(str(r['key']))}</td>"
+            f"<td>{html.escape(str(r['configuration']))}</td>"
+            f'<td class="num">{float(r["x"]):.3f}</td><td class="num">{float(r["y"]):.3f}</td><td>{runs}</td></tr>'
+        )
+    return (
+        "<p>The configurations on each facet's front, as the tradeoff plot labels them.</p>"
+        '<table class="sortable" id="front"><thead><tr><th>concept</th><th>label</th><th>configuration</th>'
+        "<th>image sim.</th><th>text sim.</th><th>runs (table row / run folder)</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def configurations_table(configs: pd.DataFrame | None) -> str:
@@ -259,9 +310,11 @@ def write_report(
     findings: pd.DataFrame | None = None,
     untested: list[str] | None = None,
     configs: pd.DataFrame | None = None,
+    front: pd.DataFrame | None = None,
 ) -> Path:
     """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG;
-    `findings` (analysis.findings) is the first section, `configs` (stats.configurations) a table."""
+    `findings` (analysis.findings) is the first section, `configs` (stats.configurations) a table, `front`
+    (plots.front_table) the tradeoff plot's front with links to its runs."""
     out_dir = Path(out_dir)
     counts = df["status"].value_counts().to_dict()
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
@@ -282,11 +335,12 @@ generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} from the r
 {first}
 <ul>{sweeps}</ul>
 <h2>Plots</h2><div class="plots">{figs}</div>
+<h2>Pareto front</h2><div style="overflow-x:auto">{front_section(front, df, out_dir)}</div>
 <h2>Configurations</h2><p>Means over each configuration's runs (seed excluded); 95% t-intervals over seeds, and
 in the "all" rows over every run after removing each concept's overall level.</p>
 <div style="overflow-x:auto">{configurations_table(configs)}</div>
 <h2>Runs</h2><p>Click a column header to sort. Similarities are raw CLIP cosines with 95% CIs.</p>
-<div style="overflow-x:auto">{runs_table(df)}</div>
+<div style="overflow-x:auto">{runs_table(df, out_dir)}</div>
 <h2>Failed runs</h2>{_failed(df)}
 <h2>Per run: curves and sample grids</h2>{_run_sections(df, curve_pngs or {}, out_dir, max_grids)}
 <script>{JS}</script>

@@ -98,10 +98,17 @@ def test_paired_differences_and_verdicts(tmp_path):
     assert {"2-word", "per-image tokens", "progressive"} <= set(untested)
     assert "dataset size (Fig. 12)" in untested
     row = found[(found["claim"] == "lower LR than ours") & (found["objective"] == "image similarity")].iloc[0]
-    assert row["comparison"] == "lr 0.0008 - ours" and row["n"] == 6
-    # distance from init: built as 0.5 + 10 x image effect, so it rises with image similarity within concepts
-    dist = found[found["claim"] == "distance from init raises reconstruction"].iloc[0]
-    assert dist["effect"] > 0 and dist["n"] == 30
+    assert row["comparison"] == "lr 0.0008 - lr 0.04 (ours)" and row["n"] == 6
+    three = found[found["claim"] == "3-word"].iloc[0]
+    assert three["comparison"] == "3 vectors - 1 vector (ours)"  # both sides named, the reference too
+    # distance from init: built as 0.5 + 10 x image effect, so it rises with image similarity within concepts;
+    # within each vector count (24 one-vector runs, 6 three-vector ones) and pooled over both, with no verdict
+    dist = found[found["claim"] == "distance from init raises reconstruction"].set_index("comparison")
+    one = dist.loc["final_dist_l2 vs image_similarity, 1-vector runs"]
+    assert one["effect"] > 0 and one["n"] == 24 and one["verdict"] == "holds"
+    assert dist.loc["final_dist_l2 vs image_similarity, 3-vector runs"]["n"] == 6
+    pooled = dist.loc["final_dist_l2 vs image_similarity, pooled over 1, 3 vectors"]
+    assert pooled["n"] == 30 and pooled["verdict"] == "confounded: not testable from this design"
 
 
 def test_two_seeds_of_one_concept_are_not_enough(tmp_path):
