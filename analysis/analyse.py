@@ -43,19 +43,21 @@ def analyse(
     max_grids: int | None = None,
     hv_reference: tuple[float, float] | None = None,
     axes: tuple[str, str] = DEFAULT_OBJECTIVES,
+    colour_by: str | None = None,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
     "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
     "hypervolume": per scope, "hypervolume_trace": against compute, "tracked": bool}. wandb: None = log when
     the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
     point (image, text), fixed before the runs; None = from the recorded reference points
-    (analysis.hypervolume). axes: the two registered metrics of the tradeoff plot (x, y)."""
+    (analysis.hypervolume). axes: the two registered metrics of the tradeoff plot (x, y). colour_by: the
+    configuration key a search's cloud is coloured by (plots.colour_axis; default: what varied most)."""
     sweep_dirs = list(sweep_dirs)
     axes = (get(axes[0]).name, get(axes[1]).name)  # an unknown metric: KeyError naming the registered ones
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, hv_reference, axes)
+        return _analyse(df, out, wandb, max_grids, hv_reference, axes, colour_by)
 
 
 @contextmanager
@@ -78,6 +80,7 @@ def _analyse(
     max_grids: int | None,
     hv_reference: tuple[float, float] | None = None,
     axes: tuple[str, str] = DEFAULT_OBJECTIVES,
+    colour_by: str | None = None,
 ) -> dict[str, Any]:
     files: dict[str, Path] = {}
     runs_csv = df.drop(columns=["configuration_values"])
@@ -92,7 +95,7 @@ def _analyse(
     files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
-    fig, tradeoff = plots.tradeoff_plot(df, x=axes[0], y=axes[1])
+    fig, tradeoff = plots.tradeoff_plot(df, x=axes[0], y=axes[1], colour_by=colour_by)
     png, svg = plots.save(fig, out, "tradeoff")
     files.update({"tradeoff.png": png, "tradeoff.svg": svg})
     titles[_tradeoff_title(axes)] = png
@@ -141,6 +144,7 @@ def _analyse(
         findings=found,
         untested=untested,
         configs=configs,
+        front=tradeoff["front_table"],
     )
     result = {
         "runs": df,

@@ -409,6 +409,7 @@ def quick_evaluation(
             Path(run_dir) / "quick" / f"step_{step:06d}",
             model=str(cfg.model.pretrained),
             device=trainer.comps.device,
+            announce=False,  # every few steps: the trial's phase lines stay its own
         )
         report(step, Scores(metrics))
 
