@@ -68,17 +68,25 @@ class MOHalvingPruner(optuna.pruners.BasePruner):
         study: optuna.Study,
         trial_id: int,
         run_dir: Path,
-        objectives: Sequence[int],
+        names: Sequence[str] | None,
+        positions: Sequence[int],
         signs: Sequence[float],
-    ) -> Callable[[int, Any], None]:
-        """report(step, values) for one trial: values = the quick evaluation's tuple (image, text[, -denoising
-        loss]); `objectives` pick the study's objectives from it, `signs` make each "higher is better"."""
+    ) -> Callable[..., None]:
+        """report(step, scores, tie=None) for one trial: scores = the quick evaluation's (a Scores, whose
+        `names` objectives are the study's; else its values at `positions`), tie = -denoising loss (the
+        tie-break, when asked for); `signs` make each objective "higher is better"."""
+        from sweeper.evaluation.metrics import objective_values
+
         pruner = self
 
-        def report(step: int, values: Any) -> None:
-            values = [float(v) for v in (values if isinstance(values, (tuple, list)) else [values])]
-            scores = [s * values[i] for i, s in zip(objectives, signs)]
-            tie = values[2] if pruner.tie_break and len(values) > 2 else None
+        def report(step: int, values: Any, tie: float | None = None) -> None:
+            if names:
+                raw = objective_values(values, names)
+            else:
+                flat = [float(v) for v in (values if isinstance(values, (tuple, list)) else [values])]
+                raw = [flat[i] for i in positions]
+            scores = [s * v for v, s in zip(raw, signs)]
+            tie = float(tie) if pruner.tie_break and tie is not None else None
             storage = study._storage
             storage.set_trial_user_attr(trial_id, RUNG_ATTR.format(step=step), [*scores, tie])
             me = storage.get_trial(trial_id)

@@ -51,9 +51,9 @@ def test_top_one_over_eta_by_nondominated_sorting_continue(tmp_path):
     outcomes = []
     for k, values in enumerate(arrivals):
         trial = study.ask()
-        report = pruner.reporter(study, trial._trial_id, tmp_path / f"t{k}", [0, 1], [1.0, 1.0])
+        report = pruner.reporter(study, trial._trial_id, tmp_path / f"t{k}", None, [0, 1], [1.0, 1.0])
         try:
-            report(2, values)
+            report(2, values[:2], values[2])
             outcomes.append(True)
         except optuna.TrialPruned as e:
             assert "pruned at step 2" in str(e)
@@ -70,7 +70,7 @@ def test_retries_count_once_and_minimised_objectives_flip(tmp_path):
     pruner = MOHalvingPruner(min_resource=2, reduction_factor=2, tie_break=None)
     study = optuna.create_study(directions=["minimize"], storage=optuna.storages.InMemoryStorage())
     first = study.ask()
-    pruner.reporter(study, first._trial_id, tmp_path / "a", [0], [-1.0])(2, (0.3, 0.9))
+    pruner.reporter(study, first._trial_id, tmp_path / "a", None, [0], [-1.0])(2, (0.3, 0.9))
     study.tell(first, state=optuna.trial.TrialState.FAIL)
     # its retry (Optuna's retry format) reports the same rung again: one entry for the chain, not two
     retry = optuna.create_trial(
@@ -82,12 +82,12 @@ def test_retries_count_once_and_minimised_objectives_flip(tmp_path):
     study._storage.create_new_trial(study._study_id, template_trial=retry)
     again = study.ask()
     assert study._storage.get_trial(again._trial_id).system_attrs["failed_trial"] == first.number
-    pruner.reporter(study, again._trial_id, tmp_path / "a", [0], [-1.0])(2, (0.3, 0.9))
+    pruner.reporter(study, again._trial_id, tmp_path / "a", None, [0], [-1.0])(2, (0.3, 0.9))
     assert json.loads((tmp_path / "a" / "quick" / "step_000002" / "rung.json").read_text())["at_rung"] == 1
     other = study.ask()  # minimising objective 0: 0.2 beats 0.3, so it continues (n=2, keep 1)
-    pruner.reporter(study, other._trial_id, tmp_path / "b", [0], [-1.0])(2, (0.2, 0.0))
+    pruner.reporter(study, other._trial_id, tmp_path / "b", None, [0], [-1.0])(2, (0.2, 0.0))
     with pytest.raises(optuna.TrialPruned):
-        pruner.reporter(study, study.ask()._trial_id, tmp_path / "c", [0], [-1.0])(2, (0.5, 0.0))
+        pruner.reporter(study, study.ask()._trial_id, tmp_path / "c", None, [0], [-1.0])(2, (0.5, 0.0))
 
 
 def _pareto_halving_sweep(tmp_path, tiny_sd, tiny_judge, name, *extra):
