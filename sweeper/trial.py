@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
 from sweeper.config.schema import evaluation_settings, resolve_prompts
-from sweeper.evaluation.protocol import _apply_pivotal, evaluate_pipeline
+from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
     Components,
@@ -253,6 +253,7 @@ def _evaluate_one(
     trainer's and they carry the configured name, else its saved files loaded in (and unloaded after)."""
     ev = evaluation_settings(spec.cfg.evaluation)
     ev["precision"] = precision
+    ev["dreambench"]["class_word"] = class_word(spec.cfg)
     extra = {
         "embedding": str(spec.run_dir),
         "num_vectors": int(result.vectors[0].shape[0]),
@@ -397,6 +398,7 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
         )
         ev["prompts"] = resolve_prompts(ev["prompts"])[: int(quick.max_prompts)]
         ev.pop("quick", None)
+        ev["dreambench"] = {**ev["dreambench"], "enabled": False, "class_word": class_word(cfg)}
         metrics = evaluate_pipeline(
             pipeline_from_components(trainer.comps),
             str(trainer.cfg.inversion.placeholder),  # its name in this process (a group may rename it)
