@@ -249,9 +249,10 @@ def references(
     return {"image_only": image_only, "prompt_only": {k: scored[k] for k in KEEP}}
 
 
-def class_word(cfg) -> str:
+def class_word(cfg) -> str | None:
     """The concept's class word (DreamBench's "{class}"): data.class_word, else inversion.init_word."""
-    return str(cfg.data.get("class_word") or cfg.inversion.init_word)
+    word = (cfg.get("data") or {}).get("class_word") or (cfg.get("inversion") or {}).get("init_word")
+    return None if word is None else str(word)
 
 
 def with_class(ev: dict) -> dict:
