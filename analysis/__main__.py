@@ -1,4 +1,5 @@
-"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]`"""
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]
+[--colour-by KEY]`"""
 
 from __future__ import annotations
 
@@ -39,16 +40,35 @@ def main(argv: list[str] | None = None) -> int:
         help="the hypervolume's reference point, fixed before any run (default: the worse value of each "
         "objective over the recorded reference points 'image only' and 'prompt only')",
     )
+    p.add_argument(
+        "--colour-by",
+        default=None,
+        metavar="KEY",
+        help="colour the tradeoff plot's points by this configuration key (e.g. inversion.num_vectors; default: "
+        "for a search, the effective learning rate when it varied, else the key that varied most)",
+    )
     args = p.parse_args(argv)
 
-    from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
+    from analysis.analyse import analyse, default_out  # matplotlib import only after the arguments are valid
 
     try:
         res = analyse(
-            args.sweeps, args.out, wandb=args.wandb, max_grids=args.max_grids, hv_reference=args.hv_reference
+            args.sweeps,
+            args.out,
+            wandb=args.wandb,
+            max_grids=args.max_grids,
+            hv_reference=args.hv_reference,
+            colour_by=args.colour_by,
         )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output folder: unwritable, not a folder, a full disk
+        out = args.out or default_out(args.sweeps)
+        print(
+            f"error: --out {out}: cannot write the analysis there ({e}); choose a writable --out",
+            file=sys.stderr,
+        )
         return 2
     df = res["runs"]
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())

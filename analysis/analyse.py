@@ -41,18 +41,20 @@ def analyse(
     wandb: bool | None = None,
     max_grids: int | None = None,
     hv_reference: tuple[float, float] | None = None,
+    colour_by: str | None = None,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
     "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
     "hypervolume": per scope, "hypervolume_trace": against compute, "tracked": bool}. wandb: None = log when
     the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
     point (image, text), fixed before the runs; None = from the recorded reference points
-    (analysis.hypervolume)."""
+    (analysis.hypervolume). colour_by: the configuration key a search's cloud is coloured by (plots.colour_axis;
+    default: what varied most)."""
     sweep_dirs = list(sweep_dirs)
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, hv_reference)
+        return _analyse(df, out, wandb, max_grids, hv_reference, colour_by)
 
 
 @contextmanager
@@ -74,6 +76,7 @@ def _analyse(
     wandb: bool | None,
     max_grids: int | None,
     hv_reference: tuple[float, float] | None = None,
+    colour_by: str | None = None,
 ) -> dict[str, Any]:
     files: dict[str, Path] = {}
     runs_csv = df.drop(columns=["configuration_values"])
@@ -91,7 +94,7 @@ def _analyse(
     files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
-    fig, tradeoff = plots.tradeoff_plot(df)
+    fig, tradeoff = plots.tradeoff_plot(df, colour_by=colour_by)
     png, svg = plots.save(fig, out, "tradeoff")
     files.update({"tradeoff.png": png, "tradeoff.svg": svg})
     titles["Image vs text similarity (the tradeoff plane)"] = png
@@ -140,6 +143,7 @@ def _analyse(
         findings=found,
         untested=untested,
         configs=configs,
+        front=tradeoff["front_table"],
         dreambench=dreambench.table_html(bench, df),
     )
     result = {

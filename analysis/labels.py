@@ -35,12 +35,14 @@ def repel_labels(
     texts: Sequence[str],
     obstacles: Sequence[tuple[float, float]],
     segments: Sequence[tuple[float, float, float, float]] = (),
+    required: int | None = None,
 ) -> list[Text]:
     """Greedy label placement: try offsets around each point, growing outwards, and keep the first one
     that overlaps no placed label, no marker (`obstacles`, points) and no interval (`segments`, x0, y0, x1, y1
     in data), stays inside the axes and, when it is far enough to need a leader line, whose line crosses no
-    other leader and no label (else the least costly place). Call after the layout is final: offsets are
-    measured in display space. Returns the Text artists."""
+    other leader and no label (else the least costly place). The labels after the first `required` (default:
+    all required) are left out when every place would overlap a label, leave the axes or cross a line. Call
+    after the layout is final: offsets are measured in display space. Returns the Text artists placed."""
     fig = ax.figure
     renderer = agg_renderer(fig)
     ax_box = ax.get_window_extent(renderer)
@@ -56,7 +58,7 @@ def repel_labels(
     placed: list[Bbox] = []
     leaders: list[Path] = []  # display coordinates
     artists = []
-    for (x, y), text in zip(xy, texts):
+    for n, ((x, y), text) in enumerate(zip(xy, texts)):
         px, py = ax.transData.transform((x, y))
         best: _Place | None = None
         for radius in RADII:
@@ -74,6 +76,9 @@ def repel_labels(
             if best is not None and best.cost == 0:
                 break
         assert best is not None  # RADII and DIRECTIONS are not empty
+        if best.cost >= COLLIDES and n >= (len(texts) if required is None else required):
+            best.text.remove()
+            continue
         if best.leader is not None:  # a leader line back to the point when the label had to move away
             ax.annotate(
                 "",
@@ -97,7 +102,10 @@ RADII = (
     40,
 )  # offsets tried, in points, nearest first; beyond the first a leader line is drawn
 DIRECTIONS = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
-OUTSIDE, CROSSING = 1e6, 1e4  # cost of a label outside the axes; of a leader line crossing another or a label
+# Costs beyond any overlap with marks (areas in pixels): a label outside the axes; a label on another label, a
+# leader line crossing another or a label. A place costing COLLIDES or more is one a label may be left out of.
+OUTSIDE, CROSSING = 1e9, 1e7
+COLLIDES = CROSSING
 
 
 @dataclass
@@ -125,10 +133,10 @@ def _try(
 
 
 def _cost(place: _Place, placed: list[Bbox], markers: list[Bbox], leaders: list[Path], ax_box: Bbox) -> float:
-    """Overlap (display area) with placed labels and marks; a label outside the axes, a leader line crossing
+    """Overlap (display area) with marks; a label on a placed label, outside the axes, a leader line crossing
     another leader or a placed label, or a label on a placed leader line cost more than any overlap."""
     b = place.box
-    cost = sum(_overlap(b, o) for o in placed + markers)
+    cost = sum(_overlap(b, o) for o in markers) + CROSSING * sum(_overlap(b, o) > 0 for o in placed)
     if not (ax_box.x0 <= b.x0 and b.x1 <= ax_box.x1 and ax_box.y0 <= b.y0 and b.y1 <= ax_box.y1):
         cost += OUTSIDE
     cost += CROSSING * sum(line.intersects_bbox(b, filled=False) for line in leaders)

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,47 @@ def _read(path: Path, parse, errors: list[str]) -> Any:
         return None
 
 
+def _config_file(run_dir: Path) -> Path:
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists() and (run_dir / ".hydra" / "config.yaml").exists():
+        cfg_file = run_dir / ".hydra" / "config.yaml"
+    return cfg_file
+
+
+def _json_dict(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def skip_reason(run_dir: Path) -> str | None:
+    """Why a folder holding a run file is not one of this project's runs (None when it is one): its config.yaml
+    carries a YAML tag (read with a safe loader, nothing is constructed), or nothing in it is ours (no inversion
+    settings in a config, no similarity in metrics.json, no status of a trial)."""
+    cfg_file = _config_file(run_dir)
+    cfg: Any = None
+    if cfg_file.exists():
+        try:
+            cfg = yaml.safe_load(cfg_file.read_text())
+        except yaml.constructor.ConstructorError as err:
+            tag = str(getattr(err, "problem", "") or err).splitlines()[0]
+            return f"{cfg_file}: holds a YAML tag the safe loader refuses ({tag}); nothing in it was run"
+        except (OSError, yaml.YAMLError):
+            return None  # a damaged file of a run: load_run reports it in load_error
+    if isinstance(cfg, dict) and "inversion" in cfg:
+        return None
+    metrics = _json_dict(run_dir / "metrics.json")
+    status = _json_dict(run_dir / "status.json")
+    if {"image_similarity", "text_similarity"} & set(metrics) or {"status", "started_at"} <= set(status):
+        return None
+    return (
+        f"{run_dir}: not a run of this project (no inversion settings in its config, no image or text similarity "
+        "in its metrics.json)"
+    )
+
+
 def _metrics_columns(m: dict) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for k, v in m.items():
@@ -335,9 +377,7 @@ def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
     The configuration's values are under the private key "_values" (load_runs removes it)."""
     run_dir = Path(run_dir)
     errors: list[str] = []
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.exists() and (run_dir / ".hydra" / "config.yaml").exists():
-        cfg_file = run_dir / ".hydra" / "config.yaml"
+    cfg_file = _config_file(run_dir)
     cfg = _read(cfg_file, lambda p: yaml.safe_load(p.read_text()), errors) or {}
     status = _read(run_dir / "status.json", lambda p: json.loads(p.read_text()), errors) or {}
     metrics = _read(run_dir / "metrics.json", lambda p: json.loads(p.read_text()), errors)
@@ -414,6 +454,10 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path) -> pd.DataFrame:
     for sd in sweep_dirs:
         label = sweep_label(sd)
         for run_dir in find_runs(sd):
+            reason = skip_reason(run_dir)
+            if reason is not None:
+                print(f"analysis: skipped {reason}", file=sys.stderr)
+                continue
             row = load_run(run_dir, label)
             rel = run_dir.relative_to(Path(sd)).as_posix()
             row["run"] = label if rel == "." else f"{label}/{rel}"

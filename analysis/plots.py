@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import matplotlib
 
@@ -23,7 +23,7 @@ from matplotlib.text import Text  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from analysis.labels import agg_renderer, repel_labels  # noqa: E402
-from analysis.load import completed, family, natural_key  # noqa: E402
+from analysis.load import PAPER_OURS, completed, family, natural_key, varied_keys  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from analysis.stats import configurations  # noqa: E402
 from sweeper.store.atomic import save_figure  # noqa: E402
@@ -110,25 +110,122 @@ def family_styles(df: pd.DataFrame) -> dict[str, tuple[Any, str]]:
 
 
 def coarse_families(df: pd.DataFrame, max_families: int = 10) -> pd.Series:
-    """For colours when a search gives many configurations: the families themselves when at most
-    `max_families`; else without the learning rate (each LR series becomes one); else only the structural
-    choices (vectors, progressive, per-image tokens, regularisation, pivotal)."""
+    """Families for markers when a search gives many configurations: the families themselves when at most
+    `max_families`; else named by fewer of the keys that actually varied, dropping the key with the most
+    distinct values first (a learning rate drawn from a range goes before a choice of 1, 2 or 3 vectors),
+    until at most `max_families` remain. A key that was dropped is not named at all (no "reg" for every
+    regularisation weight a search drew)."""
     if df["family"].nunique() <= max_families:
         return df["family"]
-    if "lr_series" in df and df["lr_series"].nunique() <= max_families:
-        return df["lr_series"]
-    out = []
-    for v in df["configuration_values"]:
-        values = json.loads(v) if isinstance(v, str) else {}
-        values.update({"effective_lr": 0.04, "n_images": None})
-        if values.get("inversion.reg_weight"):
-            values["inversion.reg_weight"] = 1.0  # "reg" without its weight
-        name = family(values).replace("reg 1", "reg")
-        out.append(name if name != "ours" else "1 vector")
-    return pd.Series(out, index=df.index)
+    values = _values(df)
+    kept = sorted(varied_keys(values), key=lambda k: (_distinct(values, k), k))  # fewest values first
+    names = [family_over(v, set()) for v in values]
+    while kept:
+        kept.pop()
+        names = [family_over(v, set(kept)) for v in values]
+        if len(set(names)) <= max_families:
+            break
+    return pd.Series(names, index=df.index)
 
 
-def _facets(concepts: list[str], width: float, height: float) -> tuple[Figure, list]:
+# A family's name when every key it is named by is at the paper's "ours" (e.g. only the vector count was kept).
+AT_OURS = {
+    "inversion.num_vectors": "1 vector",
+    "inversion.per_image_tokens": "no per-image tokens",
+    "inversion.reg_weight": "no reg",
+    "inversion.progressive_every": "not progressive",
+    "inversion.pivotal.enabled": "no pivotal",
+    "effective_lr": "lr 0.04",
+}
+
+
+def family_over(values: dict[str, Any], keys: set[str]) -> str:
+    """A configuration's family named only by `keys` (every other named axis read at the paper's "ours")."""
+    shown = {k: (v if k in keys or k not in PAPER_OURS else PAPER_OURS[k]) for k, v in values.items()}
+    name = family(shown, keys)
+    if name != "ours":
+        one = "inversion.num_vectors" in keys and shown.get("inversion.num_vectors") == 1
+        return f"1 vector, {name}" if one else name
+    return next((AT_OURS[k] for k in AT_OURS if k in keys), "all runs" if not keys else "ours")
+
+
+def _values(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each row's recorded configuration values (load.configuration_values, stored as JSON)."""
+    col = "configuration_values"
+    return [json.loads(v) if isinstance(v, str) else {} for v in (df[col] if col in df else [None] * len(df))]
+
+
+def _distinct(values: list[dict[str, Any]], key: str) -> int:
+    return len({json.dumps(v.get(key), sort_keys=True, default=str) for v in values})
+
+
+@dataclass
+class ColourAxis:
+    """The one configuration key a search's cloud is coloured by: a colour map over its range (log-scaled when
+    it spans more than a decade) for a number with many values, one colour per value otherwise."""
+
+    key: str
+    name: str
+    categories: list[Any] | None  # None: continuous
+    norm: Any = None
+    cmap: Any = None
+
+    def colours(self, rows: pd.DataFrame) -> list[Any]:
+        import matplotlib.colors as mcolors
+
+        vals = [v.get(self.key) for v in _values(rows)]
+        if self.categories is None:
+            return [self.cmap(self.norm(float(v))) if _is_number(v) else "0.6" for v in vals]
+        palette = list(mcolors.TABLEAU_COLORS.values())
+        return [
+            palette[self.categories.index(v) % len(palette)] if v in self.categories else "0.6" for v in vals
+        ]
+
+
+AXIS_NAMES = {
+    "effective_lr": "effective learning rate",
+    "inversion.num_vectors": "vectors",
+    "inversion.reg_weight": "regularisation weight",
+    "inversion.per_image_tokens": "per-image tokens",
+    "inversion.progressive_every": "progressive every (steps)",
+    "n_images": "training images",
+    "inversion.steps": "steps",
+}
+
+
+def _is_number(v: Any) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def colour_axis(runs: pd.DataFrame, key: str | None = None) -> ColourAxis | None:
+    """The axis to colour a cloud by: `key`, else the effective learning rate when it varied, else the varied
+    key with the most distinct values; None when nothing varied."""
+    import matplotlib.colors as mcolors
+    from matplotlib import colormaps
+
+    values = _values(runs)
+    varied = varied_keys(values)
+    if key is None:
+        if not varied:
+            return None
+        key = (
+            "effective_lr"
+            if "effective_lr" in varied
+            else max(sorted(varied), key=lambda k: _distinct(values, k))
+        )
+    vals = [v.get(key) for v in values]
+    numbers = [float(v) for v in vals if _is_number(v)]
+    name = AXIS_NAMES.get(key, key)
+    if len(set(numbers)) > 6 and len(numbers) == len([v for v in vals if v is not None]):
+        lo, hi = min(numbers), max(numbers)
+        log = lo > 0 and hi / lo > 10
+        norm = mcolors.LogNorm(lo, hi) if log else mcolors.Normalize(lo, hi)
+        return ColourAxis(key, name + (" (log scale)" if log else ""), None, norm, colormaps["viridis"])
+    cats = sorted({json.dumps(v, default=str) for v in vals}, key=natural_key)
+    return ColourAxis(key, name, [json.loads(c) for c in cats])
+
+
+def _facets(concepts: list[str], width: float, height: float) -> tuple[Figure, list[Axes]]:
     n = max(len(concepts), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -155,100 +252,163 @@ class Facet:
     dominated_note: str | None = None
 
 
+@dataclass
+class Plan:
+    """What the whole figure shows, decided once before drawing: the runs and their families, the mode (a grid
+    of named configurations, or a search's cloud coloured by one axis), styles and each configuration's key."""
+
+    done: pd.DataFrame
+    configs: pd.DataFrame
+    cloud: ColourAxis | None  # not None: a search, drawn as a cloud coloured by this axis
+    coarse: bool
+    styles: dict[str, tuple[Any, str]]
+    keys: dict[str, str]  # configuration -> its short label: "#<trial>" (one run) or "[k]"
+    x: str = "image_similarity"
+    y: str = "text_similarity"
+
+    def has_intervals(self) -> bool:
+        col = f"{self.x}_ci_low"
+        return bool(len(self.configs)) and col in self.configs and self.configs[col].notna().any()
+
+
 def tradeoff_plot(
     df: pd.DataFrame,
     label_all_below: int = 15,
     max_families: int = 10,
     x: str = "image_similarity",
     y: str = "text_similarity",
+    colour_by: str | None = None,
 ) -> tuple[Figure, dict]:
     """x = image similarity, y = text similarity, as the paper's Fig. 10a: each configuration's mean over its
-    runs with a 95% interval from seed (and, in the "all concepts" facet, concept) variation
-    (stats.configurations), every run as a light point behind it, the Pareto front of the means (both
+    runs with a 95% interval (where it has several runs) from seed (and, in the "all concepts" facet, concept)
+    variation (stats.configurations), every run as a light point behind it, the Pareto front of the means (both
     maximised), the reference points; one facet per concept, plus "all concepts" first when there are several.
-    Labels: every configuration when a facet has fewer than `label_all_below`, else the front only.
-    More than `max_families` families (a search): coarser families for colours (coarse_families).
+    A grid (at most `max_families` families) gives each configuration a colour and a marker; a search (more) is
+    a cloud coloured by one axis (colour_axis: `colour_by`, else what varied most), markers by the coarser
+    families (coarse_families), the front ringed. Labels: short names, else keys ("#<trial number>" for a
+    one-run configuration, "[k]" otherwise, listed in the legend and the report); every configuration's when a
+    grid's facet has fewer than `label_all_below`, else the front's only.
     The layers, each its own function, drawn in this order: points, intervals, front, references, the
     configurations a reference point beats on both axes (a red ring and a note), labels."""
-    done, coarse = _plot_runs(df, max_families)
-    configs = configurations(done) if len(done) else pd.DataFrame()
+    plan = _plan(df, max_families, x, y, colour_by)
     concepts = sorted(df["concept"].dropna().unique(), key=natural_key) or ["unknown"]
     names = (["all"] if len(concepts) > 1 else []) + concepts
-    styles = family_styles(done) if len(done) else {}
-    data: dict[str, Any] = {"concepts": {}, "styles": styles, "coarsened": coarse, "configurations": configs}
+    data: dict[str, Any] = {
+        "concepts": {},
+        "styles": plan.styles,
+        "coarsened": plan.coarse,
+        "configurations": plan.configs,
+        "keys": plan.keys,
+        "colour_by": plan.cloud.key if plan.cloud else None,
+    }
     with matplotlib.rc_context(STYLE):
         fig, axes = _facets(names, COLUMN_IN, 2.8)
-        facets = [_facet(ax, name, df, done, configs, coarse, x, y) for ax, name in zip(axes, names)]
+        facets = [_facet(ax, name, df, plan) for ax, name in zip(axes, names)]
         for f in facets:
-            _draw_points(f, styles, x, y)
-            _draw_intervals(f, styles, x, y)
-            _draw_front(f)
+            _draw_points(f, plan)
+            _draw_intervals(f, plan)
+            _draw_front(f, plan)
             _draw_references(f)
-            _draw_dominated(f)
+            _draw_dominated(f, plan)
             _finish_axes(f, x, y, several=len(facets) > 1)
-            data["concepts"][f.concept] = _facet_data(f, x, y)
-        data["legend"] = _legend(fig, axes, data, coarse, several=len(facets) > 1)
+            data["concepts"][f.concept] = _facet_data(f, plan)
+        data["legend"] = _legend(fig, axes, data, plan, several=len(facets) > 1)
         for f in facets:  # after the layout is final: label placement is measured in display space
-            data["concepts"][f.concept]["labels"] = _draw_labels(f, coarse, label_all_below)
+            data["concepts"][f.concept]["labels"] = _draw_labels(f, plan, label_all_below)
+    data["front_table"] = front_table(data)
     return fig, data
 
 
-def _plot_runs(df: pd.DataFrame, max_families: int) -> tuple[pd.DataFrame, bool]:
-    """The completed runs with the family each is coloured by, and whether those families were coarsened."""
+def _plan(df: pd.DataFrame, max_families: int, x: str, y: str, colour_by: str | None) -> Plan:
     done = completed(df)
     coarse = bool(len(done)) and done["family"].nunique() > max_families
     if len(done):
         done = done.assign(family=coarse_families(done, max_families))
         if coarse:
             done = done.assign(lr_series=done["family"])
-    return done, coarse
+    configs = configurations(done) if len(done) else pd.DataFrame()
+    cloud = colour_axis(done, colour_by) if coarse or colour_by else None
+    styles = family_styles(done) if len(done) else {}
+    if cloud is not None:  # markers tell the families apart, colours the axis
+        styles = {fam: ("0.35", MARKERS[i % len(MARKERS)]) for i, fam in enumerate(family_order(done))}
+    return Plan(done, configs, cloud, coarse, styles, configuration_keys(done), x, y)
 
 
-def _facet(
-    ax: Axes,
-    concept: str,
-    df: pd.DataFrame,
-    done: pd.DataFrame,
-    configs: pd.DataFrame,
-    coarse: bool,
-    x: str,
-    y: str,
-) -> Facet:
+def configuration_keys(done: pd.DataFrame) -> dict[str, str]:
+    """A short label per configuration: "#<trial number>" when it has one run whose trial number no other
+    plotted run shares (a search's trials), else "[k]" in configuration order."""
+    if not len(done):
+        return {}
+    trials = pd.to_numeric(
+        done.get("trial_number", pd.Series(index=done.index, dtype=float)), errors="coerce"
+    )
+    unique = trials.notna() & ~trials.duplicated(keep=False)
+    keys: dict[str, str] = {}
+    k = 0
+    for cfg, idx in done.groupby("configuration", sort=False).groups.items():
+        if len(idx) == 1 and bool(unique.loc[idx[0]]):
+            keys[str(cfg)] = f"#{int(trials.loc[idx[0]])}"
+        else:
+            k += 1
+            keys[str(cfg)] = f"[{k}]"
+    return keys
+
+
+def _facet(ax: Axes, concept: str, df: pd.DataFrame, plan: Plan) -> Facet:
+    done, configs = plan.done, plan.configs
     runs = done if concept == "all" else done[done["concept"] == concept]
     cfg = configs[configs["concept"] == concept] if len(configs) else configs
-    if coarse and len(cfg):  # several configurations per coarse family: one mark each, same style
+    if plan.coarse and len(cfg):  # several configurations per coarse family: one mark each, same style
         cfg = cfg.assign(family=cfg["configuration"].map(dict(zip(done["configuration"], done["family"]))))
-    xs = cfg[f"{x}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
-    ys = cfg[f"{y}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
-    refs = _references(df if concept == "all" else df[df["concept"] == concept], x, y)
+    xs = cfg[f"{plan.x}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
+    ys = cfg[f"{plan.y}_mean"].to_numpy(float) if len(cfg) else np.zeros(0)
+    refs = _references(df if concept == "all" else df[df["concept"] == concept], plan.x, plan.y)
     return Facet(ax, concept, runs, cfg, xs, ys, refs=refs)
 
 
-def _draw_points(f: Facet, styles: dict[str, tuple[Any, str]], x: str, y: str) -> None:
-    """Every run as a light point, each configuration's mean as a solid mark, in the family's style."""
+def _draw_points(f: Facet, plan: Plan) -> None:
+    """Every run as a light point, each configuration's mean as a solid mark: in the family's colour and
+    marker (a grid), or coloured by the cloud's axis with the family's marker (a search)."""
     for fam in family_order(f.runs) if len(f.runs) else []:
-        colour, marker = styles[fam]
+        colour, marker = plan.styles[fam]
         pts = f.runs[f.runs["family"] == fam]
-        f.ax.scatter(pts[x], pts[y], s=6, marker=marker, color=colour, alpha=0.3, linewidths=0, zorder=2)
         grp = f.cfg[f.cfg["family"] == fam]
-        f.ax.plot(
-            grp[f"{x}_mean"],
-            grp[f"{y}_mean"],
-            marker,
-            color=colour,
-            ms=3.5,
-            mew=0.5,
-            mec="white",
-            ls="none",
-            label=fam,
+        run_colour = plan.cloud.colours(pts) if plan.cloud else colour
+        f.ax.scatter(
+            pts[plan.x], pts[plan.y], s=6, marker=marker, c=run_colour, alpha=0.3, linewidths=0, zorder=2
+        )
+        if plan.cloud is None:
+            f.ax.plot(
+                grp[f"{plan.x}_mean"],
+                grp[f"{plan.y}_mean"],
+                marker,
+                color=colour,
+                ms=3.5,
+                mew=0.5,
+                mec="white",
+                ls="none",
+                label=fam,
+                zorder=3,
+                gid="configuration means",
+            )
+            continue
+        f.ax.scatter(
+            grp[f"{plan.x}_mean"],
+            grp[f"{plan.y}_mean"],
+            s=9,
+            marker=marker,
+            c=plan.cloud.colours(grp),
+            linewidths=0,
+            alpha=0.85,
             zorder=3,
             gid="configuration means",
         )
+        f.ax.plot([], [], marker, color=colour, ms=3.5, ls="none", label=fam)  # the legend's marker
 
 
-def _draw_intervals(f: Facet, styles: dict[str, tuple[Any, str]], x: str, y: str) -> None:
+def _draw_intervals(f: Facet, plan: Plan) -> None:
     """Each mean's 95% interval on both axes, only where one exists (a configuration with one run has none)."""
-    for col, other, horizontal in ((x, y, True), (y, x, False)):
+    for col, other, horizontal in ((plan.x, plan.y, True), (plan.y, plan.x, False)):
         err = _ci_err(f.cfg, col)
         if err is None:
             continue
@@ -257,14 +417,20 @@ def _draw_intervals(f: Facet, styles: dict[str, tuple[Any, str]], x: str, y: str
                 continue
             seg = (v - lo, o, v + hi, o) if horizontal else (o, v - lo, o, v + hi)
             f.bars.append(seg)
-            f.ax.plot(seg[::2], seg[1::2], "-", color=styles[fam][0], lw=0.6, zorder=3, solid_capstyle="butt")
+            colour = "0.5" if plan.cloud else plan.styles[fam][0]
+            f.ax.plot(seg[::2], seg[1::2], "-", color=colour, lw=0.6, zorder=3, solid_capstyle="butt")
 
 
-def _draw_front(f: Facet) -> None:
-    """The Pareto front of the configuration means (both axes maximised), as a dashed line."""
+def _draw_front(f: Facet, plan: Plan) -> None:
+    """The Pareto front of the configuration means (both axes maximised): a dashed line; in a cloud its
+    members ringed in black as well."""
     f.front = pareto_front(f.x, f.y)
     if len(f.front) > 1:
         f.ax.plot(f.x[f.front], f.y[f.front], "--", color="0.25", lw=0.7, zorder=2, label="Pareto front")
+    if plan.cloud is not None and len(f.front):
+        f.ax.scatter(
+            f.x[f.front], f.y[f.front], s=28, facecolors="none", edgecolors="black", linewidths=0.7, zorder=4
+        )
 
 
 def _draw_references(f: Facet) -> None:
@@ -273,21 +439,27 @@ def _draw_references(f: Facet) -> None:
         f.ax.plot([rx], [ry], REFERENCES[key][1], color="black", ms=5, zorder=4, ls="none")
 
 
-def _draw_dominated(f: Facet) -> None:
+def _draw_dominated(f: Facet, plan: Plan) -> None:
     """A red ring on each configuration mean a reference point beats on both axes, and one note saying so
-    (prompt only: the token learned nothing the prompt lacks; analysis.findings says it with intervals)."""
+    (prompt only: the token learned nothing the prompt lacks; analysis.findings says it with intervals). The
+    note names them as their labels do (a key for a long name), or counts them when there are many."""
+    shown: dict[str, str] = {}
     for i, name in enumerate(f.cfg["configuration"].astype(str) if len(f.cfg) else []):
         beaten = [REFERENCES[k][0] for k, (rx, ry) in f.refs.items() if rx > f.x[i] and ry > f.y[i]]
         if beaten:
             f.dominated[name] = beaten
+            shown[name] = _point_label(f.cfg.iloc[i], plan)
             f.ax.scatter([f.x[i]], [f.y[i]], s=60, facecolors="none", edgecolors="tab:red", lw=0.8, zorder=4)
     if not f.dominated:
         return
     by_ref: dict[str, list[str]] = {}
     for name, refs in f.dominated.items():
         for ref in refs:
-            by_ref.setdefault(ref, []).append(name)
-    lines = [f"{ref} beats {', '.join(names)} on both objectives" for ref, names in by_ref.items()]
+            by_ref.setdefault(ref, []).append(shown[name])
+    lines = [
+        f"{ref} beats {', '.join(names) if len(names) <= 4 else f'{len(names)} configurations'} on both objectives"
+        for ref, names in by_ref.items()
+    ]
     if "prompt only" in by_ref:
         lines.append("(the token learned nothing the prompt lacks)")
     f.dominated_note = "\n".join(lines)
@@ -308,27 +480,49 @@ def _finish_axes(f: Facet, x: str, y: str, several: bool) -> None:
     f.ax.set_ylim(f.ax.get_ylim())
 
 
-def _facet_data(f: Facet, x: str, y: str) -> dict[str, Any]:
+def _facet_data(f: Facet, plan: Plan) -> dict[str, Any]:
     """What the facet shows, for tests and the report."""
+    configs = f.cfg["configuration"].tolist() if len(f.cfg) else []
+    runs_of = f.runs.groupby("configuration")["run"].apply(list).to_dict() if len(f.runs) else {}
     return {
-        "configurations": f.cfg["configuration"].tolist() if len(f.cfg) else [],
+        "configurations": configs,
         "x": f.x.tolist(),
         "y": f.y.tolist(),
         "n": f.cfg["n"].tolist() if len(f.cfg) else [],
         "family": f.cfg["family"].tolist() if len(f.cfg) else [],
         "runs": f.runs["run"].tolist(),
-        "run_x": f.runs[x].tolist(),
-        "run_y": f.runs[y].tolist(),
-        "front": [f.cfg["configuration"].iloc[i] for i in f.front],
+        "run_x": f.runs[plan.x].tolist(),
+        "run_y": f.runs[plan.y].tolist(),
+        "front": [configs[i] for i in f.front],
+        "front_runs": [runs_of.get(configs[i], []) for i in f.front],
+        "front_keys": [plan.keys.get(configs[i], "") for i in f.front],
         "references": f.refs,
         "dominated": f.dominated,
         "dominated_note": f.dominated_note,
     }
 
 
-def _legend(fig: Figure, axes: list[Axes], data: dict[str, Any], coarse: bool, several: bool) -> list[str]:
-    """One legend below the facets: every facet's families once each (family order), the front, the reference
-    points; as many columns as fit the figure's width. Returns its labels."""
+def front_table(data: dict[str, Any]) -> pd.DataFrame:
+    """One row per facet and front configuration: concept, key, configuration, both means, its runs."""
+    rows = [
+        {
+            "concept": concept,
+            "key": key,
+            "configuration": cfg,
+            "x": d["x"][d["configurations"].index(cfg)],
+            "y": d["y"][d["configurations"].index(cfg)],
+            "runs": runs,
+        }
+        for concept, d in data["concepts"].items()
+        for cfg, key, runs in zip(d["front"], d["front_keys"], d["front_runs"])
+    ]
+    return pd.DataFrame(rows, columns=["concept", "key", "configuration", "x", "y", "runs"])
+
+
+def _legend(fig: Figure, axes: list[Axes], data: dict[str, Any], plan: Plan, several: bool) -> list[str]:
+    """One legend below the facets: every facet's families once each (family order, a keyed configuration with
+    its key), the front, the reference points; as many columns as fit the figure's width; in a cloud, the
+    colour bar of its axis below. The title claims intervals only where some configuration has one."""
     handles: list[Any] = []
     labels: list[str] = []
     for ax in axes:
@@ -340,16 +534,13 @@ def _legend(fig: Figure, axes: list[Axes], data: dict[str, Any], coarse: bool, s
         if any(key in c["references"] for c in data["concepts"].values()):
             handles.append(axes[0].plot([], [], marker, color="black", ms=5, ls="none")[0])
             labels.append(name)
+    shown = [_legend_label(lab, plan) for lab in labels]
     fig.tight_layout()
-    title = "mean of each configuration, 95% interval over seeds; light points: runs"
-    if several:
-        title += "\n(all concepts: interval over every run with each concept's overall level removed)"
-    if coarse:
-        title += "; families coarsened (configurations.csv has each configuration)"
+    leg = None
     for ncol in range(min(3, len(labels)), 0, -1):
         leg = fig.legend(
             handles,
-            labels,
+            shown,
             loc="upper center",
             bbox_to_anchor=(0.5, 0.0),
             frameon=False,
@@ -357,34 +548,78 @@ def _legend(fig: Figure, axes: list[Axes], data: dict[str, Any], coarse: bool, s
             fontsize=6,
             handletextpad=0.3,
             columnspacing=0.8,
-            title=title,
+            title=_legend_title(plan, several),
             title_fontsize=6,
         )
         if ncol == 1 or leg.get_window_extent(agg_renderer(fig)).width <= fig.bbox.width:
             break
         leg.remove()
-    return labels
+    if plan.cloud is not None and plan.cloud.categories is None and leg is not None:
+        _colour_bar(fig, leg, plan.cloud)
+    return shown
 
 
-def _draw_labels(f: Facet, coarse: bool, label_all_below: int) -> list[Text]:
-    """Names beside the front's configurations (every configuration's when the facet has fewer than
-    `label_all_below`; one per family when coarsened) and the reference points, placed so that none overlaps
-    another, a mark or an interval (labels.repel_labels)."""
-    on_front = set(f.front.tolist())
-    order = list(f.front) + (
-        [i for i in range(len(f.cfg)) if i not in on_front] if len(f.cfg) < label_all_below else []
-    )
-    xy = [(f.x[i], f.y[i]) for i in order]
-    texts = [f.cfg["family" if coarse else "configuration"].iloc[i] for i in order]
-    if coarse:  # one label per coarse family
-        first = {t: j for j, t in reversed(list(enumerate(texts)))}
-        keep = sorted(first.values())
-        xy, texts = [xy[j] for j in keep], [texts[j] for j in keep]
-    for key, (rx, ry) in f.refs.items():
-        xy.append((rx, ry))
-        texts.append(REFERENCES[key][0])
+def _legend_label(label: str, plan: Plan) -> str:
+    """A grid's family as the legend shows it: with its configuration's key when its marks are labelled by it."""
+    key = plan.keys.get(label)
+    return f"{key} {label}" if plan.cloud is None and key and len(label) > SHORT_LABEL else label
+
+
+def _legend_title(plan: Plan, several: bool) -> str:
+    if plan.cloud is not None:
+        title = (
+            f"a search: each point a configuration, coloured by {plan.cloud.name};\n"
+            "ringed: the Pareto front, labelled by trial number (#) or configuration key ([k]);\n"
+            "report.html lists every one with its run folder"
+        )
+    else:
+        title = "mean of each configuration; light points: runs"
+    if plan.has_intervals():
+        title += "\nbars: 95% interval over seeds, where a configuration has several runs"
+        if several:
+            title += "\n(all concepts: interval over every run with each concept's overall level removed)"
+    if plan.coarse:
+        title += "\nmarkers: families by what varied least (configurations.csv lists each configuration)"
+    return title
+
+
+def _colour_bar(fig: Figure, leg: Any, axis: ColourAxis) -> None:
+    """A horizontal colour bar for the cloud's continuous axis, below the legend."""
+    from matplotlib.cm import ScalarMappable
+
+    box = leg.get_window_extent(agg_renderer(fig)).transformed(fig.transFigure.inverted())
+    cax = fig.add_axes((0.3, box.y0 - 0.06, 0.4, 0.025))
+    bar = fig.colorbar(ScalarMappable(norm=axis.norm, cmap=axis.cmap), cax=cax, orientation="horizontal")
+    bar.set_label(axis.name, fontsize=6)
+    bar.ax.tick_params(labelsize=6)
+
+
+SHORT_LABEL = 16  # a configuration's name longer than this is labelled by its key
+
+
+def _draw_labels(f: Facet, plan: Plan, label_all_below: int) -> list[Text]:
+    """The reference points' names, then labels beside the front's configurations (every configuration's when a
+    grid's facet has fewer than `label_all_below`; at most MAX_FRONT_LABELS spread along a long front), placed
+    so that none overlaps another, a mark or an interval (labels.repel_labels); a configuration's label that
+    finds no free place is left out (the legend and the report's front table name every one). A grid's short
+    names are shown as they are, longer ones and a cloud's by their key."""
+    front = list(f.front)
+    if len(front) > MAX_FRONT_LABELS:
+        front = [front[int(i)] for i in np.linspace(0, len(front) - 1, MAX_FRONT_LABELS).round()]
+    every = plan.cloud is None and len(f.cfg) < label_all_below
+    order = front + ([i for i in range(len(f.cfg)) if i not in set(front)] if every else [])
+    xy = list(f.refs.values()) + [(f.x[i], f.y[i]) for i in order]
+    texts = [REFERENCES[key][0] for key in f.refs] + [_point_label(f.cfg.iloc[i], plan) for i in order]
     obstacles = list(zip(f.x, f.y)) + list(f.refs.values())
-    return repel_labels(f.ax, xy, texts, obstacles, f.bars)
+    return repel_labels(f.ax, xy, texts, obstacles, f.bars, required=len(f.refs))
+
+
+MAX_FRONT_LABELS = 12
+
+
+def _point_label(row: pd.Series, plan: Plan) -> str:
+    name, key = str(row["configuration"]), plan.keys.get(str(row["configuration"]), "")
+    return key if plan.cloud is not None or (key and len(name) > SHORT_LABEL) else name
 
 
 def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:

@@ -29,6 +29,7 @@ TABLE_COLUMNS = [
     ("image_similarity", "image sim."),
     ("text_similarity", "text sim."),
     ("seed", "seed"),
+    ("trial_number", "trial"),
     ("final_dist_l2", "L2 from init"),
     ("loss_tail_mean", "loss (mean of last 25% of rows)"),
     ("last_step", "steps"),
@@ -120,12 +121,23 @@ def _cell(row: pd.Series, col: str) -> str:
     return f"<td>{html.escape(str(v))}</td>"
 
 
-def runs_table(df: pd.DataFrame) -> str:
+def _folder_link(row: pd.Series, out_dir: Path | None) -> str:
+    """The run's name linking to its run folder (relative to the report, so the pair can be moved together)."""
+    name = html.escape(str(row["run"]))
+    if out_dir is None or _blank(row.get("run_dir")):
+        return name
+    href = html.escape(os.path.relpath(str(row["run_dir"]), out_dir) + "/")
+    return f'<a href="{href}">{name}</a>'
+
+
+def runs_table(df: pd.DataFrame, out_dir: Path | None = None) -> str:
     cols = [(c, name) for c, name in TABLE_COLUMNS if c in df.columns]
     head = "".join(f"<th>{html.escape(name)}</th>" for _, name in cols)
     body = []
     for _, row in df.iterrows():
-        cells = "".join(_cell(row, c) for c, _ in cols)
+        cells = "".join(
+            f"<td>{_folder_link(row, out_dir)}</td>" if c == "run" else _cell(row, c) for c, _ in cols
+        )
         body.append(
             f'<tr class="run {html.escape(str(row["status"]))}" id="{_anchor(row["run"])}">{cells}</tr>'
         )
@@ -235,6 +247,33 @@ def findings_section(found: pd.DataFrame | None, untested: list[str] | None, not
     return f'<div class="findings"><h2 id="findings-title">Findings</h2>{body}</div>'
 
 
+def front_section(front: pd.DataFrame | None, df: pd.DataFrame, out_dir: Path) -> str:
+    """The Pareto front of each facet of the tradeoff plot: the key its label shows (#trial number or [k]),
+    the configuration, both means, and each of its runs linked to its row and its run folder."""
+    if front is None or not len(front):
+        return "<p>No Pareto front: no completed runs.</p>"
+    by_run = {str(r["run"]): r for _, r in df.iterrows()}
+    rows = []
+    for _, r in front.iterrows():
+        runs = ", ".join(
+            f'<a href="#{_anchor(run)}">row</a> / {_folder_link(by_run[run], out_dir)}'
+            if run in by_run
+            else html.escape(run)
+            for run in r["runs"]
+        )
+        rows.append(
+            f"<tr><td>{html.escape(str(r['concept']))}</td><td>{html.escape(str(r['key']))}</td>"
+            f"<td>{html.escape(str(r['configuration']))}</td>"
+            f'<td class="num">{float(r["x"]):.3f}</td><td class="num">{float(r["y"]):.3f}</td><td>{runs}</td></tr>'
+        )
+    return (
+        "<p>The configurations on each facet's front, as the tradeoff plot labels them.</p>"
+        '<table class="sortable" id="front"><thead><tr><th>concept</th><th>label</th><th>configuration</th>'
+        "<th>image sim.</th><th>text sim.</th><th>runs (table row / run folder)</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def configurations_table(configs: pd.DataFrame | None) -> str:
     if configs is None or not len(configs):
         return "<p>No completed runs.</p>"
@@ -271,11 +310,13 @@ def write_report(
     findings: pd.DataFrame | None = None,
     untested: list[str] | None = None,
     configs: pd.DataFrame | None = None,
+    front: pd.DataFrame | None = None,
     dreambench: str = "",
 ) -> Path:
     """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG;
-    `findings` (analysis.findings) is the first section, `configs` (stats.configurations) a table,
-    `dreambench` the DreamBench section's HTML (analysis.dreambench.table_html) or ""."""
+    `findings` (analysis.findings) is the first section, `configs` (stats.configurations) a table, `front`
+    (plots.front_table) the tradeoff plot's front with links to its runs, `dreambench` the DreamBench
+    section's HTML (analysis.dreambench.table_html) or ""."""
     out_dir = Path(out_dir)
     counts = df["status"].value_counts().to_dict()
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
@@ -297,11 +338,12 @@ generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} from the r
 <ul>{sweeps}</ul>
 {dreambench}
 <h2>Plots</h2><div class="plots">{figs}</div>
+<h2>Pareto front</h2><div style="overflow-x:auto">{front_section(front, df, out_dir)}</div>
 <h2>Configurations</h2><p>Means over each configuration's runs (seed excluded); 95% t-intervals over seeds, and
 in the "all" rows over every run after removing each concept's overall level.</p>
 <div style="overflow-x:auto">{configurations_table(configs)}</div>
 <h2>Runs</h2><p>Click a column header to sort. Similarities are raw CLIP cosines with 95% CIs.</p>
-<div style="overflow-x:auto">{runs_table(df)}</div>
+<div style="overflow-x:auto">{runs_table(df, out_dir)}</div>
 <h2>Failed runs</h2>{_failed(df)}
 <h2>Per run: curves and sample grids</h2>{_run_sections(df, curve_pngs or {}, out_dir, max_grids)}
 <script>{JS}</script>

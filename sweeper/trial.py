@@ -407,6 +407,7 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
             Path(run_dir) / "quick" / f"step_{step:06d}",
             model=str(cfg.model.pretrained),
             device=trainer.comps.device,
+            announce=False,  # every few steps: the trial's phase lines stay its own
         )
         report(step, (metrics["image_similarity"], metrics["text_similarity"]))
 

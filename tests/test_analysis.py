@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -287,7 +288,7 @@ def test_find_runs_skips_hydra_copies_and_nested_folders(store, tmp_path):
 
 
 def test_runs_csv_matches_store(analysed):
-    store, _, out = analysed
+    store, _res, out = analysed
     csv = pd.read_csv(out / "runs.csv")
     assert len(csv) == len(SPECS)
     by_run = {r["run"]: r for _, r in csv.iterrows()}
@@ -343,6 +344,13 @@ def test_runs_csv_matches_store(analysed):
         html.count('<img alt="reconstruction"') == html.count('<img alt="a-photo-of-on-the-moon"') == n_done
     )
     assert html.count('alt="reconstruction" title="reconstruction" src="data:image/jpeg;base64,') == n_done
+    # the plot's front, with each run linked to its run folder (relative: the report and the store move together)
+    front = html[html.index('<table class="sortable" id="front">') :]
+    front = front[: front.index("</table>")]
+    folders = re.findall(r'<a href="([^"#][^"]*)/">', front)
+    assert folders and all((out / f / "config.yaml").is_file() for f in folders)
+    assert front.count("<tr>") - 1 == sum(len(d["front"]) for d in _res["tradeoff"]["concepts"].values())
+    assert all((out / f / "config.yaml").is_file() for f in re.findall(r'<td><a href="([^"#][^"]*)/">', html))
 
 
 def test_unreadable_file_is_reported_not_fatal(store):
@@ -373,10 +381,7 @@ def test_tradeoff_plot_configuration_means_over_light_run_points(analysed):
         assert set(d["front"]) == front and front
         if concept != "all":
             assert d["references"] == {"image_only": REFS[concept][0], "prompt_only": REFS[concept][1]}
-        fig = d["labels"][0].figure
-        boxes = [text_box(t, fig.canvas.get_renderer()) for t in d["labels"]]
-        for a, b in itertools.combinations(boxes, 2):
-            assert not a.overlaps(b), (a, b)
+        _assert_labels_apart(d["labels"])
     # the artists: the solid marks are the configuration means, the light scatter the runs
     teapot = data["teapot"]
     ax = teapot["labels"][0].figure.axes[2]
@@ -502,11 +507,13 @@ def test_search_families_are_coarsened_for_the_plot(tmp_path):
     assert df["family"].nunique() == 30
     assert [r.rsplit("/", 1)[1] for r in df["run"]] == [str(i) for i in range(30)]  # 10 after 9
     fams = coarse_families(df)
+    # named by what varied with the fewest values (vectors, per-image tokens): the lr (30 values) and the
+    # image count (5) are dropped, not named for every run
     assert set(fams) == {
         "1 vector",
         "2 vectors",
         "3 vectors",
-        "per-image tokens",
+        "1 vector, per-image tokens",
         "2 vectors, per-image tokens",
         "3 vectors, per-image tokens",
     }
@@ -514,6 +521,72 @@ def test_search_families_are_coarsened_for_the_plot(tmp_path):
     fig, data = tradeoff_plot(df)
     assert data["coarsened"] and len(data["styles"]) == 6
     assert len(data["concepts"]["cat_toy"]["runs"]) == 30
+    # a cloud coloured by the axis that varied most, the front labelled by trial number
+    assert data["colour_by"] == "effective_lr"
+    facet = data["concepts"]["cat_toy"]
+    trial = dict(zip(df["run"], df["trial_number"]))
+    assert facet["front_keys"] == [f"#{trial[runs[0]]}" for runs in facet["front_runs"]]
+    shown = [t.get_text() for t in facet["labels"]]
+    assert {"image only", "prompt only"} <= set(shown)
+    assert set(shown) - {"image only", "prompt only"} <= set(facet["front_keys"]) and len(shown) > 3
+    title = fig.legends[0].get_title().get_text()
+    assert "coloured by effective learning rate" in title
+    assert "95%" not in title  # one run per configuration: no interval exists, none is promised
+    table = data["front_table"]
+    assert table["key"].tolist() == facet["front_keys"] and table["runs"].tolist() == facet["front_runs"]
+    _assert_labels_apart(facet["labels"])
+    # another axis on request: a choice of values is one colour each
+    _, by_vectors = tradeoff_plot(df, colour_by="inversion.num_vectors")
+    assert by_vectors["colour_by"] == "inversion.num_vectors"
+
+
+def _assert_labels_apart(labels) -> None:
+    """No two labels overlap, every label is inside its axes, and no two leader lines cross."""
+    from matplotlib.path import Path as MPath
+    from matplotlib.text import Annotation
+
+    ax = labels[0].axes
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = [text_box(t, renderer) for t in labels]
+    for a, b in itertools.combinations(boxes, 2):
+        assert not a.overlaps(b), (a, b)
+    inside = ax.get_window_extent(renderer)
+    for b in boxes:
+        assert inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1, b
+    leaders = [
+        MPath(ax.transData.transform([a.xy, a.xyann]))
+        for a in ax.texts
+        if isinstance(a, Annotation) and a.arrowprops
+    ]
+    for a, b in itertools.combinations(leaders, 2):
+        assert not a.intersects_path(b), (a.vertices, b.vertices)
+
+
+def test_six_trial_search_is_labelled_by_trial_number(tmp_path):
+    """Six trials that each move several knobs: long names go to the legend, keyed by trial number; the
+    marks carry the key; no interval is drawn or promised with one seed each."""
+    for i in range(6):
+        over = {
+            "inversion.lr": [2e-3, 8e-4, 3e-3, 1e-3, 4e-4, 2.5e-3][i],
+            "inversion.num_vectors": 1 + i % 3,
+            "inversion.reg_weight": [0.0, 1e-3, 0.02, 0.0, 5e-3, 0.1][i],
+            "data.n_images": [3, 5][i % 2],
+        }
+        x, y = 0.7 + 0.03 * i, 0.28 - 0.012 * i + 0.004 * (i % 2)
+        write_run(tmp_path / "s" / str(i), "cat_toy", over, x, y, 0.5, "completed", seed=i)
+    df = load_runs(tmp_path / "s")
+    fig, data = tradeoff_plot(df)
+    facet = data["concepts"]["cat_toy"]
+    assert data["colour_by"] is None and not data["coarsened"]  # six configurations: each its own style
+    keys = {f"#{t}" for t in df["trial_number"]}
+    shown = {t.get_text() for t in facet["labels"]} - {"image only", "prompt only"}
+    assert shown and shown <= keys
+    for fam, key in zip(df["family"], (f"#{t}" for t in df["trial_number"])):
+        assert f"{key} {fam}" in data["legend"]
+    assert "95%" not in fig.legends[0].get_title().get_text()
+    ax = facet["labels"][0].axes
+    assert not [line for line in ax.get_lines() if len(line.get_xdata()) == 2 and line.get_linestyle() == "-"]
+    _assert_labels_apart(facet["labels"])
 
 
 def test_moved_sweep_reads_its_own_folders(store, tmp_path):

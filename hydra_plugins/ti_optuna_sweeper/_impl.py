@@ -54,7 +54,7 @@ from optuna.trial import TrialState
 
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
-from sweeper import search
+from sweeper import progress, search
 from sweeper.config.schema import lr_label
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text
@@ -182,6 +182,8 @@ class OptunaSweeperImpl:
         self.told: list[bool] = []  # this process's finished trials: True = failed
         self.ask_s: dict[int, float] = {}  # trial id -> seconds its ask took (logged when told)
         self.job_idx = 0
+        self.started = time.time()  # this command's start: the ETA counts the trials it finished since
+        self.front: list[int] = []  # the trial numbers of the front last written (printed when it changes)
         self.seed: int | None = None
         self.seed_from = ""
 
@@ -270,6 +272,7 @@ class OptunaSweeperImpl:
             "asynchronous slots" if asynchronous else "batches",
         )
         search.fail_dead_local_trials(study, self.retry)
+        self.started = time.time()
         try:
             with interruptible():
                 if asynchronous:
@@ -470,16 +473,45 @@ class OptunaSweeperImpl:
         trials = self._counted(study)
         n = {s: sum(t.state == s for t in trials) for s in FINISHED}
         done = sum(n.values())
+        left = max(self.n_trials - done, 0)
         log.info(
-            "[%s] %d/%d trials done (%d complete, %d failed, %d pruned), %d to go",
+            "[%s] %d/%d trials done (%d complete, %d failed, %d pruned), %d to go, %s",
             study.study_name,
             done,
             self.n_trials,
             n[TrialState.COMPLETE],
             n[TrialState.FAIL],
             n[TrialState.PRUNED],
-            max(self.n_trials - done, 0),
+            left,
+            progress.eta(left, len(self.told), time.time() - self.started),
         )
+        self._write_front(study)
+
+    def _front_rows(self, study: optuna.Study) -> list[dict]:
+        """The study's current Pareto front (its best trial, single-objective): number, folder, objectives, lr."""
+        names = self.metric_names or [f"value_{i}" for i in range(len(self.directions))]
+        best = study.best_trials if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
+        return [
+            {
+                "trial": t.number,
+                "folder": search.trial_folder_name(t),
+                **dict(zip(names, t.values)),
+                **_lr_attrs(t),
+            }
+            for t in sorted(best, key=lambda t: t.number)
+        ]
+
+    def _write_front(self, study: optuna.Study) -> None:
+        """pareto_front.csv/.json in the sweep folder after every trial; one line when the front changed."""
+        rows = self._front_rows(study)
+        if not rows:
+            return
+        path = progress.write_front(self.sweep_dir, rows)
+        numbers = [r["trial"] for r in rows]
+        if numbers != self.front:
+            self.front = numbers
+            names = self.metric_names or [f"value_{i}" for i in range(len(self.directions))]
+            log.info("%s", progress.front_line(rows, path, str(study.study_name), names))
 
     def _write_results(self, study: optuna.Study) -> None:
         complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -494,10 +526,22 @@ class OptunaSweeperImpl:
             results.update(_lr_attrs(best, "best_"))
         elif complete:
             results["solutions"] = [
-                {"trial": t.number, "params": t.params, **_lr_attrs(t), "values": t.values}
+                {
+                    "trial": t.number,
+                    "folder": search.trial_folder_name(t),
+                    "params": t.params,
+                    **_lr_attrs(t),
+                    "values": t.values,
+                }
                 for t in study.best_trials
             ]
-            log.info("Pareto front: %d trials", len(results["solutions"]))
+            log.info(
+                "Pareto front: %d trials (%s); %s, %s",
+                len(results["solutions"]),
+                ", ".join(f"#{t['trial']}" for t in results["solutions"]),
+                self.sweep_dir / progress.FRONT_CSV,
+                self.sweep_dir / "optimization_results.yaml",
+            )
         write_text(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from sweeper.models import load_pipeline, resolve_device
 from sweeper.store import atomic
 from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
 
+log = logging.getLogger(__name__)
 ADAPTIVE_KEYS = ("target_halfwidth", "min_samples")  # not part of the references' protocol
 
 
@@ -319,11 +321,15 @@ def evaluate_pipeline(
     model: str,
     extra: dict | None = None,
     device: str | torch.device = "cpu",
+    announce: bool = True,
 ) -> dict:
-    """Sample, judge and score an embedding already loaded into `pipe` as `placeholder`; write metrics.json."""
+    """Sample, judge and score an embedding already loaded into `pipe` as `placeholder`; write metrics.json.
+    `announce`: its phases (judge, sampling, references) as one log line each (not for quick evaluations)."""
     t0 = time.time()
     ev = with_class(evaluation_settings(ev))  # the schema's types, ranges and defaults; prompts resolved
     out_dir = Path(out_dir)
+    say = log.info if announce else log.debug
+    say("loading the CLIP judge %s", ev["judge"])
     judge = Judge(ev["judge"], device)
     sampler = Sampler(
         pipe,
@@ -365,6 +371,14 @@ def evaluate_pipeline(
         judge.texts([concept_removed(p) for p in ev["prompts"]]), "the judge's text features"
     )
     n, samples, variant = ev["num_samples"], out_dir / "samples", ev["text_variant"]
+    say(
+        "sampling %s: the reconstruction prompt and %d edit prompts x %d samples, %d %s steps",
+        placeholder,
+        len(ev["prompts"]),
+        n,
+        ev["steps"],
+        ev["sampler"],
+    )
     recon = _sample_and_embed(
         sampler,
         judge,
@@ -416,6 +430,7 @@ def evaluate_pipeline(
         )
     refs = None
     if ev["references"]:
+        say("reference points (image only, prompt only): from the cache or sampled once")
         refs = references(sampler, judge, training, texts, ev, reference_protocol, model, training_images)
     metrics.update(
         references=refs,
