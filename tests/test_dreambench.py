@@ -202,3 +202,78 @@ def test_the_report_lays_dreambench_out_like_table_1_beside_the_published_rows(t
     assert "<td>Textual Inversion, Stable Diffusion (published, DreamBooth Table 1)</td>" in html
     assert "0.569" in html and "0.780" in html and "0.255" in html and "not reproduced" in html
     assert (tmp_path / "out" / "dreambench.csv").is_file()
+
+
+def _manifest(tmp_path, names=("dog_a", "toy_b")):
+    from conftest import write_concept_images
+
+    entries = []
+    for i, name in enumerate(names):
+        write_concept_images(tmp_path / "concepts" / name, n=3, seed=i)
+        entries.append({"images": name, "class_word": "dog" if name.startswith("dog") else "toy"})
+    path = tmp_path / "concepts" / "manifest.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"concepts": entries}))
+    return path
+
+
+def test_a_manifest_of_concepts_is_one_trial_with_means_over_concepts(
+    tiny_sd, tiny_judge, tiny_vit, tmp_path
+):
+    import json
+
+    from conftest import SMOKE_INVERSION, compose_config
+    from scipy.stats import t as student_t
+
+    from analysis.analyse import analyse
+    from sweeper.trial import run_trial
+
+    cfg = compose_config(
+        f"model.pretrained={tiny_sd}",
+        f"data.manifest={_manifest(tmp_path)}",
+        *SMOKE_INVERSION,
+        "evaluation=dreambench",
+        f"evaluation.judge={tiny_judge}",
+        f"evaluation.dreambench.dino={tiny_vit}",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=20",
+        "evaluation.references=false",
+        "evaluation.progress=false",
+    )
+    image, text = run_trial(cfg, tmp_path / "trial")
+    summary = json.loads((tmp_path / "trial" / "concepts.json").read_text())
+    per = {}
+    for name in ("dog_a", "toy_b"):
+        m = json.loads(
+            (tmp_path / "trial" / name / "metrics.json").read_text()
+        )  # each concept its own run folder
+        per[name] = (m["image_similarity"], m["text_similarity"])
+        assert m["vectorised_group"] == 2  # both concepts trained as one group
+    assert (
+        "a {} dog wearing a santa hat"
+        in json.loads((tmp_path / "trial" / "dog_a" / "metrics.json").read_text())["per_prompt"]
+    )  # a live subject's prompts, its class word filled in
+    assert image == pytest.approx(np.mean([v[0] for v in per.values()])) == summary["image_similarity"]
+    assert text == pytest.approx(np.mean([v[1] for v in per.values()]))
+    xs = [v[0] for v in per.values()]
+    half = student_t.ppf(0.975, 1) * np.std(xs, ddof=1) / np.sqrt(2)
+    assert summary["image_similarity_ci"] == pytest.approx([image - half, image + half])
+    assert summary["n_concepts"] == 2 and summary["failed"] == {}
+    res = analyse([tmp_path / "trial"], tmp_path / "out", wandb=False)
+    assert sorted(res["runs"]["concept"]) == ["dog_a", "toy_b"]
+    (row,) = [r for _, r in res["dreambench"].iterrows() if r["source"] == "this sweep"]  # one configuration
+    assert row["concepts"] == 2 and row["runs"] == 2  # aggregated by configuration across concepts
+
+
+def test_a_bad_manifest_is_one_line_before_any_model_work(tmp_path):
+    from sweeper.config.checks import ConfigError
+    from sweeper.config.manifest import read_manifest
+
+    path = tmp_path / "m.yaml"
+    path.write_text("concepts:\n  - images: missing\n")
+    with pytest.raises(ConfigError, match=r"data.manifest=.*concepts\[0\].images=missing: no such folder"):
+        read_manifest(path)
+    path.write_text("concepts: []\n")
+    with pytest.raises(ConfigError, match="non-empty 'concepts:' list"):
+        read_manifest(path)

@@ -94,6 +94,8 @@ class DataConfig:
     flip_p: float = knob(0.5, ge=0, le=1, hint="probability of a horizontal flip per sample")
     # the concept's class word, DreamBench's "{class}" in evaluation prompts ("stuffed animal"); null = init word
     class_word: str | None = None
+    # a YAML list of concept folders with class words: the trial runs every concept (sweeper/config/manifest.py)
+    manifest: str | None = None
 
 
 @dataclass
