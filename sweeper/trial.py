@@ -1,7 +1,8 @@
 """The trial lifecycle, one for every launcher: a lone trial is a group of one.
 
-    run_trial(cfg, run_dir)          -> (image_similarity, text_similarity)   Hydra's task function (basic,
-                                                                             joblib, submitit launchers)
+    run_trial(cfg, run_dir)          -> Scores: (image_similarity, text_similarity), and every metric by
+                                        name in .metrics (evaluation/metrics.py)   Hydra's task function (basic,
+                                        joblib, submitit launchers)
     run_trials([TrialSpec, ...])     -> per trial: its scores or the exception that ended it
                                         (hydra/launcher=vectorised: N compatible trials in one process)
 
@@ -46,6 +47,7 @@ from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
 from sweeper.config.manifest import Concept, read_manifest
 from sweeper.config.schema import evaluation_settings, resolve_prompts
+from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
 from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
@@ -69,8 +71,6 @@ log = logging.getLogger(__name__)
 
 HYDRA_OWN = (".hydra",)  # what Hydra writes into a job's folder before the task runs (besides its .log)
 
-Scores = tuple[float, float]
-
 
 @dataclass
 class TrialSpec:
@@ -80,7 +80,7 @@ class TrialSpec:
     run_dir: Path
     trial_number: int | None = None
     on_log: Callable[[int, dict], None] | None = None  # training curves (besides W&B)
-    report: Callable[[int, Scores], None] | None = None  # Optuna's pruning hook (search.report_hook)
+    report: Callable[[int, Scores | float], None] | None = None  # Optuna's pruning hook (search.report_hook)
     scope: Callable[[], AbstractContextManager] = nullcontext  # the launcher's per-job context (Hydra, log)
 
 
@@ -99,7 +99,7 @@ def run_trial(
     run_dir: Path | None = None,
     *,
     on_log: Callable[[int, dict], None] | None = None,
-    report: Callable[[int, Scores], None] | None = None,
+    report: Callable[[int, Scores | float], None] | None = None,
 ) -> Scores:
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder); raise what ended it."""
     run_dir = _run_dir(cfg, run_dir)
@@ -158,26 +158,26 @@ def run_concepts(
         summary["text_similarity_ci"],
         len(concepts),
     )
-    return summary["image_similarity"], summary["text_similarity"]
+    return Scores({k: v for k, v in summary.items() if isinstance(v, float)})
 
 
 def concepts_summary(scores: dict[str, Scores], level: float = 0.95) -> dict:
-    """Each concept's objectives, their means over concepts and a Student-t interval over concepts (one
+    """Each concept's metrics, every metric's mean over concepts and a Student-t interval over concepts (one
     concept: no interval)."""
     from scipy.stats import t as student_t
 
-    out: dict = {
-        "concepts": {n: {"image_similarity": x, "text_similarity": y} for n, (x, y) in scores.items()}
-    }
-    for k, name in enumerate(("image_similarity", "text_similarity")):
-        values = [float(v[k]) for v in scores.values()]
-        mean = sum(values) / len(values) if values else float("nan")
+    per = {name: dict(getattr(s, "metrics", {})) for name, s in scores.items()}
+    out: dict = {"concepts": per}
+    shared = set.intersection(*(set(m) for m in per.values())) if per else set()
+    for key in sorted(shared):
+        values = [float(m[key]) for m in per.values()]
+        mean = sum(values) / len(values)
         ci: list[float | None] = [None, None]
         if len(values) > 1:
             sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
             half = float(student_t.ppf((1 + level) / 2, len(values) - 1)) * sd / len(values) ** 0.5
             ci = [mean - half, mean + half]
-        out[name], out[f"{name}_ci"] = mean, ci
+        out[key], out[f"{key}_ci"] = mean, ci
     out["n_concepts"] = len(scores)
     return out
 
@@ -311,7 +311,7 @@ def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
                 _finish(trial, err)
                 continue
         trial.peak_memory_gib["evaluation"] = memory.peak_gib(device)  # since the group's evaluation began
-        _finish(trial, None, (metrics["image_similarity"], metrics["text_similarity"]))
+        _finish(trial, None, Scores(metrics))
 
 
 def _evaluate_one(
@@ -437,11 +437,13 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores], None]) -> Callable:
+def quick_evaluation(
+    cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores | float], None]
+) -> Callable:
     """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
 
-    `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports
-    (image_similarity, text_similarity), of which Optuna takes the study's objective. `denoising`: the
+    `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports its Scores
+    (every metric by name), of which Optuna takes the study's objective. `denoising`: the
     early-stopping objective (training/early_stop.py: the denoising loss on a fixed batch, one forward pass,
     noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
     like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
@@ -459,7 +461,9 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
             m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
             loss = objective(trainer, m)
             out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
-            atomic.write_json(out, {"denoising_objective": loss, "intermediate_value": -loss, "step": step})
+            atomic.write_json(
+                out, {DENOISING_OBJECTIVE.name: loss, "intermediate_value": -loss, "step": step}
+            )
             report(step, -loss)  # lower loss is better; the study maximises, so Optuna gets -loss
             return
         ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
@@ -483,7 +487,7 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
             device=trainer.comps.device,
             announce=False,  # every few steps: the trial's phase lines stay its own
         )
-        report(step, (metrics["image_similarity"], metrics["text_similarity"]))
+        report(step, Scores(metrics))
 
     return measure
 

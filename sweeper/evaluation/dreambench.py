@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from sweeper.config.schema import EvaluationConfigError
-from sweeper.evaluation.clip_score import bias_corrected_interval, image_only_similarity, require_finite
+from sweeper.evaluation.clip_score import require_finite
+from sweeper.evaluation.metrics import (
+    COSINE,
+    Term,
+    bias_corrected_interval,
+    clip_interval,
+    image_only_similarity,
+)
 
 # Lazy imports: transformers is imported where an encoder is built.
 
@@ -94,9 +101,9 @@ def _metric(per_prompt: list[np.ndarray], n_boot: int, rng: np.random.Generator,
     for values in per_prompt:
         n = len(values)
         w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
-        groups.append((scale * float(values.mean()), scale * (w @ values), n))
-    value = float(sum(g[0] for g in groups))
-    return value, bias_corrected_interval(groups, level)
+        groups.append(Term(scale * float(values.mean()), scale * (w @ values), n))
+    value = float(sum(g.value for g in groups))
+    return value, clip_interval(bias_corrected_interval(groups, level), COSINE)
 
 
 def fidelity(generated: list[np.ndarray], real: np.ndarray) -> list[np.ndarray]:
