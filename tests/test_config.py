@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from sweeper import models
-from sweeper.config.checks import check_config, derive
+from sweeper.checks import check_config
+from sweeper.config.derived import derive
 from sweeper.config.schema import (
     PRECISIONS,
     PROPERTIES,

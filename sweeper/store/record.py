@@ -24,7 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config.checks import ConfigError, derive
+from sweeper.config.derived import derive
+from sweeper.config.schema import ConfigError
 from sweeper.store import atomic
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def resolved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
 def write_config(run_dir: Path, cfg: DictConfig) -> Path:
     """config.yaml: the resolved config, then its `derived:` block (effective_lr, n_images, images, prompts,
-    overrides; checks.derive)."""
+    overrides; config.derived.derive)."""
     try:
         derived = OmegaConf.to_yaml({"derived": derive(cfg).as_dict()})
     except ConfigError:  # a refused config has no derived values; its status.json says why it failed

@@ -13,7 +13,7 @@ image, flip, latent sample, noise, timestep) comes from that one generator, whos
 every checkpoint, so a resumed run ends with the same embeddings as an uninterrupted one.
 
 One training loop (`train`) for every launcher: a lone trial is a `TrainerGroup` of one, a vectorised
-group (sweeper/training/vectorised.py) is N compatible trials through one batched UNet call per step. The loop
+group (sweeper/training/grouping.py) is N compatible trials through one batched UNet call per step. The loop
 does the per-step bookkeeping (non-finite stop, history rows, callbacks, checkpoints, resume, removal
 of half-written checkpoint folders) and, on an interruption, checkpoints at the last completed step.
 """
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sweeper.config.checks import select_images
+from sweeper.config.derived import select_images
 from sweeper.config.schema import effective_lr, lr_label
 from sweeper.data.images import Example, PromptSampler, format_prompt, load_image
 from sweeper.interrupt import is_interruption, signals_deferred
@@ -50,7 +50,7 @@ from sweeper.store.checkpoints import (
 )
 from sweeper.store.embeddings import save_learned_embeds
 from sweeper.training import early_stop, tokens
-from sweeper.training.vectorised import check_compatible
+from sweeper.training.grouping import check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,13 @@ class Trainer:
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         return {"noisy": noisy, "t": t, "target": target, "prompts": self.prompts(examples, m)}
 
+    def loss(self, draw: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoising MSE on the micro-batch `draw`; also the input ids, to see which tokens were used."""
+        return TrainerGroup.of([self]).losses([draw])[0]
+
     def unet_loss(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoising MSE on one drawn micro-batch; also the input ids, to see which tokens were used."""
-        return TrainerGroup.of([self]).losses([self.draw(m)])[0]
+        return self.loss(self.draw(m))
 
     def reg_loss(self, m: int) -> torch.Tensor:
         """Squared L2 distance of each active concept vector from its init (per-image tokens are free)."""
