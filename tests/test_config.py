@@ -198,7 +198,8 @@ def test_fingerprint_is_unchanged_for_old_checkpoints():
     """Checkpoints written before the schema carry the old JSON: the same keys, the same values."""
     cfg = compose_config(*base(), "inversion.num_vectors=2", "+experiment/fig10@_global_=progressive")
     old_resumable = ("steps", "log_every", "checkpoint_every", "pivotal", "compile")
-    newer = ("early_stop",)  # knobs added since (resume-safe), absent from those checkpoints' JSON
+    # knobs added since, absent from those checkpoints' JSON: resume-safe, or fingerprinted only when set
+    newer = ("early_stop", "lr_schedule", "lr_warmup_steps")
     inv = {
         k: v
         for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items()
