@@ -5,7 +5,7 @@ configuration x concept x seed run twice, back to back in this process (one thre
 everything except:
 
     fixed     inversion.steps=<steps>, every prompt gets evaluation.num_samples
-    adaptive  the same budgets as caps, plus inversion.early_stop.enabled=true (the default criterion) and
+    adaptive  the same budgets as caps, plus inversion.early_stop.enabled=true (window 20 every 10 steps, as measured) and
               evaluation.target_halfwidth=<target> (rounds of evaluation.min_samples)
 
 Trials/hour = 3600 x trials / the sum of the trials' wall times (status.json `wall_time_s`: model loading,
