@@ -585,6 +585,7 @@ def checkpoint_evaluation(cfg: DictConfig, run_dir: Path) -> Callable | None:
         ev.update(references=False, progress=False, precision=precision)
         ev["prompts"] = resolve_prompts(ev["prompts"])
         ev.pop("quick", None)
+        ev["dreambench"] = {**ev["dreambench"], "class_word": class_word(cfg)}
         out = Path(run_dir) / AT_STEPS_DIR / f"step_{step:06d}"
         cpu, wall = time.process_time(), time.monotonic()
         metrics = evaluate_pipeline(
