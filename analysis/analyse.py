@@ -42,6 +42,7 @@ def analyse(
     max_grids: int | None = None,
     hv_reference: tuple[float, float] | None = None,
     colour_by: str | None = None,
+    run_curves: bool = False,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
     "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
@@ -49,12 +50,13 @@ def analyse(
     the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
     point (image, text), fixed before the runs; None = from the recorded reference points
     (analysis.hypervolume). colour_by: the configuration key a search's cloud is coloured by (plots.colour_axis;
-    default: what varied most)."""
+    default: what varied most). run_curves: draw each run's curves as its own figure (curves.png always has
+    every run's)."""
     sweep_dirs = list(sweep_dirs)
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, hv_reference, colour_by)
+        return _analyse(df, out, wandb, max_grids, hv_reference, colour_by, run_curves)
 
 
 @contextmanager
@@ -64,9 +66,8 @@ def output_folder(out: Path) -> Iterator[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".analysis.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for folder in (out, out / "curves"):
-            for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-                tmp.unlink(missing_ok=True)
+        for tmp in out.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
         yield out
 
 
@@ -77,6 +78,7 @@ def _analyse(
     max_grids: int | None,
     hv_reference: tuple[float, float] | None = None,
     colour_by: str | None = None,
+    run_curves: bool = False,
 ) -> dict[str, Any]:
     files: dict[str, Path] = {}
     runs_csv = df.drop(columns=["configuration_values"])
@@ -124,7 +126,9 @@ def _analyse(
         files.update({"curves.png": png, "curves.svg": svg})
         titles["Loss and distance curves (all runs)"] = png
     curve_pngs = {}
-    for run, h in histories.items():
+    for run, h in (
+        histories.items() if run_curves else []
+    ):  # on request: one figure per run is most of the time
         fig = plots.curves_plot(h, title=run)
         curve_pngs[run] = plots.save(fig, out / "curves", _slug(run), svg=False, dpi=120)[0]
 
