@@ -105,7 +105,8 @@ def write_trial(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(_nest(flat)))
     steps = np.arange(rows) * 10
     k = int(flat["inversion.num_vectors"])
-    dist = 0.2 + 0.5 * steps / max(steps[-1], 1)
+    final = 0.2 + 2.0 * max(xy[0] - 0.55, 0.0)  # further from the init word, higher reconstruction (Sec. 5)
+    dist = final * (0.2 + 0.8 * steps / max(steps[-1], 1))
     hist: dict[str, Any] = {
         "step": steps,
         "loss": 0.2 + 0.05 * np.cos(steps / 7 + number),
