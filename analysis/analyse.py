@@ -19,6 +19,7 @@ from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
 from analysis.stats import configurations
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, get, summarised_metrics
 from sweeper.store.atomic import write_text
 from sweeper.tracking import Tracker
 
@@ -41,6 +42,7 @@ def analyse(
     wandb: bool | None = None,
     max_grids: int | None = None,
     hv_reference: tuple[float, float] | None = None,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
     run_curves: bool = False,
 ) -> dict[str, Any]:
@@ -49,14 +51,15 @@ def analyse(
     "hypervolume": per scope, "hypervolume_trace": against compute, "tracked": bool}. wandb: None = log when
     the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
     point (image, text), fixed before the runs; None = from the recorded reference points
-    (analysis.hypervolume). colour_by: the configuration key a search's cloud is coloured by (plots.colour_axis;
-    default: what varied most). run_curves: draw each run's curves as its own figure (curves.png always has
-    every run's)."""
+    (analysis.hypervolume). axes: the two registered metrics of the tradeoff plot (x, y). colour_by: the
+    configuration key a search's cloud is coloured by (plots.colour_axis; default: what varied most).
+    run_curves: draw each run's curves as its own figure (curves.png always has every run's)."""
     sweep_dirs = list(sweep_dirs)
+    axes = (get(axes[0]).name, get(axes[1]).name)  # an unknown metric: KeyError naming the registered ones
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, hv_reference, colour_by, run_curves)
+        return _analyse(df, out, wandb, max_grids, hv_reference, axes, colour_by, run_curves)
 
 
 @contextmanager
@@ -77,6 +80,7 @@ def _analyse(
     wandb: bool | None,
     max_grids: int | None,
     hv_reference: tuple[float, float] | None = None,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
     run_curves: bool = False,
 ) -> dict[str, Any]:
@@ -93,10 +97,10 @@ def _analyse(
     files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
-    fig, tradeoff = plots.tradeoff_plot(df, colour_by=colour_by)
+    fig, tradeoff = plots.tradeoff_plot(df, x=axes[0], y=axes[1], colour_by=colour_by)
     png, svg = plots.save(fig, out, "tradeoff")
     files.update({"tradeoff.png": png, "tradeoff.svg": svg})
-    titles["Image vs text similarity (the tradeoff plane)"] = png
+    titles[_tradeoff_title(axes)] = png
 
     fig, distance = plots.distance_plot(df)
     png, svg = plots.save(fig, out, "objectives_vs_distance")
@@ -126,9 +130,8 @@ def _analyse(
         files.update({"curves.png": png, "curves.svg": svg})
         titles["Loss and distance curves (all runs)"] = png
     curve_pngs = {}
-    for run, h in (
-        histories.items() if run_curves else []
-    ):  # on request: one figure per run is most of the time
+    # on request only: at hundreds of runs one figure per run was most of the analysis time
+    for run, h in histories.items() if run_curves else []:
         fig = plots.curves_plot(h, title=run)
         curve_pngs[run] = plots.save(fig, out / "curves", _slug(run), svg=False, dpi=120)[0]
 
@@ -164,6 +167,13 @@ def _analyse(
     return result
 
 
+def _tradeoff_title(axes: tuple[str, str]) -> str:
+    if tuple(axes) == DEFAULT_OBJECTIVES:
+        return "Image vs text similarity (the tradeoff plane)"
+    x, y = get(axes[0]), get(axes[1])
+    return f"{x.words[:1].upper()}{x.words[1:]} vs {y.words} (the tradeoff plane)"
+
+
 def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force: bool = False) -> bool:
     """Log the runs table, the plots and summary numbers to the sweep's W&B summary run through
     sweeper.tracking.Tracker, with the tracking settings of the sweep's own runs (offline by default).
@@ -192,11 +202,15 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     tracker.log_table("runs", df[keep])
     tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
     done = df[df["status"] == "completed"]
-    best = (
-        {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")}
-        if len(done)
-        else {}
-    )
+    best = {
+        f"best_{m.name}": float(
+            pd.to_numeric(done[m.name], errors="coerce").max()
+            if m.direction == "maximize"
+            else pd.to_numeric(done[m.name], errors="coerce").min()
+        )
+        for m in summarised_metrics()
+        if len(done) and m.name in done
+    }
     tracker.summary(
         {
             "runs_total": len(df),

@@ -17,11 +17,14 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
+
+from sweeper import progress
 
 # Lazy imports: diffusers'/transformers' loggers are imported only when quietened (at model load), not at CLI start-up.
 
@@ -75,16 +78,18 @@ def trial_line(
     base 0.005) (outputs/demo/3)` (`lr`: sweeper.config.schema.lr_label)."""
     name = "trial" if number is None else f"trial {number}"
     took = f" in {seconds:.0f} s" if seconds is not None else ""
+    from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES  # numpy: only once a trial ends
+
     scores = ""
-    if isinstance(values, (tuple, list)) and len(values) == 2:
-        scores = f": image_similarity={float(values[0]):.4f} text_similarity={float(values[1]):.4f}"
+    if isinstance(values, (tuple, list)) and len(values) == len(DEFAULT_OBJECTIVES):  # a trial's Scores
+        scores = ": " + " ".join(f"{n}={float(v):.4f}" for n, v in zip(DEFAULT_OBJECTIVES, values))
     elif values is not None:
         scores = f": {values}"
     shown_lr = f"; {lr}" if lr else ""
     return f"[{name}] {status}{took}{scores}{shown_lr} ({run_dir})"
 
 
-def _lr_of(config: DictConfig) -> str | None:
+def lr_of(config: DictConfig) -> str | None:
     from sweeper.config.schema import inversion_lr_label
 
     try:
@@ -109,6 +114,12 @@ class ConsoleCallback(Callback):
         # Runs in the sweep's own process before the launcher starts any worker: workers inherit the env.
         if _launcher_name(config) not in SEQUENTIAL_LAUNCHERS:
             os.environ["TQDM_DISABLE"] = "1"
+        os.environ[progress.STARTED_ENV] = repr(time.time())
+        total = grid_size(config)  # a grid's progress lines; the Optuna sweeper prints its own
+        if total is None:
+            os.environ.pop(progress.TOTAL_ENV, None)
+        else:
+            os.environ[progress.TOTAL_ENV] = str(total)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._started = time.monotonic()
@@ -119,9 +130,44 @@ class ConsoleCallback(Callback):
         number = OmegaConf.select(config, "hydra.job.num", default=None) if multirun else None
         run_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default="") or ""
         if job_return.status == JobStatus.COMPLETED:
-            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds, _lr_of(config))
+            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds, lr_of(config))
         else:
             err = job_return._return_value
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             line = trial_line(number, "failed", run_dir, first, seconds)
         print(line, file=sys.stderr if job_return.status != JobStatus.COMPLETED else sys.stdout, flush=True)
+        sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+        if multirun and sweep_dir is not None:
+            progress_after_trial(sweep_dir)
+
+
+def progress_after_trial(sweep_dir: str | Path) -> None:
+    """A grid's progress line, `[grid] 3/8 trials done (...), 5 to go, ETA 4 min`, counted from its sweep
+        folder (so any process of any launcher can print it), and after the last one the grid's summary (printed
+    here, not at the multirun's end, which Hydra skips when a trial failed); nothing outside a grid (a search
+    prints its own)."""
+    total, started = progress.started_from_env()
+    if total is None or started is None:
+        return
+    print(progress.progress_line(sweep_dir, total, started), flush=True)
+    if progress.finished_count(sweep_dir) >= total:  # the last trial: the grid's summary and its front
+        for line in progress.summary_lines(sweep_dir, started):
+            print(line, flush=True)
+
+
+def grid_size(config: DictConfig) -> int | None:
+    """The number of jobs Hydra's basic sweeper makes of this multirun's overrides; None for other sweepers."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+    if not target.endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    except Exception:  # noqa: BLE001 - Hydra refuses the overrides itself, with its own message
+        return None
+    return sum(len(batch) for batch in batches)

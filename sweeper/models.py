@@ -19,12 +19,15 @@ fp16, where SDXL's VAE overflows into NaN/black images. Whoever decodes casts la
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: huggingface_hub, safetensors, diffusers and transformers are imported where used: resolving a model
 # (checks before any model work) must not pay for diffusers' import.
@@ -304,6 +307,11 @@ def load_pipeline(
     `config` is model.config (single files only); a ModelSource already carries it.
     """
     source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(str(pretrained), config)
+    log.info("loading model %s for sampling (%s on %s)", source.pretrained, precision, resolve_device(device))
+    return _load_pipeline(source, precision, device)
+
+
+def _load_pipeline(source: ModelSource, precision: str, device: str | None):
     dtype = resolve_dtype(precision, device)
     cls = pipeline_class(source)
     kwargs = {"dtype": dtype}
@@ -338,7 +346,8 @@ def load_components(
     source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(str(pretrained), config)
     dtype = resolve_dtype(precision, device)
     dev = resolve_device(device)
-    pipe = load_pipeline(source, "fp32", "cpu")
+    log.info("loading model %s for training (%s on %s)", source.pretrained, precision, dev)
+    pipe = _load_pipeline(source, "fp32", "cpu")
     tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
     encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
     for module in (*encoders, pipe.unet, pipe.vae):

@@ -79,8 +79,12 @@ def load(sweep: Path) -> optuna.Study:
 
 def test_grid_on_the_cpu_preset_runs_every_job_in_slurm(tmp_path, slurm_env):
     sweep = tmp_path / "grid"
-    out = run(slurm_env, sweep_cmd(sweep, "x=0.1,0.2,0.3"))
+    console = "+hydra.callbacks.console._target_=sweeper.console.ConsoleCallback"  # conf/config.yaml's
+    out = run(slurm_env, sweep_cmd(sweep, "x=0.1,0.2,0.3", console))
     assert out.returncode == 0, out.stderr[-3000:]
+    # the sweep's own process prints progress as the jobs' results come back, and the summary after the last
+    assert "[grid] 3/3 trials done (3 completed, 0 failed), 0 to go" in out.stdout, out.stdout[-3000:]
+    assert "[grid] sweep finished in " in out.stdout and (sweep / "pareto_front.csv").is_file()
     folders = sorted(p for p in sweep.iterdir() if p.name.isdigit())
     assert [p.name for p in folders] == ["0", "1", "2"]
     jobs = set()

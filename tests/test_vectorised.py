@@ -159,6 +159,13 @@ def test_hydra_vectorised_launcher_runs_a_multirun_as_one_group(tiny_sd, tiny_ju
         assert "trial done: " + str(run) in (run / "__main__.log").read_text()
     # a job's own phases (checks, records, evaluation) log to its file only; the shared training to all
     assert not any(f"trial done: {r}" in (runs[0] / "__main__.log").read_text() for r in runs[1:])
+    # the console as under the other launchers: one line per trial (lr in the one convention), progress, summary
+    assert (
+        sum(line.startswith("[trial ") and "] completed: " in line for line in out.stdout.splitlines()) == 4
+    )
+    assert "; lr 0.02 (effective; base 0.02) (" not in out.stdout and "; lr 0.02 (" in out.stdout
+    assert "[sweep] 4/4 trials done (4 completed, 0 failed), 0 to go" in out.stdout
+    assert "[sweep] sweep finished in " in out.stdout and (sweep / "pareto_front.csv").is_file()
 
 
 def test_a_non_finite_trial_stops_alone_and_the_others_are_unchanged(tiny_sd, images, tmp_path):

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
+from sweeper.console import progress_after_trial
 from sweeper.interrupt import TrialInterrupted
 from sweeper.search import JobEndedWithoutResult
 
@@ -152,6 +153,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                     continue
                 if job.paths.result_pickle.exists():
                     results[k] = self._result(job, job_overrides[k])
+                    progress_after_trial(str(self.config.hydra.sweep.dir))
                     continue
                 state, reason = queue.get(job.job_id, ("", ""))
                 if state == "PENDING" and _never_scheduled(reason):

@@ -93,6 +93,7 @@ class LatentCache:
     def __init__(
         self, vae: torch.nn.Module, images: list[torch.Tensor], device: torch.device, chunk: int = 8
     ):
+        log.info("caching VAE latents of %d training images and their flips", len(images))
         pixels = torch.stack(
             [x for img in images for x in (img, torch.flip(img, dims=[-1]))]
         )  # 2i: plain, 2i+1: flip
