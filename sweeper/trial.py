@@ -45,11 +45,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
+from sweeper.config.manifest import Concept, read_manifest
 from sweeper.config.schema import evaluation_settings, resolve_prompts
 from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
-from sweeper.evaluation.protocol import _apply_pivotal, evaluate_pipeline
+from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
+    PRECISIONS,
     Components,
     load_pipeline,
     pipeline_from_components,
@@ -64,6 +66,7 @@ from sweeper.training import early_stop, tokens
 from sweeper.training.early_stop import DenoisingObjective
 from sweeper.training.inversion import InversionResult, Trainer, train
 from sweeper.training.pivotal import pivotal_tune
+from sweeper.training.vectorised import group_compatible
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +104,83 @@ def run_trial(
 ) -> Scores:
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder); raise what ended it."""
     run_dir = _run_dir(cfg, run_dir)
+    if cfg.data.get("manifest"):
+        return run_concepts(cfg, run_dir, on_log=on_log)
     report = report if report is not None else report_hook()  # Optuna pruning inside a search
     (outcome,) = run_trials([TrialSpec(cfg, run_dir, _trial_number(), on_log, report)])
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
+
+
+def concept_config(cfg: DictConfig, concept: Concept) -> DictConfig:
+    """The trial's configuration for one concept of its manifest: its folder, class word and init word."""
+    one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    assert isinstance(one, DictConfig)
+    OmegaConf.set_struct(one, False)
+    one.run_dir = None  # the concept's run folder is given to the lifecycle, not Hydra's job folder
+    one.data.manifest = None
+    one.data.images = str(concept.images)
+    if concept.class_word is not None:
+        one.data.class_word = concept.class_word
+    if concept.init_word is not None:
+        one.inversion.init_word = concept.init_word
+    return one
+
+
+def run_concepts(
+    cfg: DictConfig, run_dir: Path, *, on_log: Callable[[int, dict], None] | None = None
+) -> Scores:
+    """A configuration over every concept of `data.manifest` as ONE trial (sweeper/config/manifest.py): each
+    concept in its own run folder `<run_dir>/<name>/`, compatible concepts trained as one vectorised group;
+    returns the means over concepts, and writes `<run_dir>/concepts.json` (each concept's objectives, the
+    means and their 95% t-intervals over concepts). A concept that fails fails the trial, after the others."""
+    concepts = read_manifest(str(cfg.data.manifest))
+    number = _trial_number()
+    specs = [TrialSpec(concept_config(cfg, c), run_dir / c.name, number, on_log) for c in concepts]
+    outcomes: list[Scores | BaseException] = [ValueError("not run")] * len(specs)
+    for group in group_compatible([s.cfg for s in specs]):
+        for i, outcome in zip(group, run_trials([specs[i] for i in group])):
+            outcomes[i] = outcome
+    failed = [(c.name, o) for c, o in zip(concepts, outcomes) if isinstance(o, BaseException)]
+    summary = concepts_summary(
+        {c.name: o for c, o in zip(concepts, outcomes) if not isinstance(o, BaseException)}
+    )
+    summary["failed"] = {name: f"{type(err).__name__}: {err}" for name, err in failed}
+    summary["manifest"] = str(cfg.data.manifest)
+    atomic.write_json(run_dir / "concepts.json", summary)
+    if failed:
+        raise failed[0][1]
+    log.info(
+        "concepts: image %.4f %s, text %.4f %s over %d concepts",
+        summary["image_similarity"],
+        summary["image_similarity_ci"],
+        summary["text_similarity"],
+        summary["text_similarity_ci"],
+        len(concepts),
+    )
+    return Scores({k: v for k, v in summary.items() if isinstance(v, float)})
+
+
+def concepts_summary(scores: dict[str, Scores], level: float = 0.95) -> dict:
+    """Each concept's metrics, every metric's mean over concepts and a Student-t interval over concepts (one
+    concept: no interval)."""
+    from scipy.stats import t as student_t
+
+    per = {name: dict(getattr(s, "metrics", {})) for name, s in scores.items()}
+    out: dict = {"concepts": per}
+    shared = set.intersection(*(set(m) for m in per.values())) if per else set()
+    for key in sorted(shared):
+        values = [float(m[key]) for m in per.values()]
+        mean = sum(values) / len(values)
+        ci: list[float | None] = [None, None]
+        if len(values) > 1:
+            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            half = float(student_t.ppf((1 + level) / 2, len(values) - 1)) * sd / len(values) ** 0.5
+            ci = [mean - half, mean + half]
+        out[key], out[f"{key}_ci"] = mean, ci
+    out["n_concepts"] = len(scores)
+    return out
 
 
 def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
@@ -167,7 +242,13 @@ def _invert_and_evaluate(trials: list[_Trial]) -> None:
             [s.cfg for s in specs],
             [s.run_dir for s in specs],
             on_logs=[_both(s.on_log, t.tracker.on_log) for s, t in zip(specs, trials)],
-            reports=[quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None for s in specs],
+            reports=[
+                _both_reports(
+                    quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None,
+                    checkpoint_evaluation(s.cfg, s.run_dir),
+                )
+                for s in specs
+            ],
             seconds=shares,
         )
     finally:
@@ -253,6 +334,7 @@ def _evaluate_one(
     trainer's and they carry the configured name, else its saved files loaded in (and unloaded after)."""
     ev = evaluation_settings(spec.cfg.evaluation)
     ev["precision"] = precision
+    ev["dreambench"]["class_word"] = class_word(spec.cfg)
     extra = {
         "embedding": str(spec.run_dir),
         "num_vectors": int(result.vectors[0].shape[0]),
@@ -362,29 +444,35 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def quick_evaluation(
-    cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores | float], None]
-) -> Callable:
+def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[..., None]) -> Callable:
     """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
 
     `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports its Scores
     (every metric by name), of which Optuna takes the study's objective. `denoising`: the
     early-stopping objective (training/early_stop.py: the denoising loss on a fixed batch, one forward pass,
     noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
-    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
+    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json. With
+    `hydra/sweeper/pruner=mo_halving` (sweeper/halving.py) it measures at the pruner's rungs instead, adding
+    -denoising loss as the tie-break when the pruner breaks ties on it."""
     quick = cfg.evaluation.quick
     every, last = int(quick.every), int(cfg.inversion.steps)
     objectives: dict[int, DenoisingObjective] = {}
+    # a rung-based pruner (sweeper.halving) says at which steps it decides, and whether it breaks ties on the
+    # denoising objective; any other pruner is told every `evaluation.quick.every` steps
+    rungs = set(report.steps(last)) if hasattr(report, "steps") else None
+    tie_break = getattr(report, "tie_break", None) == "denoising"
+
+    def denoising(step: int, trainer: Trainer) -> float:
+        if id(trainer) not in objectives:
+            objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
+        m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
+        return objectives[id(trainer)](trainer, m)
 
     def measure(step: int, trainer: Trainer) -> None:
-        if step % every and step != last:
+        if (step not in rungs) if rungs is not None else (step % every and step != last):
             return
         if quick.objective == "denoising":  # the early-stopping objective, noise free
-            if id(trainer) not in objectives:
-                objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
-            objective = objectives[id(trainer)]
-            m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
-            loss = objective(trainer, m)
+            loss = denoising(step, trainer)
             out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
             atomic.write_json(
                 out, {DENOISING_OBJECTIVE.name: loss, "intermediate_value": -loss, "step": step}
@@ -401,6 +489,7 @@ def quick_evaluation(
         )
         ev["prompts"] = resolve_prompts(ev["prompts"])[: int(quick.max_prompts)]
         ev.pop("quick", None)
+        ev["dreambench"] = {**ev["dreambench"], "enabled": False, "class_word": class_word(cfg)}
         metrics = evaluate_pipeline(
             pipeline_from_components(trainer.comps),
             str(trainer.cfg.inversion.placeholder),  # its name in this process (a group may rename it)
@@ -411,9 +500,65 @@ def quick_evaluation(
             device=trainer.comps.device,
             announce=False,  # every few steps: the trial's phase lines stay its own
         )
-        report(step, Scores(metrics))
+        if tie_break:  # sweeper.halving's reporter: the denoising objective breaks ties within a front
+            report(step, Scores(metrics), -denoising(step, trainer))
+        else:
+            report(step, Scores(metrics))
 
     return measure
+
+
+AT_STEPS_DIR = "at_steps"  # <run>/at_steps/step_<N>/: evaluation.at_steps' evaluations
+
+
+def checkpoint_evaluation(cfg: DictConfig, run_dir: Path) -> Callable | None:
+    """`evaluation.at_steps`: at each of those steps below the last, evaluate the vectors as they are with the
+    trial's own protocol (prompts, samples, sampler, seeds: the same noise as the final evaluation, so the points
+    along a run share common random numbers), references off (they do not depend on the step). Each lands in
+    at_steps/step_<N>/ (metrics.json with `step` and the evaluation's CPU and wall seconds); None when unset."""
+    last = int(cfg.inversion.steps)
+    steps = {int(s) for s in cfg.evaluation.get("at_steps") or [] if int(s) < last}
+    if not steps:
+        return None
+
+    def measure(step: int, trainer: Trainer) -> None:
+        if step not in steps:
+            return
+        ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
+        # the training components' own precision (recorded as such: the final evaluation may load its own)
+        precision = {v: k for k, v in PRECISIONS.items()}.get(trainer.comps.dtype, "fp32")
+        ev.update(references=False, progress=False, precision=precision)
+        ev["prompts"] = resolve_prompts(ev["prompts"])
+        ev.pop("quick", None)
+        out = Path(run_dir) / AT_STEPS_DIR / f"step_{step:06d}"
+        cpu, wall = time.process_time(), time.monotonic()
+        metrics = evaluate_pipeline(
+            pipeline_from_components(trainer.comps),
+            str(trainer.cfg.inversion.placeholder),
+            ev,
+            trainer.images,
+            out,
+            model=str(cfg.model.pretrained),
+            extra={"step": step},
+            device=trainer.comps.device,
+        )
+        cost = {"evaluation_cpu_s": time.process_time() - cpu, "evaluation_wall_s": time.monotonic() - wall}
+        atomic.write_json(out / "metrics.json", {**metrics, **cost})
+
+    return measure
+
+
+def _both_reports(a: Callable | None, b: Callable | None) -> Callable | None:
+    """One per-row hook from two (the pruning report and the checkpoint evaluations); an exception (a pruned
+    trial) from the first still ends the trial, after the second has measured this step."""
+    if a is None or b is None:
+        return a or b
+
+    def call(step: int, trainer: Trainer) -> None:
+        b(step, trainer)
+        a(step, trainer)
+
+    return call
 
 
 def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:

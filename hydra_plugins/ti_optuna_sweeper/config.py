@@ -76,6 +76,19 @@ class ThresholdPrunerConfig:
 
 
 @dataclass
+class MOHalvingPrunerConfig:
+    """Multi-objective asynchronous successive halving (sweeper/halving.py): rungs at min_resource x
+    reduction_factor^k training steps; at each the top 1/reduction_factor by non-dominated sorting continue."""
+
+    _target_: str = "sweeper.halving.MOHalvingPruner"
+    min_resource: int = 100  # the first rung, in training steps
+    reduction_factor: int = 3
+    tie_break: str | None = (
+        "denoising"  # within a front: the denoising objective (lower loss first); null: none
+    )
+
+
+@dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.ti_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     defaults: list = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "nop"}])
@@ -139,6 +152,7 @@ for name, node in [
     ("median", MedianPrunerConfig),
     ("hyperband", HyperbandPrunerConfig),
     ("threshold", ThresholdPrunerConfig),
+    ("mo_halving", MOHalvingPrunerConfig),
 ]:
     cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="ti_optuna_sweeper")
 cs.store(
