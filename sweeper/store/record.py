@@ -24,8 +24,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config.checks import ConfigError, derive
 from sweeper.store import atomic
+
+# Lazy import: sweeper.config.checks (it pulls in torch) only where config.yaml is written, so that the sweep's own
+# process can correct a status.json at exit (store/sweep_owner.py) without importing torch then.
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ def resolved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 def write_config(run_dir: Path, cfg: DictConfig) -> Path:
     """config.yaml: the resolved config, then its `derived:` block (effective_lr, n_images, images, prompts,
     overrides; checks.derive)."""
+    from sweeper.config.checks import ConfigError, derive
+
     try:
         derived = OmegaConf.to_yaml({"derived": derive(cfg).as_dict()})
     except ConfigError:  # a refused config has no derived values; its status.json says why it failed
