@@ -49,7 +49,6 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
@@ -175,7 +174,7 @@ class OptunaSweeperImpl:
         self.heartbeat = dict(
             heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
         )
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.retry = search.retry_stale_callback(max_retry)
         self.metric_names = self._metric_names(metric_names)
         self.lock = threading.RLock()  # ask / tell / bookkeeping, shared by the async slots
         self.in_flight: dict[int, optuna.Trial] = {}  # trial id -> trial launched by this process
@@ -351,7 +350,7 @@ class OptunaSweeperImpl:
             raise errors[0]
 
     def _ask_up_to(self, study: optuna.Study, n: int) -> list[optuna.Trial]:
-        optuna.storages.fail_stale_trials(study)
+        search.fail_stale_trials(study)  # Optuna's, each stale trial given its reason
         trials: list[optuna.Trial] = []
         for _ in range(n):
             if not self._work_left(study):
