@@ -55,10 +55,19 @@ INTERRUPTED_ATTR = "interrupted"  # user attr of a trial stopped by a signal / a
 SEED_ATTR = "sampler_seed"  # user attr: the seed of the sampler of the process that asked the trial
 SEED_FROM_ATTR = "sampler_seed_from"  # user attr: what that seed was derived from (base, trials, worker)
 EFFECTIVE_LR_ATTR = "effective_lr"  # user attr: the optimiser's lr (the `inversion.lr` param is the base lr)
+LAUNCH_FAILED_ATTR = "launch_failed"  # user attr of a trial whose launcher failed before it ran: the error
 STALE_ATTR = "stale"  # user attr of a trial failed as stale (its worker died / sent no heartbeat): the reason
 LR_ATTR = "lr"  # user attr: how the lr is shown everywhere, "lr 0.029 (effective; base 0.00363)" (lr_label)
 # Attributes of one attempt, not carried over to its retry.
-ATTEMPT_ATTRS = (WORKER_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, SEED_ATTR, SEED_FROM_ATTR, STALE_ATTR)
+ATTEMPT_ATTRS = (
+    WORKER_ATTR,
+    ERROR_ATTR,
+    INTERRUPTED_ATTR,
+    SEED_ATTR,
+    SEED_FROM_ATTR,
+    STALE_ATTR,
+    LAUNCH_FAILED_ATTR,
+)
 
 
 class StorageError(CompactHydraException):
@@ -313,6 +322,41 @@ def requeue(study: Any, trial: Any) -> int:
     )
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=retry)
     return study._storage.get_trial_number_from_id(trial_id)
+
+
+def mark_never_ran(study: Any, trial_id: int, error: BaseException) -> int | None:
+    """A RUNNING trial whose launcher failed before its job ran (sbatch refused it, SLURM cannot schedule it):
+    FAIL with LAUNCH_FAILED_ATTR and no `error` (it does not count toward n_trials), re-queued so that a rerun
+    with a working launcher runs it; the retry's number."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, LAUNCH_FAILED_ATTR, f"{type(error).__name__}: {error}"[:2000])
+    if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+        return None
+    return requeue(study, storage.get_trial(trial_id))
+
+
+def announce_never_ran(study: Any) -> list[int]:
+    """Log, at a sweep's start, the waiting retries of trials whose launcher failed before they ran."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    waiting = []
+    for t in trials:
+        history = t.system_attrs.get("retry_history") or []
+        before = by_number.get(history[-1]) if history else None
+        if t.state == TrialState.WAITING and before is not None and LAUNCH_FAILED_ATTR in before.user_attrs:
+            waiting.append(t.number)
+            log.warning(
+                "trial %d never ran (its launcher failed: %s): it does not count toward n_trials; it runs now as "
+                "trial %d",
+                before.number,
+                str(before.user_attrs[LAUNCH_FAILED_ATTR]).splitlines()[0][:300],
+                t.number,
+            )
+    return waiting
 
 
 def mark_interrupted(study: Any, trial_id: int, reason: str) -> int | None:

@@ -308,10 +308,13 @@ class Tracker:
             self.run.summary[k] = v
 
     @_safe
-    def finish(self, status: str = "completed") -> None:
+    def finish(self, status: str = "completed", wall_time_s: float | None = None) -> None:
+        """End the run with the trial's status and its `wall_time_s` (status.json's: the trial's own cost)."""
         run, self.run = self.run, None
         try:
             run.summary["status"] = status
+            if wall_time_s is not None:
+                run.summary["wall_time_s"] = wall_time_s
             run.finish(exit_code=0 if status == "completed" else 1)
         finally:
             _OPEN_RUNS.discard(id(run))

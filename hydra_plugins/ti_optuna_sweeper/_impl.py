@@ -271,6 +271,7 @@ class OptunaSweeperImpl:
             "asynchronous slots" if asynchronous else "batches",
         )
         search.fail_dead_local_trials(study, self.retry)
+        search.announce_never_ran(study)
         self.started = time.time()
         try:
             with interruptible():
@@ -365,15 +366,14 @@ class OptunaSweeperImpl:
         return trials
 
     def _launch(self, study: optuna.Study, trials: list, overrides: list, job_idx: int) -> Sequence[Any]:
-        """Launch the jobs of `trials`; if the launcher itself fails, fail them with its error first."""
+        """Launch the jobs of `trials`; if the launcher itself fails, mark them never run (and re-queued) first."""
         try:
             with _Heartbeats(study, trials):
                 return self.launcher.launch(overrides, initial_job_idx=job_idx)
-        except Exception as e:
+        except Exception as e:  # no job ran: not counted toward n_trials, re-queued for a rerun (search.py)
             with self.lock:
                 for trial in trials:
-                    trial.set_user_attr(search.ERROR_ATTR, f"{type(e).__name__}: {e}"[:2000])
-                    _tell(study, trial, state=TrialState.FAIL)
+                    search.mark_never_ran(study, trial._trial_id, e)
                     self.in_flight.pop(trial._trial_id, None)
             raise
 
