@@ -14,11 +14,12 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from analysis import hypervolume, plots
+from analysis import dreambench, hypervolume, plots
 from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
 from analysis.stats import configurations
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, get, summarised_metrics
 from sweeper.store.atomic import write_text
 from sweeper.tracking import Tracker
 
@@ -41,6 +42,7 @@ def analyse(
     wandb: bool | None = None,
     max_grids: int | None = None,
     hv_reference: tuple[float, float] | None = None,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
@@ -48,13 +50,14 @@ def analyse(
     "hypervolume": per scope, "hypervolume_trace": against compute, "tracked": bool}. wandb: None = log when
     the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
     point (image, text), fixed before the runs; None = from the recorded reference points
-    (analysis.hypervolume). colour_by: the configuration key a search's cloud is coloured by (plots.colour_axis;
-    default: what varied most)."""
+    (analysis.hypervolume). axes: the two registered metrics of the tradeoff plot (x, y). colour_by: the
+    configuration key a search's cloud is coloured by (plots.colour_axis; default: what varied most)."""
     sweep_dirs = list(sweep_dirs)
+    axes = (get(axes[0]).name, get(axes[1]).name)  # an unknown metric: KeyError naming the registered ones
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, hv_reference, colour_by)
+        return _analyse(df, out, wandb, max_grids, hv_reference, axes, colour_by)
 
 
 @contextmanager
@@ -76,6 +79,7 @@ def _analyse(
     wandb: bool | None,
     max_grids: int | None,
     hv_reference: tuple[float, float] | None = None,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
 ) -> dict[str, Any]:
     files: dict[str, Path] = {}
@@ -83,6 +87,9 @@ def _analyse(
     files["runs.csv"] = write_text(out / "runs.csv", runs_csv.to_csv(index=False))
     configs = configurations(df)
     files["configurations.csv"] = write_text(out / "configurations.csv", configs.to_csv(index=False))
+    bench = dreambench.dreambench_table(df)
+    if bench is not None:
+        files["dreambench.csv"] = write_text(out / "dreambench.csv", bench.to_csv(index=False))
     found, untested = findings(df)
     hv = hypervolume.front_hypervolumes(df, hv_reference)
     files["hypervolume.csv"] = write_text(out / "hypervolume.csv", hv.to_csv(index=False))
@@ -91,10 +98,10 @@ def _analyse(
     files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
-    fig, tradeoff = plots.tradeoff_plot(df, colour_by=colour_by)
+    fig, tradeoff = plots.tradeoff_plot(df, x=axes[0], y=axes[1], colour_by=colour_by)
     png, svg = plots.save(fig, out, "tradeoff")
     files.update({"tradeoff.png": png, "tradeoff.svg": svg})
-    titles["Image vs text similarity (the tradeoff plane)"] = png
+    titles[_tradeoff_title(axes)] = png
 
     fig, distance = plots.distance_plot(df)
     png, svg = plots.save(fig, out, "objectives_vs_distance")
@@ -141,10 +148,12 @@ def _analyse(
         untested=untested,
         configs=configs,
         front=tradeoff["front_table"],
+        dreambench=dreambench.table_html(bench, df),
     )
     result = {
         "runs": df,
         "configurations": configs,
+        "dreambench": bench,
         "findings": found,
         "untested": untested,
         "files": files,
@@ -158,6 +167,13 @@ def _analyse(
     images = {Path(p).stem: p for p in titles.values()}
     result["tracked"] = wandb is not False and log_to_tracking(df, images, out, force=bool(wandb))
     return result
+
+
+def _tradeoff_title(axes: tuple[str, str]) -> str:
+    if tuple(axes) == DEFAULT_OBJECTIVES:
+        return "Image vs text similarity (the tradeoff plane)"
+    x, y = get(axes[0]), get(axes[1])
+    return f"{x.words[:1].upper()}{x.words[1:]} vs {y.words} (the tradeoff plane)"
 
 
 def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force: bool = False) -> bool:
@@ -188,11 +204,15 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     tracker.log_table("runs", df[keep])
     tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
     done = df[df["status"] == "completed"]
-    best = (
-        {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")}
-        if len(done)
-        else {}
-    )
+    best = {
+        f"best_{m.name}": float(
+            pd.to_numeric(done[m.name], errors="coerce").max()
+            if m.direction == "maximize"
+            else pd.to_numeric(done[m.name], errors="coerce").min()
+        )
+        for m in summarised_metrics()
+        if len(done) and m.name in done
+    }
     tracker.summary(
         {
             "runs_total": len(df),

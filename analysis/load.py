@@ -20,6 +20,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, all_metrics, evaluation_metrics, summarised_metrics
+
 # Folders inside a run that never hold a run of their own (Hydra's copy, checkpoints, W&B, temp dirs).
 _SKIP_DIRS = {"checkpoints", "pivotal", "wandb", "samples", "__pycache__"}
 
@@ -37,20 +39,8 @@ PAPER_OURS: dict[str, Any] = {
 # Image files a concept folder's size counts (sweeper/data/images.py reads these; not imported: it pulls in torch).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
-FIRST_COLUMNS = [
-    "run",
-    "sweep",
-    "concept",
-    "family",
-    "configuration",
-    "status",
-    "error",
-    "image_similarity",
-    "text_similarity",
-    "image_similarity_ci_low",
-    "image_similarity_ci_high",
-    "text_similarity_ci_low",
-    "text_similarity_ci_high",
+_LEADING_COLUMNS = ["run", "sweep", "concept", "family", "configuration", "status", "error"]
+_TRAILING_COLUMNS = [
     "effective_lr",
     "n_images",
     "seed",
@@ -65,6 +55,26 @@ FIRST_COLUMNS = [
     "load_error",
     "run_dir",
 ]
+
+
+def metric_columns() -> list[str]:
+    """runs.csv's metric columns, from the registry: each summarised metric's value, then each one's interval
+    (<name>_ci_low, <name>_ci_high)."""
+    names = [m.name for m in summarised_metrics()]
+    return names + [f"{n}_ci_{end}" for n in names for end in ("low", "high")]
+
+
+def first_columns() -> list[str]:
+    """runs.csv's leading columns, in order (every other column follows, sorted)."""
+    return _LEADING_COLUMNS + metric_columns() + _TRAILING_COLUMNS
+
+
+def _is_metric_key(key: str) -> bool:
+    """A metrics.json key of a registered metric (its value, interval or flags): kept without a prefix."""
+    return any(key == m.name or key.startswith(f"{m.name}_") for m in all_metrics())
+
+
+FIRST_COLUMNS = first_columns()  # with today's registrations; first_columns() sees later ones
 
 
 class StoreError(ValueError):
@@ -201,7 +211,7 @@ def run_status(status: dict[str, Any], has_metrics: bool) -> str:
 _NOT_CONFIGURATION = re.compile(
     r"(^|\.)[A-Za-z_]*seed$|^run_dir$|^tracking\.|^derived\.|^hydra\.|^device$|^config\."
     r"|^inversion\.(lr|scale_lr|log_every|checkpoint_every|compile|precision|placeholder|init_word"
-    r"|init_word_average)$|^data\.(images|n_images)$"
+    r"|init_word_average)$|^data\.(images|n_images|class_word|manifest)$"
     r"|^evaluation\.(progress|bootstrap|cache_dir|grid_samples|grid_tile|batch_size|precision|quick\..*)$"
 )
 # The axes a label names in the paper's words (everything else varied is named key=value).
@@ -346,7 +356,7 @@ def skip_reason(run_dir: Path) -> str | None:
         return None
     metrics = _json_dict(run_dir / "metrics.json")
     status = _json_dict(run_dir / "status.json")
-    if {"image_similarity", "text_similarity"} & set(metrics) or {"status", "started_at"} <= set(status):
+    if set(DEFAULT_OBJECTIVES) & set(metrics) or {"status", "started_at"} <= set(status):
         return None
     return (
         f"{run_dir}: not a run of this project (no inversion settings in its config, no image or text similarity "
@@ -386,15 +396,12 @@ def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
     flat_cfg = flatten(cfg) if isinstance(cfg, dict) else {}
     # config keys that share a name with a column of ours keep a "config." prefix (config.yaml's run_dir
     # is where the run was written, possibly on another machine; ours is where it is read from now)
-    row: dict[str, Any] = {(f"config.{k}" if k in FIRST_COLUMNS else k): v for k, v in flat_cfg.items()}
+    first = set(first_columns())
+    row: dict[str, Any] = {(f"config.{k}" if k in first else k): v for k, v in flat_cfg.items()}
     if isinstance(metrics, dict):
         row.update(
             {
-                (
-                    f"metrics.{k}"
-                    if k in FIRST_COLUMNS and not k.startswith(("image_sim", "text_sim"))
-                    else k
-                ): v
+                (f"metrics.{k}" if k in first and not _is_metric_key(k) else k): v
                 for k, v in _metrics_columns(metrics).items()
             }
         )
@@ -477,12 +484,13 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     # the configuration's recorded values (JSON) stay in configuration_values; `configuration` is its name
     df["configuration_values"] = df["configuration"]
-    for col in FIRST_COLUMNS:
+    first = first_columns()
+    for col in first:
         if col not in df.columns:
             df[col] = None
+    recorded = [m.name for m in evaluation_metrics() if m.name in df.columns]
     for col in (
-        "image_similarity",
-        "text_similarity",
+        *recorded,
         "final_dist_l2",
         "final_dist_cos",
         "wall_time_s",
@@ -500,14 +508,17 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path) -> pd.DataFrame:
         seen[fam] = seen.get(fam, 0) + 1  # two configurations with one label (rounding): numbered
         names[cfg] = fam if seen[fam] == 1 else f"{fam} #{seen[fam]}"
     df["configuration"] = df["configuration_values"].map(names)
-    rest = sorted(c for c in df.columns if c not in FIRST_COLUMNS)
+    rest = sorted(c for c in df.columns if c not in first)
     order = sorted(range(len(df)), key=lambda i: (df["sweep"].iloc[i], natural_key(df["run"].iloc[i])))
-    return df.iloc[order][FIRST_COLUMNS + rest].reset_index(drop=True)
+    return df.iloc[order][first + rest].reset_index(drop=True)
 
 
-def completed(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs that can be placed on the tradeoff plane: completed with both objectives finite."""
-    ok = (df["status"] == "completed") & df["image_similarity"].notna() & df["text_similarity"].notna()
+def completed(df: pd.DataFrame, metrics: tuple[str, ...] | list[str] = DEFAULT_OBJECTIVES) -> pd.DataFrame:
+    """Runs that can be placed on a plane of `metrics` (default: the tradeoff plane): completed, each of
+    them finite."""
+    ok = df["status"] == "completed"
+    for name in metrics:
+        ok &= pd.to_numeric(df[name], errors="coerce").notna() if name in df else False
     return df[ok]
 
 

@@ -35,7 +35,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -423,13 +423,51 @@ def report_hook(
         return None
     trial = optuna.Trial(study, trial_id)
 
-    objective = int(sweeper.get("objective", 0) or 0)
+    from sweeper.evaluation.metrics import objective_values  # numpy: not at plugin discovery
+
+    index = int(sweeper.get("objective", 0) or 0)
+    named = sweeper.get("objectives")
+    objective, _ = study_objectives(
+        [str(n) for n in named] if named else None, sweeper.get("direction"), index
+    )
 
     def report(step: int, value: float | tuple[float, ...]) -> None:
-        if isinstance(value, (tuple, list)):  # a trial's (image_similarity, text_similarity)
-            value = value[objective]
+        if isinstance(value, (tuple, list)):  # a trial's Scores: the study's objective by name, else position
+            value = objective_values(value, objective)[0] if objective else value[index]
         trial.report(float(value), int(step))
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (intermediate value {value:.4g})")
 
     return report
+
+
+def study_objectives(
+    objectives: list[str] | None, direction: Any, objective: int
+) -> tuple[list[str] | None, list[str]]:
+    """The study's objectives by name and their directions. Named objectives take the registry's directions;
+    a single `direction` with several named objectives (`direction=maximize objective=1` on a preset that
+    names two) makes a single-objective study of the `objective`-th; `direction`, when given, must agree.
+    Without names: `direction` (one or a list; default minimize), the trial's values taken by position."""
+    given = None
+    if direction is not None:
+        dirs = (
+            list(direction)
+            if isinstance(direction, Sequence) and not isinstance(direction, str)
+            else [direction]
+        )
+        given = [str(getattr(d, "name", d)).lower() for d in dirs]
+    if not objectives:
+        return None, given or ["minimize"]
+    if given is not None and len(given) == 1 and len(objectives) > 1:
+        if not 0 <= objective < len(objectives):
+            raise ValueError(f"hydra.sweeper.objective={objective}: pick one of {len(objectives)} objectives")
+        objectives = [objectives[objective]]
+    from sweeper.evaluation.metrics import directions  # numpy: not at plugin discovery
+
+    wanted = directions(objectives)
+    if given is not None and given != wanted:
+        raise ValueError(
+            f"hydra.sweeper.direction={given} disagrees with the directions {wanted} the metric registry "
+            f"gives hydra.sweeper.objectives={objectives}: drop `direction` (the objectives set it)"
+        )
+    return objectives, wanted
