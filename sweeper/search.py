@@ -396,7 +396,8 @@ def report_hook(
 
     Reports the intermediate value to the trial and raises optuna.TrialPruned when the study's pruner
     says the trial is hopeless. Optuna prunes single-objective studies only: in a multi-objective study
-    there is no hook (None). The value must be better in the study's direction (higher when maximizing).
+    there is no hook (None), except with sweeper.halving's MOHalvingPruner (`pruner=mo_halving`), whose own
+    reporter decides at its rungs. The value must be better in the study's direction (higher when maximizing).
     """
     number = current_trial_number() if number is None else int(number)
     if number is None:
@@ -419,17 +420,22 @@ def report_hook(
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(study_name), number
     )
-    if len(study.directions) > 1:
-        return None
-    trial = optuna.Trial(study, trial_id)
-
     from sweeper.evaluation.metrics import objective_values  # numpy: not at plugin discovery
+    from sweeper.halving import MOHalvingPruner
 
     index = int(sweeper.get("objective", 0) or 0)
     named = sweeper.get("objectives")
     objective, _ = study_objectives(
         [str(n) for n in named] if named else None, sweeper.get("direction"), index
     )
+    if isinstance(pruner, MOHalvingPruner):  # multi-objective successive halving: its own decisions
+        directions = study.directions
+        positions = list(range(len(directions))) if len(directions) > 1 else [index]
+        signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in directions]
+        return pruner.reporter(study, trial_id, Path(str(hc.runtime.output_dir)), objective, positions, signs)
+    if len(study.directions) > 1:
+        return None
+    trial = optuna.Trial(study, trial_id)
 
     def report(step: int, value: float | tuple[float, ...]) -> None:
         if isinstance(value, (tuple, list)):  # a trial's Scores: the study's objective by name, else position

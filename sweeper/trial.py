@@ -51,6 +51,7 @@ from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
 from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
+    PRECISIONS,
     Components,
     load_pipeline,
     pipeline_from_components,
@@ -241,7 +242,13 @@ def _invert_and_evaluate(trials: list[_Trial]) -> None:
             [s.cfg for s in specs],
             [s.run_dir for s in specs],
             on_logs=[_both(s.on_log, t.tracker.on_log) for s, t in zip(specs, trials)],
-            reports=[quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None for s in specs],
+            reports=[
+                _both_reports(
+                    quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None,
+                    checkpoint_evaluation(s.cfg, s.run_dir),
+                )
+                for s in specs
+            ],
             seconds=shares,
         )
     finally:
@@ -438,29 +445,35 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def quick_evaluation(
-    cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores | float], None]
-) -> Callable:
+def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[..., None]) -> Callable:
     """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
 
     `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports its Scores
     (every metric by name), of which Optuna takes the study's objective. `denoising`: the
     early-stopping objective (training/early_stop.py: the denoising loss on a fixed batch, one forward pass,
     noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
-    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
+    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json. With
+    `hydra/sweeper/pruner=mo_halving` (sweeper/halving.py) it measures at the pruner's rungs instead, adding
+    -denoising loss as the tie-break when the pruner breaks ties on it."""
     quick = cfg.evaluation.quick
     every, last = int(quick.every), int(cfg.inversion.steps)
     objectives: dict[int, DenoisingObjective] = {}
+    # a rung-based pruner (sweeper.halving) says at which steps it decides, and whether it breaks ties on the
+    # denoising objective; any other pruner is told every `evaluation.quick.every` steps
+    rungs = set(report.steps(last)) if hasattr(report, "steps") else None
+    tie_break = getattr(report, "tie_break", None) == "denoising"
+
+    def denoising(step: int, trainer: Trainer) -> float:
+        if id(trainer) not in objectives:
+            objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
+        m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
+        return objectives[id(trainer)](trainer, m)
 
     def measure(step: int, trainer: Trainer) -> None:
-        if step % every and step != last:
+        if (step not in rungs) if rungs is not None else (step % every and step != last):
             return
         if quick.objective == "denoising":  # the early-stopping objective, noise free
-            if id(trainer) not in objectives:
-                objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
-            objective = objectives[id(trainer)]
-            m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
-            loss = objective(trainer, m)
+            loss = denoising(step, trainer)
             out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
             atomic.write_json(
                 out, {DENOISING_OBJECTIVE.name: loss, "intermediate_value": -loss, "step": step}
@@ -488,9 +501,65 @@ def quick_evaluation(
             device=trainer.comps.device,
             announce=False,  # every few steps: the trial's phase lines stay its own
         )
-        report(step, Scores(metrics))
+        if tie_break:  # sweeper.halving's reporter: the denoising objective breaks ties within a front
+            report(step, Scores(metrics), -denoising(step, trainer))
+        else:
+            report(step, Scores(metrics))
 
     return measure
+
+
+AT_STEPS_DIR = "at_steps"  # <run>/at_steps/step_<N>/: evaluation.at_steps' evaluations
+
+
+def checkpoint_evaluation(cfg: DictConfig, run_dir: Path) -> Callable | None:
+    """`evaluation.at_steps`: at each of those steps below the last, evaluate the vectors as they are with the
+    trial's own protocol (prompts, samples, sampler, seeds: the same noise as the final evaluation, so the points
+    along a run share common random numbers), references off (they do not depend on the step). Each lands in
+    at_steps/step_<N>/ (metrics.json with `step` and the evaluation's CPU and wall seconds); None when unset."""
+    last = int(cfg.inversion.steps)
+    steps = {int(s) for s in cfg.evaluation.get("at_steps") or [] if int(s) < last}
+    if not steps:
+        return None
+
+    def measure(step: int, trainer: Trainer) -> None:
+        if step not in steps:
+            return
+        ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
+        # the training components' own precision (recorded as such: the final evaluation may load its own)
+        precision = {v: k for k, v in PRECISIONS.items()}.get(trainer.comps.dtype, "fp32")
+        ev.update(references=False, progress=False, precision=precision)
+        ev["prompts"] = resolve_prompts(ev["prompts"])
+        ev.pop("quick", None)
+        out = Path(run_dir) / AT_STEPS_DIR / f"step_{step:06d}"
+        cpu, wall = time.process_time(), time.monotonic()
+        metrics = evaluate_pipeline(
+            pipeline_from_components(trainer.comps),
+            str(trainer.cfg.inversion.placeholder),
+            ev,
+            trainer.images,
+            out,
+            model=str(cfg.model.pretrained),
+            extra={"step": step},
+            device=trainer.comps.device,
+        )
+        cost = {"evaluation_cpu_s": time.process_time() - cpu, "evaluation_wall_s": time.monotonic() - wall}
+        atomic.write_json(out / "metrics.json", {**metrics, **cost})
+
+    return measure
+
+
+def _both_reports(a: Callable | None, b: Callable | None) -> Callable | None:
+    """One per-row hook from two (the pruning report and the checkpoint evaluations); an exception (a pruned
+    trial) from the first still ends the trial, after the second has measured this step."""
+    if a is None or b is None:
+        return a or b
+
+    def call(step: int, trainer: Trainer) -> None:
+        b(step, trainer)
+        a(step, trainer)
+
+    return call
 
 
 def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:

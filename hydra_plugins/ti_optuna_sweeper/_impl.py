@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import warnings
@@ -45,6 +46,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -249,6 +251,7 @@ class OptunaSweeperImpl:
         self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
     def sweep(self, arguments: list[str]) -> None:
+        check_pruner(self.pruner, self.directions)
         distributions, fixed = search_space_from_overrides(
             [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         )
@@ -423,6 +426,8 @@ class OptunaSweeperImpl:
         started = time.perf_counter()
         self._record_lr(trial, ret)
         try:
+            if _pruned(ret):  # Hydra's return_value would first print "Error executing job with overrides"
+                raise ret._return_value
             value = ret.return_value  # re-raises the job's exception
             if self.objectives:  # by name (the trial's Scores carry every metric)
                 values = objective_values(value, self.objectives)
@@ -438,7 +443,7 @@ class OptunaSweeperImpl:
                 raise ValueError(f"non-finite objective {values}: {_run_error(ret) or 'see status.json'}")
         except optuna.TrialPruned as e:
             _tell(study, trial, state=TrialState.PRUNED)
-            log.info("trial %d pruned: %s", trial.number, e)
+            log.info("trial %d pruned: %s (%s)", trial.number, e, _run_folder(ret) or "no run folder")
             return self._told(trial, False, started)
         except (Exception, TrialInterrupted) as e:  # noqa: BLE001 - a failing trial never stops the sweep
             if isinstance(e, (TrialInterrupted, search.JobEndedWithoutResult)) or _run_status(ret) == (
@@ -546,6 +551,33 @@ class OptunaSweeperImpl:
                 self.sweep_dir / "optimization_results.yaml",
             )
         write_text(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
+
+
+def check_pruner(pruner: Any, directions: Sequence[str]) -> None:
+    """Refuse, at sweep start, a single-objective pruner on a multi-objective study: Optuna's `Trial.report`
+    raises for several objectives, so it would prune nothing while the log names it as active."""
+    from sweeper.halving import MOHalvingPruner
+
+    if (
+        len(directions) < 2
+        or pruner is None
+        or isinstance(pruner, (optuna.pruners.NopPruner, MOHalvingPruner))
+    ):
+        return
+    # one line and exit status 2, as bad input to a single trial (sweeper/__main__.py); SystemExit passes Hydra's
+    # own reporting, which would add its HYDRA_FULL_ERROR hint
+    print(
+        f"error: hydra.sweeper.pruner: {type(pruner).__name__} prunes single-objective studies only and this study "
+        f"has {len(directions)} directions; use hydra/sweeper/pruner=mo_halving (multi-objective successive "
+        f"halving), or nop",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
+
+def _pruned(ret: Any) -> bool:
+    """The job ended with optuna.TrialPruned (Hydra stores the exception as the job's return value)."""
+    return ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
