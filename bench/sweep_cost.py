@@ -111,7 +111,7 @@ def run_one(args, workdir: Path, config: str, concept: str, seed: int, adaptive:
         "trial_wall_time_s": status.get("wall_time_s"),
         "stopped_at_step": metrics.get("stopped_at_step"),
         "samples": sum(metrics["samples_per_prompt"].values()),
-        "evaluation_s": metrics["wall_time_s"],
+        "evaluation_s": metrics.get("evaluation_time_s", metrics.get("wall_time_s")),
         **{k: metrics[k] for k in OBJECTIVES},
     }
 

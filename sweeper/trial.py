@@ -452,20 +452,21 @@ def _finish(trial: _Trial, error: BaseException | None, scores: Scores | None = 
     spec = trial.spec
     status = "completed" if error is None else outcome_status(error)
     trial.open, trial.outcome = False, error if error is not None else scores
+    wall_time_s = round(trial.seconds, 3)
     with signals_deferred():
         try:
             record.finish_run(
                 spec.run_dir,
                 error,
                 status=status,
-                wall_time_s=round(trial.seconds, 3),
+                wall_time_s=wall_time_s,
                 peak_memory_gib=_rounded(trial.peak_memory_gib),
             )
         except OSError as disk:
             log.error("%s: could not record status %r: %s", spec.run_dir, status, disk)
             if error is None:  # the result cannot be recorded: that is the trial's failure
                 trial.outcome, status = disk, "failed"
-        trial.tracker.finish(status)
+        trial.tracker.finish(status, wall_time_s)
 
 
 def _rounded(peaks: dict) -> dict | None:

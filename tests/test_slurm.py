@@ -170,11 +170,18 @@ def test_a_job_slurm_cannot_run_is_an_error_not_a_wait(tmp_path, slurm_env, laun
     out = run(slurm_env, sweep_cmd(sweep, *optuna_args(n_trials=2, n_jobs=1), *launcher), timeout=120)
     assert out.returncode != 0 and expected in out.stderr, out.stderr[-3000:]
     assert "hydra.launcher.partition" in out.stderr  # says what to set
-    assert [t.state for t in load(sweep).trials] == [TrialState.FAIL]  # nothing left RUNNING
+    # nothing left RUNNING; the trial that never ran is not counted and waits, re-queued, for a working launcher
+    never_ran, waiting = load(sweep).trials
+    assert (never_ran.state, waiting.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert expected in never_ran.user_attrs["launch_failed"] and "error" not in never_ran.user_attrs
     queue = subprocess.run(
         ["squeue", "-h", "-t", "pending,running"], env=slurm_env, capture_output=True, text=True
     )
     assert queue.stdout.strip() == ""  # the unschedulable job was cancelled
+    rerun = run(slurm_env, sweep_cmd(sweep, *optuna_args(n_trials=2, n_jobs=1)), timeout=150)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"trial {never_ran.number} never ran" in rerun.stdout + rerun.stderr  # the refusal is said
+    assert sum(t.state == TrialState.COMPLETE for t in load(sweep).trials) == 2  # and the trials ran
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])  # one batch / asynchronous slots
