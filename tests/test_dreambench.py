@@ -279,3 +279,51 @@ def test_a_bad_manifest_is_one_line_before_any_model_work(tmp_path):
     path.write_text("concepts: []\n")
     with pytest.raises(ConfigError, match="non-empty 'concepts:' list"):
         read_manifest(path)
+
+
+def test_the_vectorised_launcher_trains_every_jobs_concepts_as_one_group(
+    tiny_sd, tiny_judge, tiny_vit, tmp_path
+):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        "-m",
+        f"model.pretrained={tiny_sd}",
+        f"data.manifest={_manifest(tmp_path)}",
+        "inversion.init_word=dog",
+        "inversion.steps=3",
+        "inversion.batch_size=1",
+        "inversion.grad_accum=1",
+        "inversion.checkpoint_every=0",
+        "inversion.lr=5e-3,1e-3",
+        "evaluation=dreambench",
+        f"evaluation.judge={tiny_judge}",
+        f"evaluation.dreambench.dino={tiny_vit}",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=10",
+        "evaluation.references=false",
+        "evaluation.progress=false",
+        "tracking=none",
+        "device=cpu",
+        "hydra/launcher=vectorised",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    out = subprocess.run(
+        cmd, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job in ("0", "1"):  # two manifest trials (one per LR), each over two concepts
+        summary = json.loads((tmp_path / "sweep" / job / "concepts.json").read_text())
+        assert summary["n_concepts"] == 2 and summary["failed"] == {}
+        for concept in ("dog_a", "toy_b"):
+            m = json.loads((tmp_path / "sweep" / job / concept / "metrics.json").read_text())
+            assert m["vectorised_group"] == 4  # both jobs' concepts trained as one group
+            assert m["dino"] == pytest.approx(summary["concepts"][concept]["dino"])
