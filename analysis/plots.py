@@ -794,14 +794,15 @@ def curves_overlay(df: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Figu
     """All runs' smoothed loss and mean distance curves in one figure, coloured by family."""
     if not histories:
         return None
+    df = df.assign(family=coarse_families(df, 24))  # a search: one colour per family of what varied least
     styles = family_styles(df)
     fam = dict(zip(df["run"], df["family"]))
     with matplotlib.rc_context(STYLE):
         fig = new_figure(2 * COLUMN_IN, 2.2)
         a1, a2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
         shown = set()
-        order = family_order(df)
-        for run, h in sorted(histories.items(), key=lambda rh: order.index(fam[rh[0]])):
+        rank = {f: i for i, f in enumerate(family_order(df))}
+        for run, h in sorted(histories.items(), key=lambda rh: rank[fam[rh[0]]]):
             colour = styles[fam[run]][0]
             lab = fam[run] if fam[run] not in shown else None
             shown.add(fam[run])

@@ -51,7 +51,6 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
@@ -174,7 +173,7 @@ class OptunaSweeperImpl:
         self.heartbeat = dict(
             heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
         )
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.retry = search.retry_stale_callback(max_retry)
         self.metric_names = self._metric_names(metric_names)
         self.lock = threading.RLock()  # ask / tell / bookkeeping, shared by the async slots
         self.in_flight: dict[int, optuna.Trial] = {}  # trial id -> trial launched by this process
@@ -276,6 +275,7 @@ class OptunaSweeperImpl:
             "asynchronous slots" if asynchronous else "batches",
         )
         search.fail_dead_local_trials(study, self.retry)
+        search.announce_never_ran(study)
         self.started = time.time()
         try:
             with interruptible():
@@ -355,7 +355,7 @@ class OptunaSweeperImpl:
             raise errors[0]
 
     def _ask_up_to(self, study: optuna.Study, n: int) -> list[optuna.Trial]:
-        optuna.storages.fail_stale_trials(study)
+        search.fail_stale_trials(study)  # Optuna's, each stale trial given its reason
         trials: list[optuna.Trial] = []
         for _ in range(n):
             if not self._work_left(study):
@@ -370,15 +370,14 @@ class OptunaSweeperImpl:
         return trials
 
     def _launch(self, study: optuna.Study, trials: list, overrides: list, job_idx: int) -> Sequence[Any]:
-        """Launch the jobs of `trials`; if the launcher itself fails, fail them with its error first."""
+        """Launch the jobs of `trials`; if the launcher itself fails, mark them never run (and re-queued) first."""
         try:
             with _Heartbeats(study, trials):
                 return self.launcher.launch(overrides, initial_job_idx=job_idx)
-        except Exception as e:
+        except Exception as e:  # no job ran: not counted toward n_trials, re-queued for a rerun (search.py)
             with self.lock:
                 for trial in trials:
-                    trial.set_user_attr(search.ERROR_ATTR, f"{type(e).__name__}: {e}"[:2000])
-                    _tell(study, trial, state=TrialState.FAIL)
+                    search.mark_never_ran(study, trial._trial_id, e)
                     self.in_flight.pop(trial._trial_id, None)
             raise
 
