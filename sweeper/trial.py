@@ -149,6 +149,15 @@ def _start(trial: _Trial, concurrent: bool) -> None:
             log.error("refused (no run folder written): %s", err)
             trial.outcome = err
             return
+        scores = record.complete_scores(spec.run_dir, spec.cfg)
+        if scores is not None:  # a rerun of a sweep: this trial's record is complete, nothing to redo
+            record.mark_skipped(spec.run_dir)
+            log.info(
+                "skipped %s: its record is complete (status completed, metrics.json valid, same config)",
+                spec.run_dir,
+            )
+            trial.outcome = scores
+            return
         trial.open = True
         try:
             record.start_run(spec.run_dir, spec.cfg, trial_number=spec.trial_number)
