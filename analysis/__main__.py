@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from analysis.load import StoreError
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, evaluation_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-grids", type=int, default=None, help="embed at most N sample grids per run")
     p.add_argument(
+        "--axes",
+        nargs=2,
+        metavar=("X", "Y"),
+        default=list(DEFAULT_OBJECTIVES),
+        help="the tradeoff plot's two metrics, by registered name (default: %(default)s; registered: "
+        + ", ".join(m.name for m in evaluation_metrics())
+        + ")",
+    )
+    p.add_argument(
         "--hv-reference",
         type=_point,
         default=None,
@@ -48,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         "for a search, the effective learning rate when it varied, else the key that varied most)",
     )
     args = p.parse_args(argv)
+    unknown = [a for a in args.axes if a not in {m.name for m in evaluation_metrics()}]
+    if unknown:
+        p.error(f"--axes: no metric {', '.join(unknown)} is registered")
 
-    from analysis.analyse import analyse  # matplotlib import only after the arguments are valid
+    from analysis.analyse import analyse, default_out  # matplotlib import only after the arguments are valid
 
     try:
         res = analyse(
@@ -58,10 +71,18 @@ def main(argv: list[str] | None = None) -> int:
             wandb=args.wandb,
             max_grids=args.max_grids,
             hv_reference=args.hv_reference,
+            axes=tuple(args.axes),
             colour_by=args.colour_by,
         )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output folder: unwritable, not a folder, a full disk
+        out = args.out or default_out(args.sweeps)
+        print(
+            f"error: --out {out}: cannot write the analysis there ({e}); choose a writable --out",
+            file=sys.stderr,
+        )
         return 2
     df = res["runs"]
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())

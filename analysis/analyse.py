@@ -19,6 +19,7 @@ from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
 from analysis.stats import configurations
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, get, summarised_metrics
 from sweeper.store.atomic import write_text
 from sweeper.tracking import Tracker
 
@@ -41,6 +42,7 @@ def analyse(
     wandb: bool | None = None,
     max_grids: int | None = None,
     hv_reference: tuple[float, float] | None = None,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
@@ -48,13 +50,14 @@ def analyse(
     "hypervolume": per scope, "hypervolume_trace": against compute, "tracked": bool}. wandb: None = log when
     the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
     point (image, text), fixed before the runs; None = from the recorded reference points
-    (analysis.hypervolume). colour_by: the configuration key a search's cloud is coloured by (plots.colour_axis;
-    default: what varied most)."""
+    (analysis.hypervolume). axes: the two registered metrics of the tradeoff plot (x, y). colour_by: the
+    configuration key a search's cloud is coloured by (plots.colour_axis; default: what varied most)."""
     sweep_dirs = list(sweep_dirs)
+    axes = (get(axes[0]).name, get(axes[1]).name)  # an unknown metric: KeyError naming the registered ones
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, hv_reference, colour_by)
+        return _analyse(df, out, wandb, max_grids, hv_reference, axes, colour_by)
 
 
 @contextmanager
@@ -76,6 +79,7 @@ def _analyse(
     wandb: bool | None,
     max_grids: int | None,
     hv_reference: tuple[float, float] | None = None,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
 ) -> dict[str, Any]:
     files: dict[str, Path] = {}
@@ -91,10 +95,10 @@ def _analyse(
     files["findings.csv"] = write_text(out / "findings.csv", found.to_csv(index=False))
 
     titles: dict[str, Path | None] = {}
-    fig, tradeoff = plots.tradeoff_plot(df, colour_by=colour_by)
+    fig, tradeoff = plots.tradeoff_plot(df, x=axes[0], y=axes[1], colour_by=colour_by)
     png, svg = plots.save(fig, out, "tradeoff")
     files.update({"tradeoff.png": png, "tradeoff.svg": svg})
-    titles["Image vs text similarity (the tradeoff plane)"] = png
+    titles[_tradeoff_title(axes)] = png
 
     fig, distance = plots.distance_plot(df)
     png, svg = plots.save(fig, out, "objectives_vs_distance")
@@ -160,6 +164,13 @@ def _analyse(
     return result
 
 
+def _tradeoff_title(axes: tuple[str, str]) -> str:
+    if tuple(axes) == DEFAULT_OBJECTIVES:
+        return "Image vs text similarity (the tradeoff plane)"
+    x, y = get(axes[0]), get(axes[1])
+    return f"{x.words[:1].upper()}{x.words[1:]} vs {y.words} (the tradeoff plane)"
+
+
 def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force: bool = False) -> bool:
     """Log the runs table, the plots and summary numbers to the sweep's W&B summary run through
     sweeper.tracking.Tracker, with the tracking settings of the sweep's own runs (offline by default).
@@ -188,11 +199,15 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     tracker.log_table("runs", df[keep])
     tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
     done = df[df["status"] == "completed"]
-    best = (
-        {f"best_{k}": float(done[k].max()) for k in ("image_similarity", "text_similarity")}
-        if len(done)
-        else {}
-    )
+    best = {
+        f"best_{m.name}": float(
+            pd.to_numeric(done[m.name], errors="coerce").max()
+            if m.direction == "maximize"
+            else pd.to_numeric(done[m.name], errors="coerce").min()
+        )
+        for m in summarised_metrics()
+        if len(done) and m.name in done
+    }
     tracker.summary(
         {
             "runs_total": len(df),

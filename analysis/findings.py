@@ -28,6 +28,7 @@ import pandas as pd
 from analysis.load import PAPER_OURS, completed, natural_key
 from analysis.pareto import distance_to_front
 from analysis.stats import Estimate, paired_difference, spearman_interval, t_interval
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, Metric, get, summarised_metrics, with_role
 
 MIN_PAIRS = 3  # a paired t-interval from 2 pairs has 1 degree of freedom (t = 12.7): no use for a verdict
 MIN_CORRELATION_RUNS = 6
@@ -75,14 +76,19 @@ FINDINGS_COLUMNS = [
 
 @dataclass(frozen=True)
 class DirectionClaim:
-    """A configuration that differs from the reference in `changed` only, and the paper's direction of each
-    objective against the reference (Fig. 10a as this project reads it: README "Analysis")."""
+    """A configuration that differs from the reference in `changed` only, and the paper's direction of its
+    reconstruction (`image`) and editability (`text`) against the reference (Fig. 10a as this project reads
+    it: README "Analysis"); tested on every summarised metric of that role (the metric registry)."""
 
     claim: str
     changed: tuple[str, ...]
     matches: Callable[[dict, dict], bool]  # (values, reference values) -> is this the claim's configuration
     image: str
     text: str
+
+    def expected(self, metric: Metric) -> str | None:
+        """The paper's direction for `metric` (by its role); None for a metric with no role."""
+        return {"reconstruction": self.image, "editability": self.text}.get(metric.role or "")
 
 
 def _lr(v: dict) -> float:
@@ -135,7 +141,9 @@ CURVE_CLAIMS = [
         "per-image tokens", "inversion.per_image_tokens", lambda v: bool(v.get("inversion.per_image_tokens"))
     ),
 ]
-OBJECTIVE_NAMES = {"image_similarity": "image similarity", "text_similarity": "text similarity"}
+PLANE = (
+    DEFAULT_OBJECTIVES  # the tradeoff plane's two metrics (curves, reference points beating a configuration)
+)
 
 
 def _values(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -272,13 +280,16 @@ def direction_findings(df: pd.DataFrame) -> tuple[list[dict], list[str]]:
                 if "effective_lr" in claim.changed and not math.isclose(_lr(r), ref_lr or math.nan):
                     continue
                 found = True
-                for col, expected in (("image_similarity", claim.image), ("text_similarity", claim.text)):
-                    est, _ = paired_difference(done, cfg, ref_cfg, col)
+                for metric in summarised_metrics():
+                    expected = claim.expected(metric)
+                    if expected is None or metric.name not in done:
+                        continue
+                    est, _ = paired_difference(done, cfg, ref_cfg, metric.name)
                     rows.append(
                         _row(
                             claim.claim,
                             "Fig. 10a",
-                            OBJECTIVE_NAMES[col],
+                            metric.words,
                             comparison(cfg, v, ref_cfg, r, claim.changed),
                             expected,
                             "paired difference (concept, seed)",
@@ -300,7 +311,7 @@ def _curve_distances(done: pd.DataFrame, cfg: str, curve_cfgs: list[str]) -> pd.
     same concept and seed (the runs share their noise, as in a paired difference)."""
     keys = ["concept", "seed"]
     sub = done[done["configuration"].isin([cfg, *curve_cfgs])]
-    means = sub.groupby([*keys, "configuration"])[["image_similarity", "text_similarity"]].mean()
+    means = sub.groupby([*keys, "configuration"])[list(PLANE)].mean()
     out = {}
     for unit, grp in means.groupby(level=[0, 1]):
         grp = grp.droplevel([0, 1])
@@ -308,7 +319,7 @@ def _curve_distances(done: pd.DataFrame, cfg: str, curve_cfgs: list[str]) -> pd.
             continue
         curve = grp.drop(index=cfg)
         x, y = grp.loc[cfg]
-        out[unit] = distance_to_front(x, y, curve["image_similarity"], curve["text_similarity"])
+        out[unit] = distance_to_front(x, y, curve[PLANE[0]], curve[PLANE[1]])
     return pd.Series(out, dtype=float)
 
 
@@ -378,11 +389,12 @@ def distance_findings(done: pd.DataFrame) -> tuple[list[dict], list[str]]:
     for each vector count; with several vector counts also pooled over them, labelled as such, with no verdict
     (the vector count moves the distance and both objectives: it confounds the pooled correlation)."""
     tests = [
-        ("distance from init raises reconstruction", "image_similarity", UP),
-        ("distance from init lowers editability", "text_similarity", DOWN),
+        *(("distance from init raises reconstruction", m.name, UP) for m in with_role("reconstruction")),
+        *(("distance from init lowers editability", m.name, DOWN) for m in with_role("editability")),
     ]
+    tests = [t for t in tests if t[1] in done]
     if "final_dist_l2" not in done or done["final_dist_l2"].notna().sum() < 4:
-        return [], [t[0] for t in tests]
+        return [], list(dict.fromkeys(t[0] for t in tests))
     vectors = pd.to_numeric(
         done.get("inversion.num_vectors", pd.Series(1, index=done.index)), errors="coerce"
     )
@@ -397,7 +409,7 @@ def distance_findings(done: pd.DataFrame) -> tuple[list[dict], list[str]]:
                 _row(
                     claim,
                     "Sec. 5 / Fig. 10a",
-                    OBJECTIVE_NAMES[y],
+                    get(y).words,
                     f"final_dist_l2 vs {y}, {k}-vector runs",
                     expected,
                     "Spearman rho within concept, pooled",
@@ -411,7 +423,7 @@ def distance_findings(done: pd.DataFrame) -> tuple[list[dict], list[str]]:
                 _row(
                     claim,
                     "Sec. 5 / Fig. 10a",
-                    OBJECTIVE_NAMES[y],
+                    get(y).words,
                     f"final_dist_l2 vs {y}, pooled over {_stratum_label(counts)} vectors",
                     expected,
                     "Spearman rho within concept, pooled over vector counts",
@@ -426,16 +438,23 @@ def correlation_findings(df: pd.DataFrame) -> tuple[list[dict], list[str]]:
     done = completed(df)
     rows, untested = distance_findings(done)
     claim = "reconstruction trades off against editability"
-    if done["image_similarity"].notna().sum() < 4:
+    pairs = [
+        (r.name, e.name)
+        for r in with_role("reconstruction")
+        for e in with_role("editability")
+        if r.name in done and e.name in done
+    ]
+    tested = [(x, y) for x, y in pairs if done[x].notna().sum() >= 4]
+    if not tested:
         untested.append(claim)
-    else:
-        est = spearman_interval(done["image_similarity"], done["text_similarity"], done["concept"])
+    for x, y in tested:
+        est = spearman_interval(done[x], done[y], done["concept"])
         rows.append(
             _row(
                 claim,
                 "Sec. 5 / Fig. 10a",
-                OBJECTIVE_NAMES["text_similarity"],
-                "image_similarity vs text_similarity, all completed runs",
+                get(y).words,
+                f"{x} vs {y}, all completed runs",
                 DOWN,
                 "Spearman rho within concept, pooled",
                 est,
@@ -471,7 +490,10 @@ def dataset_size_finding(done: pd.DataFrame) -> tuple[list[dict], dict | None]:
             return [], None
         return [], confounded_row("dataset size changes little", "Fig. 12", pairs, ("n_images",))
     rows = []
-    for col in ("image_similarity", "text_similarity"):
+    for metric in summarised_metrics():
+        if metric.role is None or metric.name not in sub:
+            continue
+        col = metric.name
         est = spearman_interval(sub["n_images"], sub[col], sub["stratum"])
         if est.n < MIN_CORRELATION_RUNS or not math.isfinite(est.low):
             v = "not enough runs: add seeds"
@@ -485,7 +507,7 @@ def dataset_size_finding(done: pd.DataFrame) -> tuple[list[dict], dict | None]:
             _row(
                 "dataset size changes little",
                 "Fig. 12",
-                OBJECTIVE_NAMES[col],
+                metric.words,
                 "n_images vs objective, runs differing only in n_images",
                 f"|rho| < {SMALL_RHO}",
                 "Spearman rho within concept and configuration, pooled",
@@ -511,7 +533,7 @@ def dominated_by_references(df: pd.DataFrame) -> dict[str, list[str]]:
 
 def _reference_differences(grp: pd.DataFrame, key: str) -> dict[str, pd.Series] | None:
     diffs = {}
-    for col in OBJECTIVE_NAMES:
+    for col in PLANE:
         ref = f"ref.{key}.{col}"
         if ref not in grp:
             return None
@@ -541,7 +563,7 @@ def reference_findings(df: pd.DataFrame) -> list[dict]:
                     _row(
                         REFERENCE_WORDS[key],
                         "reference point",
-                        OBJECTIVE_NAMES[col],
+                        get(col).words,
                         f"{cfg} - {name}",
                         "",
                         "difference over the configuration's runs",

@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import completed, natural_key
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-OBJECTIVES = ("image_similarity", "text_similarity")
+OBJECTIVES = DEFAULT_OBJECTIVES  # the metric registry's tradeoff plane (image, text similarity)
 REFERENCE_KEYS = ("image_only", "prompt_only")
 HYPERVOLUME_COLUMNS = [
     "concept",

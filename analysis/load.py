@@ -13,11 +13,14 @@ import math
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, all_metrics, evaluation_metrics, summarised_metrics
 
 # Folders inside a run that never hold a run of their own (Hydra's copy, checkpoints, W&B, temp dirs).
 _SKIP_DIRS = {"checkpoints", "pivotal", "wandb", "samples", "__pycache__"}
@@ -36,20 +39,8 @@ PAPER_OURS: dict[str, Any] = {
 # Image files a concept folder's size counts (sweeper/data/images.py reads these; not imported: it pulls in torch).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
-FIRST_COLUMNS = [
-    "run",
-    "sweep",
-    "concept",
-    "family",
-    "configuration",
-    "status",
-    "error",
-    "image_similarity",
-    "text_similarity",
-    "image_similarity_ci_low",
-    "image_similarity_ci_high",
-    "text_similarity_ci_low",
-    "text_similarity_ci_high",
+_LEADING_COLUMNS = ["run", "sweep", "concept", "family", "configuration", "status", "error"]
+_TRAILING_COLUMNS = [
     "effective_lr",
     "n_images",
     "seed",
@@ -64,6 +55,26 @@ FIRST_COLUMNS = [
     "load_error",
     "run_dir",
 ]
+
+
+def metric_columns() -> list[str]:
+    """runs.csv's metric columns, from the registry: each summarised metric's value, then each one's interval
+    (<name>_ci_low, <name>_ci_high)."""
+    names = [m.name for m in summarised_metrics()]
+    return names + [f"{n}_ci_{end}" for n in names for end in ("low", "high")]
+
+
+def first_columns() -> list[str]:
+    """runs.csv's leading columns, in order (every other column follows, sorted)."""
+    return _LEADING_COLUMNS + metric_columns() + _TRAILING_COLUMNS
+
+
+def _is_metric_key(key: str) -> bool:
+    """A metrics.json key of a registered metric (its value, interval or flags): kept without a prefix."""
+    return any(key == m.name or key.startswith(f"{m.name}_") for m in all_metrics())
+
+
+FIRST_COLUMNS = first_columns()  # with today's registrations; first_columns() sees later ones
 
 
 class StoreError(ValueError):
@@ -312,6 +323,47 @@ def _read(path: Path, parse, errors: list[str]) -> Any:
         return None
 
 
+def _config_file(run_dir: Path) -> Path:
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists() and (run_dir / ".hydra" / "config.yaml").exists():
+        cfg_file = run_dir / ".hydra" / "config.yaml"
+    return cfg_file
+
+
+def _json_dict(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def skip_reason(run_dir: Path) -> str | None:
+    """Why a folder holding a run file is not one of this project's runs (None when it is one): its config.yaml
+    carries a YAML tag (read with a safe loader, nothing is constructed), or nothing in it is ours (no inversion
+    settings in a config, no similarity in metrics.json, no status of a trial)."""
+    cfg_file = _config_file(run_dir)
+    cfg: Any = None
+    if cfg_file.exists():
+        try:
+            cfg = yaml.safe_load(cfg_file.read_text())
+        except yaml.constructor.ConstructorError as err:
+            tag = str(getattr(err, "problem", "") or err).splitlines()[0]
+            return f"{cfg_file}: holds a YAML tag the safe loader refuses ({tag}); nothing in it was run"
+        except (OSError, yaml.YAMLError):
+            return None  # a damaged file of a run: load_run reports it in load_error
+    if isinstance(cfg, dict) and "inversion" in cfg:
+        return None
+    metrics = _json_dict(run_dir / "metrics.json")
+    status = _json_dict(run_dir / "status.json")
+    if set(DEFAULT_OBJECTIVES) & set(metrics) or {"status", "started_at"} <= set(status):
+        return None
+    return (
+        f"{run_dir}: not a run of this project (no inversion settings in its config, no image or text similarity "
+        "in its metrics.json)"
+    )
+
+
 def _metrics_columns(m: dict) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for k, v in m.items():
@@ -335,9 +387,7 @@ def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
     The configuration's values are under the private key "_values" (load_runs removes it)."""
     run_dir = Path(run_dir)
     errors: list[str] = []
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.exists() and (run_dir / ".hydra" / "config.yaml").exists():
-        cfg_file = run_dir / ".hydra" / "config.yaml"
+    cfg_file = _config_file(run_dir)
     cfg = _read(cfg_file, lambda p: yaml.safe_load(p.read_text()), errors) or {}
     status = _read(run_dir / "status.json", lambda p: json.loads(p.read_text()), errors) or {}
     metrics = _read(run_dir / "metrics.json", lambda p: json.loads(p.read_text()), errors)
@@ -346,15 +396,12 @@ def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
     flat_cfg = flatten(cfg) if isinstance(cfg, dict) else {}
     # config keys that share a name with a column of ours keep a "config." prefix (config.yaml's run_dir
     # is where the run was written, possibly on another machine; ours is where it is read from now)
-    row: dict[str, Any] = {(f"config.{k}" if k in FIRST_COLUMNS else k): v for k, v in flat_cfg.items()}
+    first = set(first_columns())
+    row: dict[str, Any] = {(f"config.{k}" if k in first else k): v for k, v in flat_cfg.items()}
     if isinstance(metrics, dict):
         row.update(
             {
-                (
-                    f"metrics.{k}"
-                    if k in FIRST_COLUMNS and not k.startswith(("image_sim", "text_sim"))
-                    else k
-                ): v
+                (f"metrics.{k}" if k in first and not _is_metric_key(k) else k): v
                 for k, v in _metrics_columns(metrics).items()
             }
         )
@@ -414,6 +461,10 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path) -> pd.DataFrame:
     for sd in sweep_dirs:
         label = sweep_label(sd)
         for run_dir in find_runs(sd):
+            reason = skip_reason(run_dir)
+            if reason is not None:
+                print(f"analysis: skipped {reason}", file=sys.stderr)
+                continue
             row = load_run(run_dir, label)
             rel = run_dir.relative_to(Path(sd)).as_posix()
             row["run"] = label if rel == "." else f"{label}/{rel}"
@@ -433,12 +484,13 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     # the configuration's recorded values (JSON) stay in configuration_values; `configuration` is its name
     df["configuration_values"] = df["configuration"]
-    for col in FIRST_COLUMNS:
+    first = first_columns()
+    for col in first:
         if col not in df.columns:
             df[col] = None
+    recorded = [m.name for m in evaluation_metrics() if m.name in df.columns]
     for col in (
-        "image_similarity",
-        "text_similarity",
+        *recorded,
         "final_dist_l2",
         "final_dist_cos",
         "wall_time_s",
@@ -456,14 +508,17 @@ def load_runs(sweep_dirs: list[str | Path] | str | Path) -> pd.DataFrame:
         seen[fam] = seen.get(fam, 0) + 1  # two configurations with one label (rounding): numbered
         names[cfg] = fam if seen[fam] == 1 else f"{fam} #{seen[fam]}"
     df["configuration"] = df["configuration_values"].map(names)
-    rest = sorted(c for c in df.columns if c not in FIRST_COLUMNS)
+    rest = sorted(c for c in df.columns if c not in first)
     order = sorted(range(len(df)), key=lambda i: (df["sweep"].iloc[i], natural_key(df["run"].iloc[i])))
-    return df.iloc[order][FIRST_COLUMNS + rest].reset_index(drop=True)
+    return df.iloc[order][first + rest].reset_index(drop=True)
 
 
-def completed(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs that can be placed on the tradeoff plane: completed with both objectives finite."""
-    ok = (df["status"] == "completed") & df["image_similarity"].notna() & df["text_similarity"].notna()
+def completed(df: pd.DataFrame, metrics: tuple[str, ...] | list[str] = DEFAULT_OBJECTIVES) -> pd.DataFrame:
+    """Runs that can be placed on a plane of `metrics` (default: the tradeoff plane): completed, each of
+    them finite."""
+    ok = df["status"] == "completed"
+    for name in metrics:
+        ok &= pd.to_numeric(df[name], errors="coerce").notna() if name in df else False
     return df[ok]
 
 

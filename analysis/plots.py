@@ -26,6 +26,7 @@ from analysis.labels import agg_renderer, repel_labels  # noqa: E402
 from analysis.load import PAPER_OURS, completed, family, natural_key, varied_keys  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from analysis.stats import configurations  # noqa: E402
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, get  # noqa: E402
 from sweeper.store.atomic import save_figure  # noqa: E402
 
 # Lazy imports: matplotlib's colour helpers are imported where used: `python -m analysis --help` stays fast.
@@ -42,10 +43,6 @@ STYLE = {
 }
 COLUMN_IN = 3.3
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
-OBJECTIVES = {
-    "image_similarity": "image similarity (reconstruction)",
-    "text_similarity": "text similarity (editability)",
-}
 REFERENCES = {"image_only": ("image only", "*"), "prompt_only": ("prompt only", "X")}
 
 
@@ -263,8 +260,8 @@ class Plan:
     coarse: bool
     styles: dict[str, tuple[Any, str]]
     keys: dict[str, str]  # configuration -> its short label: "#<trial>" (one run) or "[k]"
-    x: str = "image_similarity"
-    y: str = "text_similarity"
+    x: str = DEFAULT_OBJECTIVES[0]
+    y: str = DEFAULT_OBJECTIVES[1]
 
     def has_intervals(self) -> bool:
         col = f"{self.x}_ci_low"
@@ -275,11 +272,12 @@ def tradeoff_plot(
     df: pd.DataFrame,
     label_all_below: int = 15,
     max_families: int = 10,
-    x: str = "image_similarity",
-    y: str = "text_similarity",
+    x: str = DEFAULT_OBJECTIVES[0],
+    y: str = DEFAULT_OBJECTIVES[1],
     colour_by: str | None = None,
 ) -> tuple[Figure, dict]:
-    """x = image similarity, y = text similarity, as the paper's Fig. 10a: each configuration's mean over its
+    """Two registered metrics against each other (default x = image similarity, y = text similarity, as the
+    paper's Fig. 10a; the front in each metric's direction): each configuration's mean over its
     runs with a 95% interval (where it has several runs) from seed (and, in the "all concepts" facet, concept)
     variation (stats.configurations), every run as a light point behind it, the Pareto front of the means (both
     maximised), the reference points; one facet per concept, plus "all concepts" first when there are several.
@@ -290,6 +288,7 @@ def tradeoff_plot(
     grid's facet has fewer than `label_all_below`, else the front's only.
     The layers, each its own function, drawn in this order: points, intervals, front, references, the
     configurations a reference point beats on both axes (a red ring and a note), labels."""
+    x, y = get(x).name, get(y).name  # an unknown metric: KeyError naming the registered ones
     plan = _plan(df, max_families, x, y, colour_by)
     concepts = sorted(df["concept"].dropna().unique(), key=natural_key) or ["unknown"]
     names = (["all"] if len(concepts) > 1 else []) + concepts
@@ -300,6 +299,7 @@ def tradeoff_plot(
         "configurations": plan.configs,
         "keys": plan.keys,
         "colour_by": plan.cloud.key if plan.cloud else None,
+        "axes": (x, y),
     }
     with matplotlib.rc_context(STYLE):
         fig, axes = _facets(names, COLUMN_IN, 2.8)
@@ -320,13 +320,13 @@ def tradeoff_plot(
 
 
 def _plan(df: pd.DataFrame, max_families: int, x: str, y: str, colour_by: str | None) -> Plan:
-    done = completed(df)
+    done = completed(df, (x, y))
     coarse = bool(len(done)) and done["family"].nunique() > max_families
     if len(done):
         done = done.assign(family=coarse_families(done, max_families))
         if coarse:
             done = done.assign(lr_series=done["family"])
-    configs = configurations(done) if len(done) else pd.DataFrame()
+    configs = configurations(done, extra=(x, y)) if len(done) else pd.DataFrame()
     cloud = colour_axis(done, colour_by) if coarse or colour_by else None
     styles = family_styles(done) if len(done) else {}
     if cloud is not None:  # markers tell the families apart, colours the axis
@@ -424,7 +424,7 @@ def _draw_intervals(f: Facet, plan: Plan) -> None:
 def _draw_front(f: Facet, plan: Plan) -> None:
     """The Pareto front of the configuration means (both axes maximised): a dashed line; in a cloud its
     members ringed in black as well."""
-    f.front = pareto_front(f.x, f.y)
+    f.front = pareto_front(get(plan.x).oriented(f.x), get(plan.y).oriented(f.y))
     if len(f.front) > 1:
         f.ax.plot(f.x[f.front], f.y[f.front], "--", color="0.25", lw=0.7, zorder=2, label="Pareto front")
     if plan.cloud is not None and len(f.front):
@@ -469,8 +469,8 @@ def _draw_dominated(f: Facet, plan: Plan) -> None:
 
 
 def _finish_axes(f: Facet, x: str, y: str, several: bool) -> None:
-    f.ax.set_xlabel(OBJECTIVES.get(x, x))
-    f.ax.set_ylabel(OBJECTIVES.get(y, y))
+    f.ax.set_xlabel(get(x).label)
+    f.ax.set_ylabel(get(y).label)
     if several:
         f.ax.set_title("all concepts" if f.concept == "all" else f.concept)
     f.ax.grid(alpha=0.25, lw=0.4)
@@ -638,7 +638,7 @@ def _ci_err(grp: pd.DataFrame, col: str) -> np.ndarray | None:
 
 
 def _references(
-    df: pd.DataFrame, x: str = "image_similarity", y: str = "text_similarity"
+    df: pd.DataFrame, x: str = DEFAULT_OBJECTIVES[0], y: str = DEFAULT_OBJECTIVES[1]
 ) -> dict[str, tuple[float, float]]:
     refs = {}
     for key in REFERENCES:
@@ -651,16 +651,18 @@ def _references(
     return refs
 
 
-def distance_plot(df: pd.DataFrame, dist: str = "final_dist_l2") -> tuple[Figure, dict]:
-    """Each objective against the final distance of the learned vectors from their init; Spearman rho
-    per concept in the legend."""
-    done = completed(df)
+def distance_plot(
+    df: pd.DataFrame, dist: str = "final_dist_l2", metrics: tuple[str, ...] = DEFAULT_OBJECTIVES
+) -> tuple[Figure, dict]:
+    """Each of `metrics` (registered names) against the final distance of the learned vectors from their
+    init; Spearman rho per concept in the legend."""
+    done = completed(df, metrics)
     done = done[done[dist].notna()]
     data: dict[str, dict] = {}
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(2 * COLUMN_IN, 2.4)
-        for j, (obj, label) in enumerate(OBJECTIVES.items()):
-            ax = fig.add_subplot(1, 2, j + 1)
+        fig = new_figure(len(metrics) * COLUMN_IN, 2.4)
+        for j, (obj, label) in enumerate((name, get(name).label) for name in metrics):
+            ax = fig.add_subplot(1, len(metrics), j + 1)
             data[obj] = {}
             for i, (concept, grp) in enumerate(done.groupby("concept")):
                 d, v = grp[dist].to_numpy(float), grp[obj].to_numpy(float)
@@ -693,10 +695,12 @@ def distance_plot(df: pd.DataFrame, dist: str = "final_dist_l2") -> tuple[Figure
     return fig, data
 
 
-def dataset_size_plot(df: pd.DataFrame) -> tuple[Figure, dict] | tuple[None, dict]:
-    """Objectives against the training-set size, mean per size (Fig. 12). The size is what the run used
-    (load.n_images: data.n_images=null counts the folder's images)."""
-    done = completed(df)
+def dataset_size_plot(
+    df: pd.DataFrame, metrics: tuple[str, ...] = DEFAULT_OBJECTIVES
+) -> tuple[Figure, dict] | tuple[None, dict]:
+    """`metrics` (registered names) against the training-set size, mean per size (Fig. 12). The size is what
+    the run used (load.n_images: data.n_images=null counts the folder's images)."""
+    done = completed(df, metrics)
     if "n_images" not in done:
         return None, {}
     done = done.assign(n=pd.to_numeric(done["n_images"], errors="coerce")).dropna(subset=["n"])
@@ -704,9 +708,9 @@ def dataset_size_plot(df: pd.DataFrame) -> tuple[Figure, dict] | tuple[None, dic
         return None, {}
     data: dict[str, dict] = {}
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(2 * COLUMN_IN, 2.2)
-        for j, (obj, label) in enumerate(OBJECTIVES.items()):
-            ax = fig.add_subplot(1, 2, j + 1)
+        fig = new_figure(len(metrics) * COLUMN_IN, 2.2)
+        for j, (obj, label) in enumerate((name, get(name).label) for name in metrics):
+            ax = fig.add_subplot(1, len(metrics), j + 1)
             data[obj] = {}
             for i, (concept, grp) in enumerate(done.groupby("concept")):
                 mean = grp.groupby("n")[obj].mean()

@@ -17,17 +17,13 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from sweeper.evaluation.metrics import all_metrics, summarised_metrics
 from sweeper.store.atomic import write_text
 
 THUMB_PX = 384  # sample grids are downscaled: a 64-sample 512 px grid is ~20 MB as a PNG
 
-TABLE_COLUMNS = [
-    ("run", "run"),
-    ("concept", "concept"),
-    ("family", "family"),
-    ("status", "status"),
-    ("image_similarity", "image sim."),
-    ("text_similarity", "text sim."),
+_LEADING = [("run", "run"), ("concept", "concept"), ("family", "family"), ("status", "status")]
+_TRAILING = [
     ("seed", "seed"),
     ("trial_number", "trial"),
     ("final_dist_l2", "L2 from init"),
@@ -41,6 +37,14 @@ TABLE_COLUMNS = [
     ("error", "error"),
 ]
 
+
+def table_columns() -> list[tuple[str, str]]:
+    """The runs table's (column, header): every summarised metric of the registry after the status."""
+    return _LEADING + [(m.name, m.short) for m in summarised_metrics()] + _TRAILING
+
+
+TOO_FEW = "too few samples"  # beside an interval below the sample count its coverage was measured at
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
@@ -53,7 +57,7 @@ tr.pruned td{background:#f3f3f3;color:#666}tr.interrupted td{background:#fff4e8}
 td.holds{color:#060;font-weight:bold}td.contradicted{color:#a00;font-weight:bold}td.inconclusive{color:#666}td.confounded{color:#666;font-style:italic}td.dominated{color:#a00}
 p.dominated{color:#a00;font-weight:bold}
 .findings{border:2px solid #333;padding:4px 16px 12px;margin:12px 0}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.few{color:#a60;font-size:10px}
 .grids img{height:192px;margin:2px;border:1px solid #eee}.err{color:#a00;white-space:pre-wrap}
 pre{font-size:11px;background:#f8f8f8;padding:6px;overflow-x:auto}
 """
@@ -108,13 +112,19 @@ def _blank(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
 
 
+def _true(v) -> bool:
+    return not _blank(v) and str(v).lower() in ("true", "1", "1.0")
+
+
 def _cell(row: pd.Series, col: str) -> str:
     v = row.get(col)
     if _blank(v):
         return "<td></td>"
-    if col in ("image_similarity", "text_similarity"):
+    if col in {m.name for m in all_metrics()}:
         lo, hi = row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high")
         ci = "" if _blank(lo) or _blank(hi) else f" [{float(lo):.3f}, {float(hi):.3f}]"
+        if ci and _true(row.get(f"{col}_ci_too_few_samples")):
+            ci += f' <span class="few" title="below the sample count its coverage was measured at">({TOO_FEW})</span>'
         return f'<td class="num" data-v="{float(v):.6g}">{float(v):.3f}{ci}</td>'
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return f'<td class="num" data-v="{float(v):.6g}">{float(v):.4g}</td>'
@@ -131,7 +141,7 @@ def _folder_link(row: pd.Series, out_dir: Path | None) -> str:
 
 
 def runs_table(df: pd.DataFrame, out_dir: Path | None = None) -> str:
-    cols = [(c, name) for c, name in TABLE_COLUMNS if c in df.columns]
+    cols = [(c, name) for c, name in table_columns() if c in df.columns]
     head = "".join(f"<th>{html.escape(name)}</th>" for _, name in cols)
     body = []
     for _, row in df.iterrows():
@@ -277,9 +287,11 @@ def front_section(front: pd.DataFrame | None, df: pd.DataFrame, out_dir: Path) -
 def configurations_table(configs: pd.DataFrame | None) -> str:
     if configs is None or not len(configs):
         return "<p>No completed runs.</p>"
+    shown = [m for m in summarised_metrics() if f"{m.name}_mean" in configs]
     head = (
         "<tr><th>concept</th><th>configuration</th><th>n runs</th><th>seeds</th><th>effective lr</th>"
-        "<th>image sim. [95%]</th><th>text sim. [95%]</th><th>L2 from init</th><th>loss (tail mean)</th></tr>"
+        + "".join(f"<th>{html.escape(m.short)} [95%]</th>" for m in shown)
+        + "<th>L2 from init</th><th>loss (tail mean)</th></tr>"
     )
     body = []
     for _, r in configs.iterrows():
@@ -290,7 +302,7 @@ def configurations_table(configs: pd.DataFrame | None) -> str:
             str(r["seeds"]),
         ]
         cells.append("" if _blank(r.get("effective_lr")) else f"{float(r['effective_lr']):.3g}")
-        for col in ("image_similarity", "text_similarity"):
+        for col in (m.name for m in shown):
             lo, hi = r.get(f"{col}_ci_low"), r.get(f"{col}_ci_high")
             ci = "" if _blank(lo) else f" [{float(lo):.3f}, {float(hi):.3f}]"
             cells.append(f"{float(r[f'{col}_mean']):.3f}{ci}")
@@ -339,7 +351,8 @@ generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} from the r
 <h2>Configurations</h2><p>Means over each configuration's runs (seed excluded); 95% t-intervals over seeds, and
 in the "all" rows over every run after removing each concept's overall level.</p>
 <div style="overflow-x:auto">{configurations_table(configs)}</div>
-<h2>Runs</h2><p>Click a column header to sort. Similarities are raw CLIP cosines with 95% CIs.</p>
+<h2>Runs</h2><p>Click a column header to sort. Similarities are raw CLIP cosines with 95% CIs, clipped to each
+metric's range; "{TOO_FEW}": fewer samples than the count from which the interval's coverage was measured.</p>
 <div style="overflow-x:auto">{runs_table(df, out_dir)}</div>
 <h2>Failed runs</h2>{_failed(df)}
 <h2>Per run: curves and sample grids</h2>{_run_sections(df, curve_pngs or {}, out_dir, max_grids)}

@@ -6,6 +6,7 @@ correlations with intervals. Every interval is 95% unless `level` says otherwise
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,9 +15,14 @@ from scipy.stats import norm, spearmanr
 from scipy.stats import t as student_t
 
 from analysis.load import completed, natural_key
+from sweeper.evaluation.metrics import clip_value, get, summarised_metrics
 
-OBJECTIVE_COLUMNS = ["image_similarity", "text_similarity"]
-SUMMARY_COLUMNS = [*OBJECTIVE_COLUMNS, "final_dist_l2", "loss_tail_mean"]
+DIAGNOSTIC_COLUMNS = ["final_dist_l2", "loss_tail_mean"]
+
+
+def summary_columns() -> list[str]:
+    """What configurations.csv summarises: every summarised metric of the registry, then the diagnostics."""
+    return [m.name for m in summarised_metrics()] + DIAGNOSTIC_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -53,12 +59,13 @@ def concept_adjusted(df: pd.DataFrame, col: str) -> pd.Series:
     return values - values.groupby(df["concept"]).transform("mean") + values.mean()
 
 
-def configurations(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+def configurations(df: pd.DataFrame, level: float = 0.95, extra: Sequence[str] = ()) -> pd.DataFrame:
     """One row per (configuration, concept) and, with more than one concept, one per configuration over
     all concepts (concept = "all"): n runs, seeds, the means of the objectives, distance and tail loss, and
     each mean's interval. Per concept the interval is over seeds; over all concepts it is over every run of
     the configuration after removing each concept's overall level (concept_adjusted), so it holds seed and
-    configuration x concept variation."""
+    configuration x concept variation. `extra`: registered metrics to summarise besides summary_columns()
+    (a plot's axis that is not summarised, e.g. a text similarity variant)."""
     done = completed(df)
     rows = []
     concepts = sorted(done["concept"].unique(), key=natural_key)
@@ -81,14 +88,17 @@ def configurations(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             }
             for col in ("inversion.num_vectors", "inversion.steps"):
                 row[col] = first.get(col)
-            for col in SUMMARY_COLUMNS:
+            for col in [*summary_columns(), *(c for c in extra if c not in summary_columns())]:
                 if col not in grp:
                     continue
                 values = concept_adjusted(sub, col).loc[grp.index] if adjust else grp[col]
                 est = t_interval(values, level)
-                row[f"{col}_mean"] = float(pd.to_numeric(grp[col], errors="coerce").mean())
-                row[f"{col}_ci_low"] = est.low + (row[f"{col}_mean"] - est.value)
-                row[f"{col}_ci_high"] = est.high + (row[f"{col}_mean"] - est.value)
+                mean = float(pd.to_numeric(grp[col], errors="coerce").mean())
+                low, high = est.low + (mean - est.value), est.high + (mean - est.value)
+                if col not in DIAGNOSTIC_COLUMNS and math.isfinite(low):  # inside the metric's range
+                    bounds = get(col).range
+                    low, high = clip_value(low, bounds), clip_value(high, bounds)
+                row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
             row["configuration_values"] = first.get("configuration_values")
             rows.append(row)
     rows.sort(key=_row_order)

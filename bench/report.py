@@ -11,6 +11,7 @@ import torch
 
 from bench import harness
 from bench.run import PAPER_TRIAL
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES
 from sweeper.store import atomic
 
 
@@ -107,7 +108,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
             ),
             ("paper / fast", "time ratio", f"{sa['time_ratio']:.2f}x"),
         ]
-        for key in ("image_similarity", "text_similarity"):
+        for key in DEFAULT_OBJECTIVES:
             m = sa[key]
             out.append(("fast - paper", key, f"{m['diff']:+.4f} ({m['fast']:.4f} vs {m['paper']:.4f})"))
         st = sa.get("techniques")

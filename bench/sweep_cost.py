@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import harness, report
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES
 from sweeper.store.atomic import write_json, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ SIZES = {  # configurations x concepts x seeds
     "ours": (["ours"], CONCEPTS, [0, 1]),  # the smallest size the issue accepts: 3 concepts x 2 seeds
     "smoke": (["ours"], ["toy_arrow"], [0]),
 }
-OBJECTIVES = ("image_similarity", "text_similarity")
+OBJECTIVES = DEFAULT_OBJECTIVES  # the metric registry's (image_similarity, text_similarity)
 # two-sided 95% t quantiles by degrees of freedom (scipy is not a dependency)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,

@@ -1,6 +1,7 @@
 """`python -m sweeper <overrides>`: one trial in Hydra's run folder; `-m` runs a sweep of trials.
 
-Returns run_trial's (image_similarity, text_similarity): Hydra's sweepers read the return value. Bad input
+Returns run_trial's Scores ((image_similarity, text_similarity), every metric by name in .metrics): Hydra's
+sweepers read the return value. Bad input
 is refused by the trial lifecycle (sweeper/trial.py), which also removes the folder Hydra made for the job.
 """
 
@@ -17,13 +18,14 @@ from omegaconf import DictConfig
 from sweeper import CONF_DIR
 from sweeper.config.checks import ConfigError
 from sweeper.console import BadInput, quiet_libraries
+from sweeper.evaluation.metrics import Scores
 from sweeper.trial import run_trial
 
 
 # sweeper/conf is the repository's conf/ (a symlink, shipped as package data). An absolute path: a relative one
 # becomes pkg://sweeper.conf under a console script, which Hydra cannot read from a namespace package.
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> tuple[float, float]:
+def main(cfg: DictConfig) -> Scores:
     """Also the `ti-sweeper` console script."""
     quiet_libraries()
     try:

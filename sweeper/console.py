@@ -78,9 +78,11 @@ def trial_line(
     base 0.005) (outputs/demo/3)` (`lr`: sweeper.config.schema.lr_label)."""
     name = "trial" if number is None else f"trial {number}"
     took = f" in {seconds:.0f} s" if seconds is not None else ""
+    from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES  # numpy: only once a trial ends
+
     scores = ""
-    if isinstance(values, (tuple, list)) and len(values) == 2:
-        scores = f": image_similarity={float(values[0]):.4f} text_similarity={float(values[1]):.4f}"
+    if isinstance(values, (tuple, list)) and len(values) == len(DEFAULT_OBJECTIVES):  # a trial's Scores
+        scores = ": " + " ".join(f"{n}={float(v):.4f}" for n, v in zip(DEFAULT_OBJECTIVES, values))
     elif values is not None:
         scores = f": {values}"
     shown_lr = f"; {lr}" if lr else ""

@@ -35,11 +35,12 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 
 # Lazy imports: optuna is imported where used: Hydra's plugin scan imports this module on every command, and a
@@ -57,6 +58,10 @@ EFFECTIVE_LR_ATTR = "effective_lr"  # user attr: the optimiser's lr (the `invers
 LR_ATTR = "lr"  # user attr: how the lr is shown everywhere, "lr 0.029 (effective; base 0.00363)" (lr_label)
 # Attributes of one attempt, not carried over to its retry.
 ATTEMPT_ATTRS = (WORKER_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, SEED_ATTR, SEED_FROM_ATTR)
+
+
+class StorageError(CompactHydraException):
+    """The Optuna storage cannot be opened or written: Hydra shows the message alone (one line)."""
 
 
 class JobEndedWithoutResult(RuntimeError):
@@ -100,13 +105,16 @@ def _open_storage(
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
+    try:
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend
 
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
-    if url.startswith("sqlite:///"):  # the sweep folder (default) or the folder a URL names
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        if url.startswith("sqlite:///"):  # the sweep folder (default) or the folder a URL names
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only or full sweep folder
+        raise StorageError(f"hydra.sweeper.storage={_redact(url)}: cannot write its folder ({e})") from e
     url = _postgres_driver(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
@@ -133,10 +141,24 @@ def _open_storage(
             ):
                 time.sleep(0.5 + random.random())
                 continue
-            raise RuntimeError(
-                f"hydra.sweeper.storage={_redact(url)}: cannot open the Optuna storage ({e})"
-            ) from e
+            raise StorageError(_open_failure(url, e)) from e
     raise AssertionError("unreachable")
+
+
+DAMAGED_SQLITE = ("malformed", "not a database", "file is encrypted", "disk I/O error")
+
+
+def _open_failure(url: str, err: Exception) -> str:
+    """One line: what failed, and for a damaged SQLite file which file it is and what to do."""
+    first = (str(err).splitlines() or [type(err).__name__])[0]
+    if url.startswith("sqlite:///") and any(m in str(err) for m in DAMAGED_SQLITE):
+        db = url[len("sqlite:///") :]
+        return (
+            f"{db}: the Optuna study database is damaged ({first}); move it aside (mv {db} {db}.damaged) and rerun "
+            "to start a new study (finished run folders stay as they are; analysis reads them), or restore it "
+            "from a backup"
+        )
+    return f"hydra.sweeper.storage={_redact(url)}: cannot open the Optuna storage ({first})"
 
 
 def _postgres_driver(url: str) -> str:
@@ -311,13 +333,51 @@ def report_hook(
         return None
     trial = optuna.Trial(study, trial_id)
 
-    objective = int(sweeper.get("objective", 0) or 0)
+    from sweeper.evaluation.metrics import objective_values  # numpy: not at plugin discovery
+
+    index = int(sweeper.get("objective", 0) or 0)
+    named = sweeper.get("objectives")
+    objective, _ = study_objectives(
+        [str(n) for n in named] if named else None, sweeper.get("direction"), index
+    )
 
     def report(step: int, value: float | tuple[float, ...]) -> None:
-        if isinstance(value, (tuple, list)):  # a trial's (image_similarity, text_similarity)
-            value = value[objective]
+        if isinstance(value, (tuple, list)):  # a trial's Scores: the study's objective by name, else position
+            value = objective_values(value, objective)[0] if objective else value[index]
         trial.report(float(value), int(step))
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (intermediate value {value:.4g})")
 
     return report
+
+
+def study_objectives(
+    objectives: list[str] | None, direction: Any, objective: int
+) -> tuple[list[str] | None, list[str]]:
+    """The study's objectives by name and their directions. Named objectives take the registry's directions;
+    a single `direction` with several named objectives (`direction=maximize objective=1` on a preset that
+    names two) makes a single-objective study of the `objective`-th; `direction`, when given, must agree.
+    Without names: `direction` (one or a list; default minimize), the trial's values taken by position."""
+    given = None
+    if direction is not None:
+        dirs = (
+            list(direction)
+            if isinstance(direction, Sequence) and not isinstance(direction, str)
+            else [direction]
+        )
+        given = [str(getattr(d, "name", d)).lower() for d in dirs]
+    if not objectives:
+        return None, given or ["minimize"]
+    if given is not None and len(given) == 1 and len(objectives) > 1:
+        if not 0 <= objective < len(objectives):
+            raise ValueError(f"hydra.sweeper.objective={objective}: pick one of {len(objectives)} objectives")
+        objectives = [objectives[objective]]
+    from sweeper.evaluation.metrics import directions  # numpy: not at plugin discovery
+
+    wanted = directions(objectives)
+    if given is not None and given != wanted:
+        raise ValueError(
+            f"hydra.sweeper.direction={given} disagrees with the directions {wanted} the metric registry "
+            f"gives hydra.sweeper.objectives={objectives}: drop `direction` (the objectives set it)"
+        )
+    return objectives, wanted

@@ -38,6 +38,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config.schema import TrackingConfig, effective_lr, inversion_lr_label
+from sweeper.evaluation.metrics import summarised_metrics
 
 log = logging.getLogger(__name__)
 
@@ -290,11 +291,10 @@ class Tracker:
         self.run.log_artifact(art)
 
     def log_result(self, run_dir: Path, metrics: dict) -> None:
-        """A finished trial: its two objectives, metrics.json as the summary, sample grids, embedding files."""
+        """A finished trial: its summarised metrics (the registry's), metrics.json as the summary, sample
+        grids, embedding files."""
         run_dir = Path(run_dir)
-        self.log(
-            {"image_similarity": metrics["image_similarity"], "text_similarity": metrics["text_similarity"]}
-        )
+        self.log({m.name: metrics[m.name] for m in summarised_metrics() if m.name in metrics})
         self.summary(metrics)
         self.log_images({p.stem: p for p in sorted((run_dir / "samples").glob("*.png"))})
         sweep = (

@@ -1,7 +1,8 @@
 """The trial lifecycle, one for every launcher: a lone trial is a group of one.
 
-    run_trial(cfg, run_dir)          -> (image_similarity, text_similarity)   Hydra's task function (basic,
-                                                                             joblib, submitit launchers)
+    run_trial(cfg, run_dir)          -> Scores: (image_similarity, text_similarity), and every metric by
+                                        name in .metrics (evaluation/metrics.py)   Hydra's task function (basic,
+                                        joblib, submitit launchers)
     run_trials([TrialSpec, ...])     -> per trial: its scores or the exception that ended it
                                         (hydra/launcher=vectorised: N compatible trials in one process)
 
@@ -45,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
 from sweeper.config.schema import evaluation_settings, resolve_prompts
+from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
 from sweeper.evaluation.protocol import _apply_pivotal, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
@@ -67,8 +69,6 @@ log = logging.getLogger(__name__)
 
 HYDRA_OWN = (".hydra",)  # what Hydra writes into a job's folder before the task runs (besides its .log)
 
-Scores = tuple[float, float]
-
 
 @dataclass
 class TrialSpec:
@@ -78,7 +78,7 @@ class TrialSpec:
     run_dir: Path
     trial_number: int | None = None
     on_log: Callable[[int, dict], None] | None = None  # training curves (besides W&B)
-    report: Callable[[int, Scores], None] | None = None  # Optuna's pruning hook (search.report_hook)
+    report: Callable[[int, Scores | float], None] | None = None  # Optuna's pruning hook (search.report_hook)
     scope: Callable[[], AbstractContextManager] = nullcontext  # the launcher's per-job context (Hydra, log)
 
 
@@ -97,7 +97,7 @@ def run_trial(
     run_dir: Path | None = None,
     *,
     on_log: Callable[[int, dict], None] | None = None,
-    report: Callable[[int, Scores], None] | None = None,
+    report: Callable[[int, Scores | float], None] | None = None,
 ) -> Scores:
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder); raise what ended it."""
     run_dir = _run_dir(cfg, run_dir)
@@ -149,14 +149,14 @@ def _start(trial: _Trial, concurrent: bool) -> None:
             log.error("refused (no run folder written): %s", err)
             trial.outcome = err
             return
-        scores = record.complete_scores(spec.run_dir, spec.cfg)
-        if scores is not None:  # a rerun of a sweep: this trial's record is complete, nothing to redo
+        stored = record.complete_metrics(spec.run_dir, spec.cfg)
+        if stored is not None:  # a rerun of a sweep: this trial's record is complete, nothing to redo
             record.mark_skipped(spec.run_dir)
             log.info(
                 "skipped %s: its record is complete (status completed, metrics.json valid, same config)",
                 spec.run_dir,
             )
-            trial.outcome = scores
+            trial.outcome = Scores(stored)
             return
         trial.open = True
         try:
@@ -246,7 +246,7 @@ def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
                 _finish(trial, err)
                 continue
         trial.peak_memory_gib["evaluation"] = memory.peak_gib(device)  # since the group's evaluation began
-        _finish(trial, None, (metrics["image_similarity"], metrics["text_similarity"]))
+        _finish(trial, None, Scores(metrics))
 
 
 def _evaluate_one(
@@ -371,11 +371,13 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores], None]) -> Callable:
+def quick_evaluation(
+    cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores | float], None]
+) -> Callable:
     """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
 
-    `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports
-    (image_similarity, text_similarity), of which Optuna takes the study's objective. `denoising`: the
+    `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports its Scores
+    (every metric by name), of which Optuna takes the study's objective. `denoising`: the
     early-stopping objective (training/early_stop.py: the denoising loss on a fixed batch, one forward pass,
     noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
     like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
@@ -393,7 +395,9 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
             m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
             loss = objective(trainer, m)
             out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
-            atomic.write_json(out, {"denoising_objective": loss, "intermediate_value": -loss, "step": step})
+            atomic.write_json(
+                out, {DENOISING_OBJECTIVE.name: loss, "intermediate_value": -loss, "step": step}
+            )
             report(step, -loss)  # lower loss is better; the study maximises, so Optuna gets -loss
             return
         ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
@@ -416,7 +420,7 @@ def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[[int, Scor
             device=trainer.comps.device,
             announce=False,  # every few steps: the trial's phase lines stay its own
         )
-        report(step, (metrics["image_similarity"], metrics["text_similarity"]))
+        report(step, Scores(metrics))
 
     return measure
 

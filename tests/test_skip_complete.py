@@ -35,15 +35,15 @@ def test_a_complete_record_is_skipped_and_anything_else_runs_again(
     assert f"skipped {run}: its record is complete" in caplog.text
 
     other = smoke_config(tiny_sd, concept_images, "evaluation.seed=7", judge=tiny_judge)
-    assert record.complete_scores(run, other) is None  # another evaluation: the record is not its result
+    assert record.complete_metrics(run, other) is None  # another evaluation: the record is not its result
     run_trial(other, run)
     assert json.loads((run / "metrics.json").read_text())["seeds"]["noise"] == 7
     assert json.loads((run / "status.json").read_text())["skipped_at"] is None  # a new attempt
 
     (run / "metrics.json").write_text('{"image_similarity": 0.5')  # damaged: runs again
-    assert record.complete_scores(run, other) is None
+    assert record.complete_metrics(run, other) is None
     run_trial(other, run)
-    assert record.complete_scores(run, other) is not None
+    assert record.complete_metrics(run, other) is not None
 
 
 def test_rerunning_a_grid_skips_its_complete_trials_under_another_launcher_and_says_so(

@@ -56,6 +56,7 @@ from optuna.trial import TrialState
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper import progress, search
 from sweeper.config.schema import lr_label
+from sweeper.evaluation.metrics import objective_values
 from sweeper.interrupt import TrialInterrupted, interruptible
 from sweeper.store.atomic import write_text
 
@@ -64,8 +65,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# What a trial returns, in order (sweeper.trial): the default names of a study's objectives.
-TRIAL_METRICS = ("image_similarity", "text_similarity")
 # Launchers whose jobs run in other processes: safe to call from several threads at once (async slots).
 OUT_OF_PROCESS_LAUNCHERS = (
     "hydra_plugins.hydra_joblib_launcher",
@@ -151,6 +150,7 @@ class OptunaSweeperImpl:
         grace_period: int | None,
         max_retry: int | None,
         metric_names: Sequence[str] | None = None,
+        objectives: Sequence[str] | None = None,
     ) -> None:
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate}")
@@ -160,12 +160,9 @@ class OptunaSweeperImpl:
         # process builds it with its own seed (_create_study).
         self.sampler_config = sampler
         self.pruner = instantiate(pruner) if OmegaConf.is_config(pruner) else pruner
-        dirs = (
-            list(direction)
-            if isinstance(direction, Sequence) and not isinstance(direction, str)
-            else [direction]
-        )
-        self.directions = [str(getattr(d, "name", d)) for d in dirs]
+        # objectives by name: their directions are the metric registry's (sweeper/evaluation/metrics.py)
+        names = [str(n) for n in objectives] if objectives else None
+        self.objectives, self.directions = search.study_objectives(names, direction, int(objective))
         self.storage_url, self.study_name = storage, study_name
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.max_failure_rate, self.objective = float(max_failure_rate), int(objective)
@@ -188,6 +185,10 @@ class OptunaSweeperImpl:
         self.seed_from = ""
 
     def _metric_names(self, names: Sequence[str] | None) -> list[str] | None:
+        from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES
+
+        if self.objectives and not names:
+            return list(self.objectives)
         if names:
             names = [str(n) for n in names]
             if len(names) != len(self.directions):
@@ -195,10 +196,10 @@ class OptunaSweeperImpl:
                     f"hydra.sweeper.metric_names: {len(names)} names for {len(self.directions)} directions"
                 )
             return names
-        if len(self.directions) == len(TRIAL_METRICS):
-            return list(TRIAL_METRICS)
-        if len(self.directions) == 1 and 0 <= self.objective < len(TRIAL_METRICS):
-            return [TRIAL_METRICS[self.objective]]
+        if len(self.directions) == len(DEFAULT_OBJECTIVES):
+            return list(DEFAULT_OBJECTIVES)
+        if len(self.directions) == 1 and 0 <= self.objective < len(DEFAULT_OBJECTIVES):
+            return [DEFAULT_OBJECTIVES[self.objective]]
         return None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -424,9 +425,12 @@ class OptunaSweeperImpl:
         self._record_lr(trial, ret)
         try:
             value = ret.return_value  # re-raises the job's exception
-            values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-            if len(self.directions) == 1 and len(values) > 1:
-                values = [values[self.objective]]
+            if self.objectives:  # by name (the trial's Scores carry every metric)
+                values = objective_values(value, self.objectives)
+            else:  # by position in what the task returned
+                values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+                if len(self.directions) == 1 and len(values) > 1:
+                    values = [values[self.objective]]
             if len(values) != len(self.directions):
                 raise ValueError(
                     f"the task returned {len(values)} values for {len(self.directions)} directions"

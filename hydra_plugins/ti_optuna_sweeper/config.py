@@ -83,8 +83,12 @@ class OptunaSweeperConf:
     _recursive_: bool = False
 
     sampler: Any = MISSING
-    # "minimize" | "maximize" or a list of them (one per returned objective)
-    direction: Any = "minimize"
+    # the objectives by metric name (sweeper/evaluation/metrics.py), e.g. [image_similarity, text_similarity]:
+    # each trial's values are taken by name, the directions are the registry's
+    objectives: list | None = None
+    # without `objectives`: "minimize" | "maximize" or a list of them (one per returned value, by position;
+    # null = minimize); with them it may be left out (null) or must agree
+    direction: Any = None
     # null = sqlite:///<sweep dir>/optuna.db; an SQLAlchemy URL (postgresql://...); or a journal file path
     storage: str | None = None
     # null = the sweep folder's name (so rerunning the same command continues the same study)
@@ -96,7 +100,7 @@ class OptunaSweeperConf:
     n_jobs: int = 1
     # stop the sweep when more than this fraction of its trials failed (1.0 = never stop)
     max_failure_rate: float = 1.0
-    # single-objective search of a multi-value task: which returned value is the objective
+    # without `objectives`: single-objective search of a multi-value task: which returned value is the objective
     objective: int = 0
     # search space as override strings: {inversion.lr: "tag(log, interval(1e-4, 2e-2))"}
     params: dict | None = None
@@ -109,8 +113,8 @@ class OptunaSweeperConf:
     heartbeat_interval: int | None = 60
     grace_period: int | None = 180
     max_retry: int | None = 3
-    # names of the objectives shown by optuna-dashboard; null = image_similarity, text_similarity (the
-    # trial's two values; the `objective`-th one for a single-objective study)
+    # names of the objectives shown by optuna-dashboard; null = `objectives`, else image_similarity,
+    # text_similarity (the trial's two values; the `objective`-th one for a single-objective study)
     metric_names: list | None = None
 
 

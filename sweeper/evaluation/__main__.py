@@ -38,6 +38,7 @@ from sweeper.config.compose import compose
 from sweeper.console import quiet_libraries
 from sweeper.data.images import check_images, list_images, select_images
 from sweeper.evaluation.clip_score import check_judge
+from sweeper.evaluation.metrics import summarised_metrics
 from sweeper.evaluation.protocol import evaluate_embedding
 from sweeper.store import atomic
 from sweeper.store.embeddings import check_fits_model, load_embedding_file
@@ -174,10 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        f"{out}/metrics.json: image_similarity={metrics['image_similarity']:.4f} "
-        f"text_similarity={metrics['text_similarity']:.4f} ({metrics['text_variant']}, judge {metrics['judge']})"
-    )
+    values = " ".join(f"{m.name}={metrics[m.name]:.4f}" for m in summarised_metrics() if m.name in metrics)
+    print(f"{out}/metrics.json: {values} ({metrics['text_variant']}, judge {metrics['judge']})")
     return 0
 
 

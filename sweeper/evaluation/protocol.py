@@ -28,7 +28,9 @@
   runs. metrics.json records each prompt's sample count (samples_per_prompt) and each objective's
   half-width.
 
-This module samples and records; the judge and the similarity arithmetic are sweeper/evaluation/clip_score.py.
+This module samples and records; the judge is sweeper/evaluation/clip_score.py, and the metrics (every key
+metrics.json holds per metric: its value, `<name>_ci` and `<name>_ci_too_few_samples`) are the registry's,
+sweeper/evaluation/metrics.py.
 """
 
 from __future__ import annotations
@@ -47,14 +49,8 @@ from PIL import Image
 from sweeper.config.schema import EvaluationConfigError, evaluation_settings
 from sweeper.data.images import load_image
 from sweeper.evaluation.cache import read_entry, source_identity
-from sweeper.evaluation.clip_score import (
-    VARIANTS,
-    Judge,
-    NonFiniteError,
-    image_only_similarity,
-    require_finite,
-    score,
-)
+from sweeper.evaluation.clip_score import Judge, NonFiniteError, require_finite
+from sweeper.evaluation.metrics import IMAGE_SIMILARITY, evaluation_metrics, image_only_similarity, score
 from sweeper.evaluation.sampling import Sampler, save_grid, slugs
 from sweeper.models import load_pipeline, resolve_device
 from sweeper.store import atomic
@@ -192,13 +188,16 @@ def image_only_key(training_images: list[Path], ev: dict, resolution: int) -> st
     )
 
 
-KEEP = ("image_similarity", "text_similarity", *(f"text_similarity_{v}" for v in VARIANTS))
+def _values(scored: dict) -> dict:
+    """A reference point: every registered evaluation metric's value (no intervals)."""
+    return {m.name: scored[m.name] for m in evaluation_metrics()}
 
 
 def _read_image_only(path: Path) -> dict:
     image_only = json.loads(path.read_text())["image_only"]
-    if not all(isinstance(image_only[k], float) for k in KEEP):
-        raise ValueError(f"expected the float values {list(KEEP)}")
+    names = [m.name for m in evaluation_metrics()]  # an entry from before a registration is recomputed
+    if not all(isinstance(image_only.get(k), float) for k in names):
+        raise ValueError(f"expected the float values {names}")
     return image_only
 
 
@@ -224,8 +223,8 @@ def references(
     image_only = read_entry(image_cache, _read_image_only)
     if image_only is None:
         scored = score(training, training, [training] * len(texts), texts, ev["text_variant"], 1)
-        scored["image_similarity"] = image_only_similarity(training)
-        image_only = {k: scored[k] for k in KEEP}
+        scored[IMAGE_SIMILARITY.name] = image_only_similarity(training)  # the off-diagonal pairs only
+        image_only = _values(scored)
         atomic.write_json(image_cache, {"judge": ev["judge"], "image_only": image_only})
 
     key = prompt_only_key(model, ev, protocol)
@@ -245,7 +244,7 @@ def references(
         np.savez(buf, reconstruction=recon, prompts=np.stack(prompt_samples))
         atomic.write_bytes(prompt_cache, buf.getvalue())
     scored = score(recon, training, prompt_samples, texts, ev["text_variant"], 1)
-    return {"image_only": image_only, "prompt_only": {k: scored[k] for k in KEEP}}
+    return {"image_only": image_only, "prompt_only": _values(scored)}
 
 
 def evaluate_pipeline(

@@ -195,10 +195,10 @@ def result_inputs(cfg: DictConfig | dict) -> dict:
     return inputs
 
 
-def complete_scores(run_dir: Path, cfg: DictConfig) -> tuple[float, float] | None:
-    """A run folder's (image_similarity, text_similarity) when its record is complete and valid for `cfg`:
-    status.json "completed", metrics.json with both objectives finite, and config.yaml with the same result
-    inputs (result_inputs); else None (the trial runs: resumes from its checkpoint, or starts)."""
+def complete_metrics(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """A run folder's metrics.json when its record is complete and valid for `cfg`: status.json "completed",
+    metrics.json with both objectives (image_similarity, text_similarity) finite, and config.yaml with the same
+    result inputs (result_inputs); else None (the trial runs: resumes from its checkpoint, or starts)."""
     run_dir = Path(run_dir)
     try:
         status = read_status(run_dir)
@@ -216,7 +216,7 @@ def complete_scores(run_dir: Path, cfg: DictConfig) -> tuple[float, float] | Non
         return None
     if result_inputs(stored) != result_inputs(resolved_config(cfg, run_dir)):
         return None
-    return scores
+    return dict(metrics)
 
 
 def mark_skipped(run_dir: Path) -> dict:

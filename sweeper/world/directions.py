@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from sweeper.config.compose import compose
+from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES
 from sweeper.trial import run_trial
 
 BASE = [
@@ -50,7 +51,7 @@ def main(out: Path, configs: dict = CONFIGS, seeds: tuple = (0, 1)) -> dict:
                 run_trial(compose([*BASE, *overrides, f"inversion.seed={seed}"]), run_dir)
             runs.append(json.loads((run_dir / "metrics.json").read_text()))
         row = {}
-        for key in ("image_similarity", "text_similarity"):
+        for key in DEFAULT_OBJECTIVES:
             row[key] = sum(m[key] for m in runs) / len(runs)
             row[f"{key}_ci_halfwidth"] = sum((m[f"{key}_ci"][1] - m[f"{key}_ci"][0]) / 2 for m in runs) / len(
                 runs
