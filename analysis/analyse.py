@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from analysis import hypervolume, plots
+from analysis import dreambench, hypervolume, plots
 from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
 from analysis.report import write_report
@@ -87,6 +87,9 @@ def _analyse(
     files["runs.csv"] = write_text(out / "runs.csv", runs_csv.to_csv(index=False))
     configs = configurations(df)
     files["configurations.csv"] = write_text(out / "configurations.csv", configs.to_csv(index=False))
+    bench = dreambench.dreambench_table(df)
+    if bench is not None:
+        files["dreambench.csv"] = write_text(out / "dreambench.csv", bench.to_csv(index=False))
     found, untested = findings(df)
     hv = hypervolume.front_hypervolumes(df, hv_reference)
     files["hypervolume.csv"] = write_text(out / "hypervolume.csv", hv.to_csv(index=False))
@@ -145,10 +148,12 @@ def _analyse(
         untested=untested,
         configs=configs,
         front=tradeoff["front_table"],
+        dreambench=dreambench.table_html(bench, df),
     )
     result = {
         "runs": df,
         "configurations": configs,
+        "dreambench": bench,
         "findings": found,
         "untested": untested,
         "files": files,

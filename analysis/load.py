@@ -211,7 +211,7 @@ def run_status(status: dict[str, Any], has_metrics: bool) -> str:
 _NOT_CONFIGURATION = re.compile(
     r"(^|\.)[A-Za-z_]*seed$|^run_dir$|^tracking\.|^derived\.|^hydra\.|^device$|^config\."
     r"|^inversion\.(lr|scale_lr|log_every|checkpoint_every|compile|precision|placeholder|init_word"
-    r"|init_word_average)$|^data\.(images|n_images)$"
+    r"|init_word_average)$|^data\.(images|n_images|class_word|manifest)$"
     r"|^evaluation\.(progress|bootstrap|cache_dir|grid_samples|grid_tile|batch_size|precision|quick\..*)$"
 )
 # The axes a label names in the paper's words (everything else varied is named key=value).

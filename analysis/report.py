@@ -323,10 +323,12 @@ def write_report(
     untested: list[str] | None = None,
     configs: pd.DataFrame | None = None,
     front: pd.DataFrame | None = None,
+    dreambench: str = "",
 ) -> Path:
     """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG;
     `findings` (analysis.findings) is the first section, `configs` (stats.configurations) a table, `front`
-    (plots.front_table) the tradeoff plot's front with links to its runs."""
+    (plots.front_table) the tradeoff plot's front with links to its runs, `dreambench` the DreamBench
+    section's HTML (analysis.dreambench.table_html) or ""."""
     out_dir = Path(out_dir)
     counts = df["status"].value_counts().to_dict()
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
@@ -346,6 +348,7 @@ def write_report(
 generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} from the run folders.</p>
 {first}
 <ul>{sweeps}</ul>
+{dreambench}
 <h2>Plots</h2><div class="plots">{figs}</div>
 <h2>Pareto front</h2><div style="overflow-x:auto">{front_section(front, df, out_dir)}</div>
 <h2>Configurations</h2><p>Means over each configuration's runs (seed excluded); 95% t-intervals over seeds, and

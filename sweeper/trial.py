@@ -45,9 +45,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
+from sweeper.config.manifest import Concept, read_manifest
 from sweeper.config.schema import evaluation_settings, resolve_prompts
 from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
-from sweeper.evaluation.protocol import _apply_pivotal, evaluate_pipeline
+from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
     Components,
@@ -64,6 +65,7 @@ from sweeper.training import early_stop, tokens
 from sweeper.training.early_stop import DenoisingObjective
 from sweeper.training.inversion import InversionResult, Trainer, train
 from sweeper.training.pivotal import pivotal_tune
+from sweeper.training.vectorised import group_compatible
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +103,83 @@ def run_trial(
 ) -> Scores:
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder); raise what ended it."""
     run_dir = _run_dir(cfg, run_dir)
+    if cfg.data.get("manifest"):
+        return run_concepts(cfg, run_dir, on_log=on_log)
     report = report if report is not None else report_hook()  # Optuna pruning inside a search
     (outcome,) = run_trials([TrialSpec(cfg, run_dir, _trial_number(), on_log, report)])
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
+
+
+def concept_config(cfg: DictConfig, concept: Concept) -> DictConfig:
+    """The trial's configuration for one concept of its manifest: its folder, class word and init word."""
+    one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    assert isinstance(one, DictConfig)
+    OmegaConf.set_struct(one, False)
+    one.run_dir = None  # the concept's run folder is given to the lifecycle, not Hydra's job folder
+    one.data.manifest = None
+    one.data.images = str(concept.images)
+    if concept.class_word is not None:
+        one.data.class_word = concept.class_word
+    if concept.init_word is not None:
+        one.inversion.init_word = concept.init_word
+    return one
+
+
+def run_concepts(
+    cfg: DictConfig, run_dir: Path, *, on_log: Callable[[int, dict], None] | None = None
+) -> Scores:
+    """A configuration over every concept of `data.manifest` as ONE trial (sweeper/config/manifest.py): each
+    concept in its own run folder `<run_dir>/<name>/`, compatible concepts trained as one vectorised group;
+    returns the means over concepts, and writes `<run_dir>/concepts.json` (each concept's objectives, the
+    means and their 95% t-intervals over concepts). A concept that fails fails the trial, after the others."""
+    concepts = read_manifest(str(cfg.data.manifest))
+    number = _trial_number()
+    specs = [TrialSpec(concept_config(cfg, c), run_dir / c.name, number, on_log) for c in concepts]
+    outcomes: list[Scores | BaseException] = [ValueError("not run")] * len(specs)
+    for group in group_compatible([s.cfg for s in specs]):
+        for i, outcome in zip(group, run_trials([specs[i] for i in group])):
+            outcomes[i] = outcome
+    failed = [(c.name, o) for c, o in zip(concepts, outcomes) if isinstance(o, BaseException)]
+    summary = concepts_summary(
+        {c.name: o for c, o in zip(concepts, outcomes) if not isinstance(o, BaseException)}
+    )
+    summary["failed"] = {name: f"{type(err).__name__}: {err}" for name, err in failed}
+    summary["manifest"] = str(cfg.data.manifest)
+    atomic.write_json(run_dir / "concepts.json", summary)
+    if failed:
+        raise failed[0][1]
+    log.info(
+        "concepts: image %.4f %s, text %.4f %s over %d concepts",
+        summary["image_similarity"],
+        summary["image_similarity_ci"],
+        summary["text_similarity"],
+        summary["text_similarity_ci"],
+        len(concepts),
+    )
+    return Scores({k: v for k, v in summary.items() if isinstance(v, float)})
+
+
+def concepts_summary(scores: dict[str, Scores], level: float = 0.95) -> dict:
+    """Each concept's metrics, every metric's mean over concepts and a Student-t interval over concepts (one
+    concept: no interval)."""
+    from scipy.stats import t as student_t
+
+    per = {name: dict(getattr(s, "metrics", {})) for name, s in scores.items()}
+    out: dict = {"concepts": per}
+    shared = set.intersection(*(set(m) for m in per.values())) if per else set()
+    for key in sorted(shared):
+        values = [float(m[key]) for m in per.values()]
+        mean = sum(values) / len(values)
+        ci: list[float | None] = [None, None]
+        if len(values) > 1:
+            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            half = float(student_t.ppf((1 + level) / 2, len(values) - 1)) * sd / len(values) ** 0.5
+            ci = [mean - half, mean + half]
+        out[key], out[f"{key}_ci"] = mean, ci
+    out["n_concepts"] = len(scores)
+    return out
 
 
 def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
@@ -262,6 +336,7 @@ def _evaluate_one(
     trainer's and they carry the configured name, else its saved files loaded in (and unloaded after)."""
     ev = evaluation_settings(spec.cfg.evaluation)
     ev["precision"] = precision
+    ev["dreambench"]["class_word"] = class_word(spec.cfg)
     extra = {
         "embedding": str(spec.run_dir),
         "num_vectors": int(result.vectors[0].shape[0]),
@@ -410,6 +485,7 @@ def quick_evaluation(
         )
         ev["prompts"] = resolve_prompts(ev["prompts"])[: int(quick.max_prompts)]
         ev.pop("quick", None)
+        ev["dreambench"] = {**ev["dreambench"], "enabled": False, "class_word": class_word(cfg)}
         metrics = evaluate_pipeline(
             pipeline_from_components(trainer.comps),
             str(trainer.cfg.inversion.placeholder),  # its name in this process (a group may rename it)

@@ -41,6 +41,14 @@ def tiny_judge(tmp_path_factory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-judge")
 
 
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    """A small random transformers ViTModel folder: the DINO slot of evaluation.dreambench."""
+    from tiny_components import build_tiny_vit
+
+    return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit")
+
+
 def write_concept_images(folder: Path, n: int = 4, size: int = 40, seed: int = 0) -> Path:
     """`n` distinct small PNGs (a coloured square on a noisy background)."""
     from PIL import Image

@@ -83,3 +83,40 @@ def test_scores_are_the_default_tuple_and_every_metric_by_name():
     assert objective_values((0.7, 0.2), ["text_similarity"]) == [0.2]  # a plain task's tuple: by position
     with pytest.raises(KeyError, match="recorded no dino"):
         objective_values(scores, ["dino"])
+
+
+def test_a_metric_over_another_encoders_embeddings_gets_them_through_the_evidence():
+    """A metric that needs another embedding than the judge's (DINO's, say) reads it from Evidence.other,
+    resampled with the same weights as the judge's features of the same samples."""
+
+    def other_similarity(ev: metrics.Evidence) -> metrics.Measurement:
+        recon, training = ev.other["enc"]["reconstruction"], ev.other["enc"]["training"]
+        per_sample = (recon @ training.T).mean(1)
+        reps = ev.resample("reconstruction", len(recon)) @ per_sample
+        return metrics.Measurement(
+            float(per_sample.mean()), (metrics.Term(float(per_sample.mean()), reps, len(recon)),)
+        )
+
+    metric = metrics.Metric(
+        name="other_similarity",
+        words="other similarity",
+        label="other similarity",
+        short="other",
+        direction="maximize",
+        range=metrics.COSINE,
+        compute=other_similarity,
+    )
+    rng = np.random.default_rng(2)
+    recon, training = _unit(rng.standard_normal((6, 8))), _unit(rng.standard_normal((3, 8)))
+    enc = {
+        "reconstruction": _unit(rng.standard_normal((6, 5)) + 1),
+        "training": _unit(rng.standard_normal((3, 5)) + 1),
+    }
+    with metrics.registered_temporarily(metric):
+        out = score(
+            recon, training, [recon], _unit(rng.standard_normal((1, 8))), n_boot=100, other={"enc": enc}
+        )
+    assert out["other_similarity"] == pytest.approx(float((enc["reconstruction"] @ enc["training"].T).mean()))
+    lo, hi = out["other_similarity_ci"]
+    assert lo < out["other_similarity"] < hi and out["other_similarity_ci_too_few_samples"] is None
+    assert "other_similarity" not in [m.name for m in metrics.all_metrics()]  # unregistered after the block

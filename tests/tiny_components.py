@@ -201,6 +201,25 @@ def build_clip(
     return sum(t.numel() for t in model.parameters())
 
 
+def build_tiny_vit(out: str | Path, *, image_size: int = 32, patch: int = 8, seed: int = 0) -> Path:
+    """Save a small random transformers ViTModel (DINO's architecture, ViT-S/16 in miniature) and its image
+    processor: the DINO slot of evaluation.dreambench in tests."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=patch,
+    )
+    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(out)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return Path(out)
+
+
 def build_demo_images(out: str | Path, *, n: int = 5, size: int = 64, seed: int = 0) -> Path:
     """Write `n` procedural photos of one made-up concept (a two-tone disc with a bar) as PNGs.
 

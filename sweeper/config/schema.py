@@ -92,6 +92,10 @@ class DataConfig:
     subset_seed: int = knob(0, ge=0, le=SEED_MAX)
     property: str = knob("object", choices=PROPERTIES, hint="picks the template set")
     flip_p: float = knob(0.5, ge=0, le=1, hint="probability of a horizontal flip per sample")
+    # the concept's class word, DreamBench's "{class}" in evaluation prompts ("stuffed animal"); null = init word
+    class_word: str | None = None
+    # a YAML list of concept folders with class words: the trial runs every concept (sweeper/config/manifest.py)
+    manifest: str | None = None
 
 
 @dataclass
@@ -172,6 +176,20 @@ class QuickEvaluationConfig:
 
 
 @dataclass
+class DreamBenchConfig:
+    """DreamBench's DINO, CLIP-I and CLIP-T (Ruiz et al. 2023, DreamBooth section 4.1) over every edit prompt's
+    samples, beside the paper's two (sweeper/evaluation/dreambench.py; evaluation=dreambench turns it on)."""
+
+    enabled: bool = False
+    # the DINO slot: a transformers ViTModel (CLS token) hub id or folder; a CLIPModel folder: its image tower
+    dino: str = "facebook/dino-vits16"
+    # DreamBench's live subjects take live_prompts instead of evaluation.prompts (its table: cats and dogs)
+    live_classes: list[str] = knob(["cat", "dog"])
+    live_prompts: list[str] = knob([])
+    class_word: str | None = None  # set by the trial from data.class_word (else inversion.init_word)
+
+
+@dataclass
 class EvaluationConfig:
     """The paper's protocol (section 5 and the official evaluation code): CLIP ViT-B/32 judge; DDIM 50 steps,
     eta 0, guidance 5.0, unconditional prompt ""; 64 samples per prompt in batches of 8. The edit prompts
@@ -206,6 +224,7 @@ class EvaluationConfig:
     # edit prompt templates ("{}" = S*), or the name of a preset in conf/evaluation/prompts/
     prompts: Any = knob(hint="e.g. evaluation/prompts=paper_examples")
     quick: QuickEvaluationConfig = field(default_factory=QuickEvaluationConfig)
+    dreambench: DreamBenchConfig = field(default_factory=DreamBenchConfig)
 
 
 @dataclass

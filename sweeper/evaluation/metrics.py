@@ -66,6 +66,9 @@ class Measurement:
 class Evidence:
     """What the judge saw of one evaluation, as L2-normalised embeddings: the reconstruction prompt's samples
     [n, d], the training images [m, d], each edit prompt's samples [n_p, d] and the prompts' texts [P, d].
+    `other`: what other encoders made of the same images, by encoder name (e.g. {"dino": {"reconstruction":
+    [n, d'], "training": [m, d']}}), for metrics that need another embedding than the judge's; row i of any
+    of them is sample i, so a group's resamples apply to it too.
     `resample(group, n)` gives a group's bootstrap weights [n_boot, n] (rows sum to 1), drawn once per group
     from one seeded generator, so every metric over a group shares its resamples."""
 
@@ -76,6 +79,7 @@ class Evidence:
     variant: str = "mean_embedding"
     n_boot: int = 1000
     seed: int = 0
+    other: dict[str, Any] = field(default_factory=dict)
     _rng: np.random.Generator | None = field(default=None, repr=False)
     _weights: dict[Any, np.ndarray] = field(default_factory=dict, repr=False)
     _cache: dict[str, Measurement] = field(default_factory=dict, repr=False)
@@ -255,11 +259,12 @@ def score(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    other: dict[str, Any] | None = None,
 ) -> dict:
     """Point estimates and clipped bias-corrected bootstrap CIs of every evaluation metric (each prompt's
     samples resampled independently; the training images are the fixed reference, not resampled), and each
-    prompt's two text similarities (`per_prompt`)."""
-    evidence = Evidence(recon, training, list(prompt_samples), texts, variant, n_boot, seed)
+    prompt's two text similarities (`per_prompt`). `other`: other encoders' embeddings (Evidence.other)."""
+    evidence = Evidence(recon, training, list(prompt_samples), texts, variant, n_boot, seed, other or {})
     out = score_evidence(evidence, level)
     out["per_prompt"] = [text_similarity(s, t) for s, t in zip(prompt_samples, texts)]
     return out

@@ -124,11 +124,12 @@ def _sample_in_rounds(
     grid_paths: list,
     ev: dict,
     width,
+    keep: list[list] | None = None,
 ) -> list[np.ndarray]:
     """CLIP features of samples 0 .. n-1 of each prompt. With `width` (the list of every prompt's features ->
     the objective's half-width) and ev["target_halfwidth"]: rounds of ev["min_samples"] samples of every
     prompt, stopping once the half-width is at most the target; each prompt's samples are a prefix of its
-    fixed-noise sequence."""
+    fixed-noise sequence. `keep`: a list that receives each prompt's images (for a second encoder)."""
     target = ev.get("target_halfwidth")
     step = n if width is None or target is None else ev["min_samples"]
     images: list[list] = [[] for _ in prompts]
@@ -144,6 +145,8 @@ def _sample_in_rounds(
     for imgs, path in zip(images, grid_paths):
         if path is not None:
             save_grid(imgs, path, ev["grid_samples"], ev["grid_tile"])
+    if keep is not None:
+        keep.extend(images)
     return [np.concatenate(p) for p in parts]
 
 
@@ -247,6 +250,66 @@ def references(
     return {"image_only": image_only, "prompt_only": _values(scored)}
 
 
+def class_word(cfg) -> str | None:
+    """The concept's class word (DreamBench's "{class}"): data.class_word, else inversion.init_word."""
+    word = (cfg.get("data") or {}).get("class_word") or (cfg.get("inversion") or {}).get("init_word")
+    return None if word is None else str(word)
+
+
+def with_class(ev: dict) -> dict:
+    """DreamBench's prompts for the concept's class: evaluation.dreambench.live_prompts for a live subject
+    (its class in live_classes), and "{class}" filled with the class word in every template."""
+    bench = ev["dreambench"]
+    word = bench.get("class_word")
+    templates = [*ev["prompts"], ev["reconstruction_prompt"]]
+    if bench["enabled"] and word in bench["live_classes"] and bench["live_prompts"]:
+        ev = {
+            **ev,
+            "prompts": list(bench["live_prompts"]),
+            "prompt_set": f"{ev['prompt_set']} (live subject)",
+        }
+        templates = [*ev["prompts"], ev["reconstruction_prompt"]]
+    if not any("{class}" in t for t in templates):
+        return ev
+    if not word:
+        raise EvaluationConfigError(
+            "evaluation.prompts: a template has '{class}' but no class word is known: set data.class_word "
+            "(or inversion.init_word)"
+        )
+    fill_class = lambda t: t.replace("{class}", str(word))  # noqa: E731
+    return {
+        **ev,
+        "prompts": [fill_class(p) for p in ev["prompts"]],
+        "reconstruction_prompt": fill_class(ev["reconstruction_prompt"]),
+    }
+
+
+def dreambench_scores(
+    judge: Judge,
+    ev: dict,
+    prompt_images: list[list],
+    training_pils: list,
+    texts,
+    clip_feats,
+    training,
+    device,
+) -> dict:
+    """evaluation.dreambench: DINO, CLIP-I, CLIP-T over every edit prompt's samples (sweeper/evaluation/dreambench.py)."""
+    from sweeper.evaluation.dreambench import DinoEncoder, scores
+
+    dino = DinoEncoder(ev["dreambench"]["dino"], device)
+    dino_generated = [dino.images(images) for images in prompt_images]
+    dino_real = dino.images(training_pils)
+    out = scores(dino_generated, dino_real, clip_feats, training, texts, ev["bootstrap"], ev["seed"])
+    return {
+        **out,
+        "dino_encoder": dino.identity(),
+        "clip": judge.name,
+        "class_word": ev["dreambench"].get("class_word"),
+        "clip_t_text": "the prompt without the learned token, class word kept",
+    }
+
+
 def evaluate_pipeline(
     pipe,
     placeholder: str,
@@ -262,7 +325,7 @@ def evaluate_pipeline(
     """Sample, judge and score an embedding already loaded into `pipe` as `placeholder`; write metrics.json.
     `announce`: its phases (judge, sampling, references) as one log line each (not for quick evaluations)."""
     t0 = time.time()
-    ev = evaluation_settings(ev)  # the schema's types, ranges and defaults; prompts resolved
+    ev = with_class(evaluation_settings(ev))  # the schema's types, ranges and defaults; prompts resolved
     out_dir = Path(out_dir)
     say = log.info if announce else log.debug
     say("loading the CLIP judge %s", ev["judge"])
@@ -301,9 +364,8 @@ def evaluate_pipeline(
         pixels = ((load_image(Path(path), sampler.resolution) + 1) * 127.5).round().clamp(0, 255)
         return Image.fromarray(pixels.byte().permute(1, 2, 0).numpy())
 
-    training = require_finite(
-        judge.images([to_pil(p) for p in training_images]), "the judge's features of the training images"
-    )
+    training_pils = [to_pil(p) for p in training_images]
+    training = require_finite(judge.images(training_pils), "the judge's features of the training images")
     texts = require_finite(
         judge.texts([concept_removed(p) for p in ev["prompts"]]), "the judge's text features"
     )
@@ -327,6 +389,7 @@ def evaluate_pipeline(
         width=lambda f: halfwidth(f, None, training, variant),
     )
     names = slugs(ev["prompts"])
+    prompt_images: list[list] | None = [] if ev["dreambench"]["enabled"] else None
     prompt_samples = _sample_in_rounds(
         sampler,
         judge,
@@ -338,6 +401,7 @@ def evaluate_pipeline(
         width=lambda feats: objective_halfwidth(
             [halfwidth(f, t, training, variant) for f, t in zip(feats, texts)]
         ),
+        keep=prompt_images,
     )
     metrics = score(recon, training, prompt_samples, texts, variant, ev["bootstrap"], ev["seed"])
     metrics["per_prompt"] = {
@@ -359,6 +423,10 @@ def evaluate_pipeline(
     metrics["text_similarity_halfwidth"] = objective_halfwidth(
         [halfwidth(f, t, training, variant) for f, t in zip(prompt_samples, texts)]
     )
+    if prompt_images is not None:
+        metrics["dreambench"] = dreambench_scores(
+            judge, ev, prompt_images, training_pils, texts, prompt_samples, training, device
+        )
     refs = None
     if ev["references"]:
         say("reference points (image only, prompt only): from the cache or sampled once")
@@ -394,6 +462,7 @@ def evaluate_embedding(
 ) -> dict:
     """Load the model and an embedding file (or run folder) safely, then evaluate_pipeline."""
     ev = evaluation_settings(cfg.evaluation)
+    ev["dreambench"]["class_word"] = class_word(cfg)
     loaded = load_embedding_file(embedding)  # refuses pickles carrying code, before any model work
     if not training_images:
         raise EvaluationConfigError("data.images: no training images to compare the samples with")

@@ -1,8 +1,8 @@
 """Which trials can train together as one vectorised group (`hydra/launcher=vectorised`).
 
-Compatible = same model, precision, device, concept folder and data.property, and no pivotal tuning
-(`compatibility_key`). Everything else is per trial: LR, reg weight, vector count, progressive schedule,
-per-image tokens, seed, batch size, grad accumulation, steps, image subset.
+Compatible = same model, precision, device and data.property, and no pivotal tuning (`compatibility_key`).
+Everything else is per trial: the concept (each trainer caches its own images' latents), LR, reg weight, vector
+count, progressive schedule, per-image tokens, seed, batch size, grad accumulation, steps, image subset.
 
 A group trains through the one training loop (`sweeper.training.inversion.train` over a `TrainerGroup`: one batched
 text-encoder and UNet call per step) and runs the one trial lifecycle (`sweeper.trial.run_trials`); a lone
@@ -13,7 +13,6 @@ floating-point summation order (tests/test_vectorised.py).
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -30,7 +29,6 @@ def compatibility_key(cfg: DictConfig) -> tuple:
         str(cfg.model.get("config")),
         str(cfg.inversion.precision),
         str(cfg.get("device", "auto")),
-        str(Path(str(cfg.data.images)).expanduser().resolve()),
         str(cfg.data.property),
         bool(piv is not None and piv.get("enabled")),
     )
@@ -42,9 +40,7 @@ def check_compatible(cfgs: list[DictConfig]) -> None:
         raise IncompatibleTrials("no trials given")
     keys = {compatibility_key(c) for c in cfgs}
     if len(keys) > 1:
-        raise IncompatibleTrials(
-            f"trials differ in model/precision/device/data.images/data.property: {sorted(keys)}"
-        )
+        raise IncompatibleTrials(f"trials differ in model/precision/device/data.property: {sorted(keys)}")
     if len(cfgs) > 1 and next(iter(keys))[-1]:
         raise IncompatibleTrials("inversion.pivotal.enabled trials fine-tune the UNet: run them alone")
 

@@ -1,0 +1,36 @@
+"""DreamBench's 30 subjects and their class words (google/dreambooth dataset/prompts_and_classes.txt at commit
+4f887af, copied exactly): data.class_word of each subject in a manifest of DreamBench folders. The classes whose
+subjects take DreamBench's live-subject prompts are evaluation.dreambench.live_classes (cat, dog)."""
+
+SUBJECT_CLASSES: dict[str, str] = {
+    "backpack": "backpack",
+    "backpack_dog": "backpack",
+    "bear_plushie": "stuffed animal",
+    "berry_bowl": "bowl",
+    "can": "can",
+    "candle": "candle",
+    "cat": "cat",
+    "cat2": "cat",
+    "clock": "clock",
+    "colorful_sneaker": "sneaker",
+    "dog": "dog",
+    "dog2": "dog",
+    "dog3": "dog",
+    "dog5": "dog",
+    "dog6": "dog",
+    "dog7": "dog",
+    "dog8": "dog",
+    "duck_toy": "toy",
+    "fancy_boot": "boot",
+    "grey_sloth_plushie": "stuffed animal",
+    "monster_toy": "toy",
+    "pink_sunglasses": "glasses",
+    "poop_emoji": "toy",
+    "rc_car": "toy",
+    "red_cartoon": "cartoon",
+    "robot_toy": "toy",
+    "shiny_sneaker": "sneaker",
+    "teapot": "teapot",
+    "vase": "vase",
+    "wolf_plushie": "stuffed animal",
+}
