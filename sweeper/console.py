@@ -1,6 +1,7 @@
 """What a person sees on the console: a trial's own progress and results, not library noise.
 
-- `quiet_libraries()` (called by every entry point): transformers, diffusers and huggingface_hub log only
+- `quiet_libraries()` (called by every entry point and by the trial lifecycle, so under every launcher: the
+  vectorised one calls no task function): transformers, diffusers and huggingface_hub log only
   errors and draw no "Loading weights"/"Loading pipeline components" bars. `TI_VERBOSE=1` leaves them as
   they are (to debug a model load).
 - `ConsoleCallback` (a Hydra callback, conf/config.yaml): in a sweep whose launcher runs trials in parallel

@@ -47,6 +47,7 @@ from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
 from sweeper.config.manifest import Concept, read_manifest
 from sweeper.config.schema import evaluation_settings, resolve_prompts
+from sweeper.console import quiet_libraries
 from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
 from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
@@ -189,6 +190,7 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
     the group's shared work (loading the model) fails every trial of the group. An interruption marks
     every unfinished trial "interrupted" and propagates.
     """
+    quiet_libraries()  # every launcher: the vectorised one calls no task function, joblib's run it in workers
     trials = [_Trial(spec) for spec in specs]
     with interruptible():
         try:
