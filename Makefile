@@ -118,7 +118,8 @@ test-slow: $(STAMP)
 # Speed: the trainer against the project's re-implementation of the diffusers-example loop, on this machine's
 # device (CUDA: SD 1.5 shapes; CPU: small shapes); then the headline, sweep throughput on the world: early
 # stopping + adaptive evaluation against fixed budgets, Fig. 10a configurations x 3 concepts x 2 seeds
-# (SWEEP_COST_ARGS='--size reduced' or '--size ours' for fewer configurations; hours on a 2-core CPU at full size).
+# (SWEEP_COST_ARGS='--size reduced' or '--size ours' for fewer configurations; hours on a 2-core CPU at full size);
+# then the analysis at 125/250/500 synthetic run folders (report.html size, CPU time per run).
 # Prints tables; writes BENCHMARKS.md + benchmarks/latest.json (+ benchmarks/sweep_cost.json).
 BENCH_ARGS ?=
 SWEEP_COST_ARGS ?= --size full
@@ -126,6 +127,14 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.phase_memory
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.sweep_cost $(SWEEP_COST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.analysis_scale
+
+# Screenshots of report.html for a 6-trial search and for 500 runs (synthetic run folders, bench/run_folders.py) in
+# headless Chromium: benchmarks/screenshots/report_6_runs.png and report_500_runs.png. Look at both after a change
+# to the plots or the report.
+.PHONY: screenshots
+screenshots: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.screenshots
 
 # Many workers on one study: batches vs asynchronous workers (simulated GPUs), and K = 1, 2, 4, 8 sweeper
 # processes on one PostgreSQL study (measured). Writes its own section of BENCHMARKS.md and benchmarks/scale.json.

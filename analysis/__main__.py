@@ -1,5 +1,5 @@
 """`python -m analysis SWEEP_DIR... [--out DIR] [--wandb] [--max-grids N] [--hv-reference IMAGE,TEXT]
-[--colour-by KEY]`"""
+[--colour-by KEY] [--run-curves]`"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m analysis",
         description=(
             "Turn sweep folders (run folders with config.yaml, metrics.json, ...) into runs.csv, the tradeoff "
-            "and diagnostic plots (PNG + SVG) and a self-contained report.html."
+            "and diagnostic plots (PNG + SVG) and report.html beside them."
         ),
     )
     p.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="sweep folder(s); several are merged")
@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         help="colour the tradeoff plot's points by this configuration key (e.g. inversion.num_vectors; default: "
         "for a search, the effective learning rate when it varied, else the key that varied most)",
     )
+    p.add_argument(
+        "--run-curves",
+        action="store_true",
+        help="also draw each run's loss and distance curves as its own figure in report.html (curves.png always "
+        "has every run's; at hundreds of runs the per-run figures are most of the analysis time)",
+    )
     args = p.parse_args(argv)
     unknown = [a for a in args.axes if a not in {m.name for m in evaluation_metrics()}]
     if unknown:
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             hv_reference=args.hv_reference,
             axes=tuple(args.axes),
             colour_by=args.colour_by,
+            run_curves=args.run_curves,
         )
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)

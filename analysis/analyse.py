@@ -44,6 +44,7 @@ def analyse(
     hv_reference: tuple[float, float] | None = None,
     axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
+    run_curves: bool = False,
 ) -> dict[str, Any]:
     """Everything `python -m analysis` does. Returns {"runs": DataFrame, "files": {name: Path},
     "tradeoff": plotted data, "distance": rho per objective/concept, "dataset_size": means,
@@ -51,13 +52,14 @@ def analyse(
     the sweep's runs had tracking on; True = always; False = never. hv_reference: the hypervolume's reference
     point (image, text), fixed before the runs; None = from the recorded reference points
     (analysis.hypervolume). axes: the two registered metrics of the tradeoff plot (x, y). colour_by: the
-    configuration key a search's cloud is coloured by (plots.colour_axis; default: what varied most)."""
+    configuration key a search's cloud is coloured by (plots.colour_axis; default: what varied most).
+    run_curves: draw each run's curves as its own figure (curves.png always has every run's)."""
     sweep_dirs = list(sweep_dirs)
     axes = (get(axes[0]).name, get(axes[1]).name)  # an unknown metric: KeyError naming the registered ones
     df = load_runs(sweep_dirs)  # raises StoreError (clear message) before anything is written
     out = Path(out) if out is not None else default_out(sweep_dirs)
     with output_folder(out):
-        return _analyse(df, out, wandb, max_grids, hv_reference, axes, colour_by)
+        return _analyse(df, out, wandb, max_grids, hv_reference, axes, colour_by, run_curves)
 
 
 @contextmanager
@@ -67,9 +69,8 @@ def output_folder(out: Path) -> Iterator[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".analysis.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for folder in (out, out / "curves"):
-            for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-                tmp.unlink(missing_ok=True)
+        for tmp in out.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
         yield out
 
 
@@ -81,6 +82,7 @@ def _analyse(
     hv_reference: tuple[float, float] | None = None,
     axes: tuple[str, str] = DEFAULT_OBJECTIVES,
     colour_by: str | None = None,
+    run_curves: bool = False,
 ) -> dict[str, Any]:
     files: dict[str, Path] = {}
     runs_csv = df.drop(columns=["configuration_values"])
@@ -131,7 +133,8 @@ def _analyse(
         files.update({"curves.png": png, "curves.svg": svg})
         titles["Loss and distance curves (all runs)"] = png
     curve_pngs = {}
-    for run, h in histories.items():
+    # on request only: at hundreds of runs one figure per run was most of the analysis time
+    for run, h in histories.items() if run_curves else []:
         fig = plots.curves_plot(h, title=run)
         curve_pngs[run] = plots.save(fig, out / "curves", _slug(run), svg=False, dpi=120)[0]
 

@@ -10,12 +10,20 @@ a configuration's outcome, so no run of the sweep moves it. Per concept each ref
 runs that recorded it; over several concepts ("all") the worse value over the concepts. The reference used is
 written beside the value (hypervolume.csv, findings.csv, the report).
 
+Checkpoints as front points: a run evaluated at chosen steps (evaluation.at_steps) gives one point per step;
+`hypervolume_with_checkpoints` counts each (configuration, step) as a configuration of its own (means over
+seeds), so the front may hold a configuration at fewer steps than its budget.
+
+Cheap first, then confirm: runs of `python -m sweeper.confirm` (load's `confirmed` column) give
+`hypervolume_confirmed`, the front of the confirmed runs alone: the final front's.
+
 Compute = each run's `wall_time_s` from status.json (its training and evaluation, its share of a vectorised
 group), summed over every run that ended (completed, pruned, failed) in the order the runs finished.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +42,8 @@ REFERENCE_KEYS = ("image_only", "prompt_only")
 HYPERVOLUME_COLUMNS = [
     "concept",
     "hypervolume",
+    "hypervolume_with_checkpoints",
+    "hypervolume_confirmed",
     "reference_image",
     "reference_text",
     "reference_source",
@@ -103,6 +113,41 @@ def configuration_means(done: pd.DataFrame) -> pd.DataFrame:
     return done.groupby("configuration", sort=False)[list(OBJECTIVES)].mean()
 
 
+def step_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Every completed run's points along its training steps: its checkpoint evaluations (evaluation.at_steps,
+    load's `step_points`) and its final evaluation (final = True, at its last step), one row each."""
+    rows = []
+    for _, r in completed(df).iterrows():
+        base = {k: r[k] for k in ("run", "configuration", "concept", "seed")}
+        raw = r.get("step_points")
+        for step, image, text, _cost in json.loads(raw) if isinstance(raw, str) else []:
+            rows.append({**base, "step": step, OBJECTIVES[0]: image, OBJECTIVES[1]: text, "final": False})
+        last = pd.to_numeric(
+            pd.Series([r.get("last_step"), r.get("inversion.steps")]), errors="coerce"
+        ).dropna()
+        step = int(last.iloc[0]) if len(last) else None
+        rows.append(
+            {
+                **base,
+                "step": step,
+                OBJECTIVES[0]: r[OBJECTIVES[0]],
+                OBJECTIVES[1]: r[OBJECTIVES[1]],
+                "final": True,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["run", "configuration", "concept", "seed", "step", *OBJECTIVES, "final"]
+    )
+
+
+def step_configuration_means(points: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds per (configuration, step): each checkpoint is a configuration of its own (its step)."""
+    if not len(points):
+        return pd.DataFrame(columns=list(OBJECTIVES))
+    keyed = points.assign(step=points["step"].fillna(-1))
+    return keyed.groupby(["configuration", "step"], sort=False)[list(OBJECTIVES)].mean()
+
+
 def _scope(done: pd.DataFrame, concept: str) -> pd.DataFrame:
     return done if concept == "all" else done[done["concept"] == concept]
 
@@ -113,14 +158,31 @@ def front_hypervolumes(df: pd.DataFrame, given: tuple[float, float] | None = Non
     from analysis.pareto import pareto_mask
 
     done = completed(df)
+    points = step_points(df)
+    with_steps = bool(len(points)) and not points["final"].all()
     rows = []
     for concept, ref in reference_point(df, given).items():
         means = configuration_means(_scope(done, concept))
         on_front = pareto_mask(means[OBJECTIVES[0]], means[OBJECTIVES[1]])
+        step_means = step_configuration_means(_scope(points, concept)) if with_steps else None
+        confirmed = _scope(done, concept)
+        confirmed = (
+            confirmed[confirmed["confirmed"].fillna(False).astype(bool)]
+            if "confirmed" in confirmed
+            else confirmed[:0]
+        )
         rows.append(
             {
                 "concept": concept,
                 "hypervolume": hypervolume_2d(means.to_numpy(), ref.point),
+                "hypervolume_with_checkpoints": (
+                    hypervolume_2d(step_means.to_numpy(), ref.point) if step_means is not None else math.nan
+                ),
+                "hypervolume_confirmed": (
+                    hypervolume_2d(configuration_means(confirmed).to_numpy(), ref.point)
+                    if len(confirmed)
+                    else math.nan
+                ),
                 "reference_image": ref.image,
                 "reference_text": ref.text,
                 "reference_source": ref.source,

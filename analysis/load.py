@@ -433,8 +433,29 @@ def load_run(run_dir: str | Path, sweep: str = "") -> dict[str, Any]:
                 -max(1, math.ceil(LOSS_TAIL * len(hist))) :
             ]
             row["loss_tail_mean"] = float(tail.mean())
+    confirmation = _read(run_dir / CONFIRMED_FILE, lambda p: json.loads(p.read_text()), errors)
+    row["confirmed"] = isinstance(confirmation, dict)
+    row["confirmed_from"] = confirmation.get("source_trial") if isinstance(confirmation, dict) else None
+    points = step_points_of(run_dir, errors)
+    row["step_points"] = json.dumps(points) if points else None
     row["load_error"] = "; ".join(errors) or None
     return row
+
+
+AT_STEPS_DIR = "at_steps"  # evaluation.at_steps' evaluations (sweeper/trial.py)
+CONFIRMED_FILE = "confirmed.json"  # a run of `python -m sweeper.confirm` (sweeper/confirm.py)
+
+
+def step_points_of(run_dir: Path, errors: list[str]) -> list[list[Any]]:
+    """A run's checkpoint evaluations (evaluation.at_steps): [[step, image, text, evaluation CPU s], ...] by step."""
+    points: list[list[Any]] = []
+    folder = run_dir / AT_STEPS_DIR
+    for f in sorted(folder.glob("step_*/metrics.json")) if folder.is_dir() else []:
+        m = _read(f, lambda p: json.loads(p.read_text()), errors)
+        if isinstance(m, dict) and m.get("step") is not None:
+            cost = m.get("evaluation_cpu_s")
+            points.append([int(m["step"]), m.get("image_similarity"), m.get("text_similarity"), cost])
+    return sorted(points)
 
 
 def sweep_label(sweep_dir: str | Path) -> str:

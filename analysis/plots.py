@@ -306,12 +306,13 @@ def tradeoff_plot(
         facets = [_facet(ax, name, df, plan) for ax, name in zip(axes, names)]
         for f in facets:
             _draw_points(f, plan)
+            paths = draw_step_paths(f, plan)
             _draw_intervals(f, plan)
             _draw_front(f, plan)
             _draw_references(f)
             _draw_dominated(f, plan)
             _finish_axes(f, x, y, several=len(facets) > 1)
-            data["concepts"][f.concept] = _facet_data(f, plan)
+            data["concepts"][f.concept] = _facet_data(f, plan) | {"step_paths": paths}
         data["legend"] = _legend(fig, axes, data, plan, several=len(facets) > 1)
         for f in facets:  # after the layout is final: label placement is measured in display space
             data["concepts"][f.concept]["labels"] = _draw_labels(f, plan, label_all_below)
@@ -404,6 +405,38 @@ def _draw_points(f: Facet, plan: Plan) -> None:
             gid="configuration means",
         )
         f.ax.plot([], [], marker, color=colour, ms=3.5, ls="none", label=fam)  # the legend's marker
+
+
+def draw_step_paths(f: Facet, plan: Plan) -> dict[str, list[tuple[int, float, float]]]:
+    """Each run evaluated at checkpoints (evaluation.at_steps) as a thin line through its points in step order,
+    ending at its final evaluation (the paper's Fig. 10a reads steps as an axis). Returns {run: [(step, x, y)]}."""
+    paths: dict[str, list[tuple[int, float, float]]] = {}
+    if "step_points" not in f.runs:
+        return paths
+    col = {"image_similarity": 1, "text_similarity": 2}
+    for _, r in f.runs[f.runs["step_points"].notna()].iterrows():
+        if plan.x not in col or plan.y not in col:
+            break
+        points = [
+            (int(p[0]), float(p[col[plan.x]]), float(p[col[plan.y]])) for p in json.loads(r["step_points"])
+        ]
+        last = r.get("last_step")
+        points.append((int(last) if pd.notna(last) else -1, float(r[plan.x]), float(r[plan.y])))
+        colour = plan.styles.get(r["family"], ("0.5", "o"))[0] if plan.cloud is None else "0.5"
+        f.ax.plot(
+            [p[1] for p in points],
+            [p[2] for p in points],
+            "-",
+            color=colour,
+            lw=0.4,
+            alpha=0.5,
+            zorder=1,
+            marker=".",
+            ms=1.5,
+            gid="step paths",
+        )
+        paths[str(r["run"])] = points
+    return paths
 
 
 def _draw_intervals(f: Facet, plan: Plan) -> None:
@@ -761,14 +794,15 @@ def curves_overlay(df: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Figu
     """All runs' smoothed loss and mean distance curves in one figure, coloured by family."""
     if not histories:
         return None
+    df = df.assign(family=coarse_families(df, 24))  # a search: one colour per family of what varied least
     styles = family_styles(df)
     fam = dict(zip(df["run"], df["family"]))
     with matplotlib.rc_context(STYLE):
         fig = new_figure(2 * COLUMN_IN, 2.2)
         a1, a2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
         shown = set()
-        order = family_order(df)
-        for run, h in sorted(histories.items(), key=lambda rh: order.index(fam[rh[0]])):
+        rank = {f: i for i, f in enumerate(family_order(df))}
+        for run, h in sorted(histories.items(), key=lambda rh: rank[fam[rh[0]]]):
             colour = styles[fam[run]][0]
             lab = fam[run] if fam[run] not in shown else None
             shown.add(fam[run])

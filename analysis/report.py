@@ -1,11 +1,13 @@
-"""report.html: one self-contained file (every image base64-embedded, no network, no external script):
-first the findings (each claim of the paper the runs can test, with its verdict), then the plots, the
+"""report.html: one page (no network, no external script) beside the plots it shows and a thumbs/ folder of
+sample-grid thumbnails, all referenced by relative paths and loaded lazily, so that its size grows with the
+rows of its tables, not with the images (500 runs: about 2 MB, bench/analysis_scale.py): first the findings
+(each claim of the paper the runs can test, with its verdict), then the plots, the Pareto front, the
 configurations table, a sortable table with one row per run, failed runs with their errors, each run's
-curves and sample grids."""
+sample grids (and curves, when drawn: `python -m analysis --run-curves`). Move the analysis folder together
+with the sweep: the grids' links point into the run folders."""
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -18,9 +20,12 @@ import pandas as pd
 from PIL import Image
 
 from sweeper.evaluation.metrics import all_metrics, summarised_metrics
-from sweeper.store.atomic import write_text
+from sweeper.store.atomic import write_bytes, write_text
 
-THUMB_PX = 384  # sample grids are downscaled: a 64-sample 512 px grid is ~20 MB as a PNG
+THUMB_PX = (
+    384  # sample grids wider than this are shown as a JPEG thumbnail (a 16-sample grid is ~1 MB as a PNG)
+)
+THUMBS = "thumbs"  # <out>/thumbs/<run>/<grid>.jpg
 
 _LEADING = [("run", "run"), ("concept", "concept"), ("family", "family"), ("status", "status")]
 _TRAILING = [
@@ -90,22 +95,6 @@ document.querySelectorAll('table.sortable th').forEach(function(th){
   });
 })();
 """
-
-
-def data_uri(path: Path, max_px: int | None = None) -> str:
-    """An image file as a data: URI; downscaled (JPEG) to `max_px` wide when given and larger."""
-    path = Path(path)
-    if path.suffix == ".svg":
-        return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode()
-    if max_px:
-        with Image.open(path) as im:
-            if im.width > max_px:
-                im = im.convert("RGB")
-                im.thumbnail((max_px, max_px * im.height // im.width + 1))
-                buf = io.BytesIO()
-                im.save(buf, format="JPEG", quality=85)
-                return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _blank(v) -> bool:
@@ -180,7 +169,36 @@ def _failed(df: pd.DataFrame) -> str:
     return f"<ul>{''.join(items)}</ul>"
 
 
+def thumbnail(src: Path, out_dir: Path, run: str) -> Path:
+    """The image to show for the grid `src`: itself when at most THUMB_PX wide, else a JPEG thumbnail under
+    <out_dir>/thumbs/<run>/ (written atomically; kept while it is newer than its grid, so a second analysis
+    of the same folders redraws none)."""
+    thumb = out_dir / THUMBS / _slug(run) / f"{src.stem}.jpg"
+    if thumb.exists() and thumb.stat().st_mtime >= src.stat().st_mtime:
+        return thumb
+    with Image.open(src) as im:
+        if im.width <= THUMB_PX:
+            return src
+        # reduced by an integer factor first, then resampled: several times faster than resampling it whole
+        im.thumbnail(
+            (THUMB_PX, THUMB_PX * im.height // im.width + 1), Image.Resampling.BILINEAR, reducing_gap=2.0
+        )
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=80)
+    return write_bytes(thumb, buf.getvalue())
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in str(s)).strip("_") or "run"
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    return html.escape(os.path.relpath(path, out_dir))
+
+
 def _run_sections(df: pd.DataFrame, curve_pngs: dict[str, Path], out_dir: Path, max_grids: int | None) -> str:
+    """One closed <details> per run: its sample grids as lazily loaded thumbnails linking to the full grid, its
+    curves when drawn (else a link to history.csv, which curves.png draws with every other run)."""
     parts = []
     for _, row in df.iterrows():
         run_dir = Path(row["run_dir"])
@@ -189,8 +207,8 @@ def _run_sections(df: pd.DataFrame, curve_pngs: dict[str, Path], out_dir: Path, 
         )
         shown = grids if max_grids is None else grids[:max_grids]
         imgs = "".join(
-            f'<a href="{html.escape(os.path.relpath(p, out_dir))}"><img alt="{html.escape(p.stem)}" '
-            f'title="{html.escape(p.stem)}" src="{data_uri(p, THUMB_PX)}"></a>'
+            f'<a href="{_rel(p, out_dir)}"><img alt="{html.escape(p.stem)}" title="{html.escape(p.stem)}" '
+            f'loading="lazy" src="{_rel(thumbnail(p, out_dir, row["run"]), out_dir)}"></a>'
             for p in shown
         )
         more = (
@@ -199,7 +217,12 @@ def _run_sections(df: pd.DataFrame, curve_pngs: dict[str, Path], out_dir: Path, 
             else ""
         )
         curve = curve_pngs.get(row["run"])
-        curve_html = f'<img alt="curves" src="{data_uri(curve)}" style="width:520px">' if curve else ""
+        if curve:
+            curve_html = f'<img alt="curves" loading="lazy" src="{_rel(curve, out_dir)}" style="width:520px">'
+        elif (run_dir / "history.csv").exists():
+            curve_html = f'<p><a href="{_rel(run_dir / "history.csv", out_dir)}">history.csv</a></p>'
+        else:
+            curve_html = ""
         status = html.escape(str(row["status"]))
         parts.append(
             f'<details class="runsec"><summary><b>{html.escape(row["run"])}</b> — {html.escape(row["family"])} '
@@ -325,7 +348,7 @@ def write_report(
     front: pd.DataFrame | None = None,
     dreambench: str = "",
 ) -> Path:
-    """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG;
+    """Write <out_dir>/report.html (atomically) and return its path. `plots` maps a title to a PNG beside it;
     `findings` (analysis.findings) is the first section, `configs` (stats.configurations) a table, `front`
     (plots.front_table) the tradeoff plot's front with links to its runs, `dreambench` the DreamBench
     section's HTML (analysis.dreambench.table_html) or ""."""
@@ -335,7 +358,7 @@ def write_report(
     concepts = ", ".join(sorted(map(str, df["concept"].unique())))
     sweeps = "".join(f"<li><code>{html.escape(s)}</code></li>" for s in sorted(df["sweep"].unique()))
     figs = "".join(
-        f'<h3>{html.escape(t)}</h3><img alt="{html.escape(t)}" src="{data_uri(p)}">'
+        f'<h3>{html.escape(t)}</h3><img alt="{html.escape(t)}" loading="lazy" src="{_rel(Path(p), out_dir)}">'
         for t, p in plots.items()
         if p is not None
     )
@@ -358,7 +381,8 @@ in the "all" rows over every run after removing each concept's overall level.</p
 metric's range; "{TOO_FEW}": fewer samples than the count from which the interval's coverage was measured.</p>
 <div style="overflow-x:auto">{runs_table(df, out_dir)}</div>
 <h2>Failed runs</h2>{_failed(df)}
-<h2>Per run: curves and sample grids</h2>{_run_sections(df, curve_pngs or {}, out_dir, max_grids)}
+<h2>Per run: curves and sample grids</h2><p>Each run's curves are in curves.png with every other run's;
+<code>python -m analysis --run-curves</code> draws one figure per run as well.</p>{_run_sections(df, curve_pngs or {}, out_dir, max_grids)}
 <script>{JS}</script>
 </body></html>
 """

@@ -148,3 +148,16 @@ def write_section(path, section: str, begin: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     write_text(path, text)
+
+
+def update_latest(path, **keys: object) -> dict:
+    """Merge `keys` into the JSON file at `path` (benchmarks/latest.json), keeping its other keys; written
+    atomically. Returns the merged object."""
+    import json
+
+    from sweeper.store.atomic import write_json
+
+    latest = json.loads(path.read_text()) if path.exists() else {}
+    latest.update(keys)
+    write_json(path, latest)
+    return latest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,13 @@ def sample_grids(folder: Path, size: int, seed: int = 0) -> list[Path]:
 
 
 def write_trial(
-    run_dir: Path, number: int, values: dict[str, Any], xy: tuple[float, float], grids: list[Path], rows: int
+    run_dir: Path,
+    number: int,
+    values: dict[str, Any],
+    xy: tuple[float, float],
+    grids: list[Path],
+    rows: int,
+    link_grids: bool = False,
 ) -> None:
     """One completed trial's folder."""
     flat = {
@@ -98,7 +105,8 @@ def write_trial(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(_nest(flat)))
     steps = np.arange(rows) * 10
     k = int(flat["inversion.num_vectors"])
-    dist = 0.2 + 0.5 * steps / max(steps[-1], 1)
+    final = 0.2 + 2.0 * max(xy[0] - 0.55, 0.0)  # further from the init word, higher reconstruction (Sec. 5)
+    dist = final * (0.2 + 0.8 * steps / max(steps[-1], 1))
     hist: dict[str, Any] = {
         "step": steps,
         "loss": 0.2 + 0.05 * np.cos(steps / 7 + number),
@@ -138,18 +146,30 @@ def write_trial(
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "samples").mkdir(exist_ok=True)
     for g in grids:
-        shutil.copyfile(g, run_dir / "samples" / g.name)
+        if (
+            link_grids
+        ):  # a hard link: its own file name, no disk (the analysis reads each as a file of its own)
+            os.link(g, run_dir / "samples" / g.name)
+        else:
+            shutil.copyfile(g, run_dir / "samples" / g.name)
 
 
 def write_search(
-    root: Path, n_runs: int, *, grid_px: int = 512, history_rows: int = 200, seed: int = 0
+    root: Path,
+    n_runs: int,
+    *,
+    grid_px: int = 512,
+    history_rows: int = 200,
+    seed: int = 0,
+    link_grids: bool = False,
 ) -> Path:
     """A search's sweep folder of `n_runs` synthetic completed trials (folders 0 .. n-1, trial numbers alike),
-    each with len(PROMPTS) sample grids of grid_px x grid_px; returns the folder."""
+    each with len(PROMPTS) sample grids of grid_px x grid_px (copies, or hard links of one set with
+    `link_grids`); returns the folder."""
     rng = np.random.default_rng(seed)
     grids = sample_grids(root / ".grids", grid_px, seed)
     for i in range(n_runs):
         values = trial_values(rng)
-        write_trial(root / str(i), i, values, objectives(values, rng), grids, history_rows)
+        write_trial(root / str(i), i, values, objectives(values, rng), grids, history_rows, link_grids)
     shutil.rmtree(root / ".grids")
     return root

@@ -19,6 +19,7 @@ from sweeper import CONF_DIR
 from sweeper.config.checks import ConfigError
 from sweeper.console import BadInput, quiet_libraries
 from sweeper.evaluation.metrics import Scores
+from sweeper.interrupt import TrialInterrupted
 from sweeper.trial import run_trial
 
 
@@ -30,6 +31,16 @@ def main(cfg: DictConfig) -> Scores:
     quiet_libraries()
     try:
         return run_trial(cfg)
+    except TrialInterrupted as stop:
+        if not _single_run():
+            raise  # a sweep's launcher / the Optuna sweeper records and re-queues it
+        # the trial recorded "interrupted" with its checkpoint: one line, not a traceback that reads as a crash
+        print(
+            f"{stop}: {cfg.run_dir} holds the checkpoint of its last completed step; rerun the same command to "
+            "resume",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)
     except ConfigError as err:  # evaluation.* errors included; the lifecycle removed Hydra's job folder
         if _single_run() and not os.environ.get("HYDRA_FULL_ERROR"):
             # one line and exit status 2, as ti-evaluate/ti-analyse; SystemExit passes Hydra's own reporting

@@ -7,7 +7,7 @@
 - `ConsoleCallback` (a Hydra callback, conf/config.yaml): in a sweep whose launcher runs trials in parallel
   worker processes (joblib), progress bars would interleave, so the workers get `TQDM_DISABLE=1` (tqdm >= 4.66
   reads its defaults from the environment when it is imported, which a worker does after it starts) and
-  every finished trial prints one line instead, in any launcher.
+  every finished trial prints one line instead, in any launcher (a pruned one: the Optuna sweeper's line).
 - `BadInput`: bad input surfaces as one line through Hydra's compact error path (no traceback);
   `HYDRA_FULL_ERROR=1` shows the full traceback.
 """
@@ -133,6 +133,8 @@ class ConsoleCallback(Callback):
         if job_return.status == JobStatus.COMPLETED:
             status = completed_or_skipped(run_dir, time.time() - (seconds or 0) - 1)
             line = trial_line(number, status, run_dir, job_return._return_value, seconds, lr_of(config))
+        elif _is_pruned(job_return._return_value):
+            return  # the Optuna sweeper's one line says so ("trial N pruned: ..."), for every launcher
         else:
             err = job_return._return_value
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -180,3 +182,8 @@ def grid_size(config: DictConfig) -> int | None:
     except Exception:  # noqa: BLE001 - Hydra refuses the overrides itself, with its own message
         return None
     return sum(len(batch) for batch in batches)
+
+
+def _is_pruned(err: BaseException) -> bool:
+    optuna = sys.modules.get("optuna")  # a TrialPruned can only come from an optuna already imported
+    return optuna is not None and isinstance(err, optuna.TrialPruned)

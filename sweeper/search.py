@@ -55,9 +55,19 @@ INTERRUPTED_ATTR = "interrupted"  # user attr of a trial stopped by a signal / a
 SEED_ATTR = "sampler_seed"  # user attr: the seed of the sampler of the process that asked the trial
 SEED_FROM_ATTR = "sampler_seed_from"  # user attr: what that seed was derived from (base, trials, worker)
 EFFECTIVE_LR_ATTR = "effective_lr"  # user attr: the optimiser's lr (the `inversion.lr` param is the base lr)
+LAUNCH_FAILED_ATTR = "launch_failed"  # user attr of a trial whose launcher failed before it ran: the error
+STALE_ATTR = "stale"  # user attr of a trial failed as stale (its worker died / sent no heartbeat): the reason
 LR_ATTR = "lr"  # user attr: how the lr is shown everywhere, "lr 0.029 (effective; base 0.00363)" (lr_label)
 # Attributes of one attempt, not carried over to its retry.
-ATTEMPT_ATTRS = (WORKER_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, SEED_ATTR, SEED_FROM_ATTR)
+ATTEMPT_ATTRS = (
+    WORKER_ATTR,
+    ERROR_ATTR,
+    INTERRUPTED_ATTR,
+    SEED_ATTR,
+    SEED_FROM_ATTR,
+    STALE_ATTR,
+    LAUNCH_FAILED_ATTR,
+)
 
 
 class StorageError(CompactHydraException):
@@ -103,7 +113,7 @@ def _open_storage(
     url: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None
 ) -> Any:
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
     try:
         if "://" not in url:
@@ -121,7 +131,7 @@ def _open_storage(
         kwargs = dict(
             heartbeat_interval=int(heartbeat_interval),
             grace_period=int(grace_period) if grace_period else None,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            heartbeat_stale_trial_callback=retry_stale_callback(max_retry),
         )
     for attempt in range(5):
         try:
@@ -240,6 +250,11 @@ def fail_dead_local_trials(study: Any, retry: Callable | None) -> list[int]:
         pid = int(w_pid)
         if pid != me and _pid_alive(pid):
             continue
+        reason = f"its worker process (pid {pid} on {host}) died while it ran: failed as stale and re-queued"
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, STALE_ATTR, reason)
+        except Exception:  # noqa: BLE001 - finished meanwhile by another process: it recorded why
+            continue
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
             failed.append(t.number)
             log.warning(
@@ -248,6 +263,46 @@ def fail_dead_local_trials(study: Any, retry: Callable | None) -> list[int]:
             if retry is not None:
                 retry(study, study._storage.get_trial(t._trial_id))
     return failed
+
+
+def retry_stale_callback(max_retry: int | None) -> Any:
+    """Optuna's RetryHeartbeatStaleTrialCallback, except that the retry does not inherit the failed attempt's
+    own attributes (ATTEMPT_ATTRS: its worker, its stale reason, ...): those stay on the attempt they describe."""
+    import copy
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+        def __call__(self, study: Any, trial: Any) -> None:
+            trial = copy.deepcopy(trial)
+            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+            super().__call__(study, trial)
+
+    return RetryStaleTrial(max_retry=max_retry)
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Optuna's `fail_stale_trials` (heartbeat storages), each stale trial first given its reason (STALE_ATTR,
+    shown by optuna-dashboard): a FAIL without an error would otherwise say nothing."""
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        interval = storage.get_heartbeat_interval() or 0
+        backend = getattr(storage, "_backend", storage)  # RDBStorage behind Optuna's cache
+        grace = getattr(backend, "grace_period", None) or 2 * interval
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            worker = storage.get_trial(trial_id).user_attrs.get(WORKER_ATTR, "its worker")
+            reason = (
+                f"no heartbeat from {worker} for over {grace} s (hydra.sweeper.grace_period): the worker died or "
+                "lost the storage; failed as stale and re-queued"
+            )
+            try:
+                storage.set_trial_user_attr(trial_id, STALE_ATTR, reason)
+            except Exception:  # noqa: BLE001 - finished meanwhile: Optuna skips it too
+                continue
+    optuna.storages.fail_stale_trials(study)
 
 
 def requeue(study: Any, trial: Any) -> int:
@@ -267,6 +322,41 @@ def requeue(study: Any, trial: Any) -> int:
     )
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=retry)
     return study._storage.get_trial_number_from_id(trial_id)
+
+
+def mark_never_ran(study: Any, trial_id: int, error: BaseException) -> int | None:
+    """A RUNNING trial whose launcher failed before its job ran (sbatch refused it, SLURM cannot schedule it):
+    FAIL with LAUNCH_FAILED_ATTR and no `error` (it does not count toward n_trials), re-queued so that a rerun
+    with a working launcher runs it; the retry's number."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, LAUNCH_FAILED_ATTR, f"{type(error).__name__}: {error}"[:2000])
+    if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+        return None
+    return requeue(study, storage.get_trial(trial_id))
+
+
+def announce_never_ran(study: Any) -> list[int]:
+    """Log, at a sweep's start, the waiting retries of trials whose launcher failed before they ran."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    waiting = []
+    for t in trials:
+        history = t.system_attrs.get("retry_history") or []
+        before = by_number.get(history[-1]) if history else None
+        if t.state == TrialState.WAITING and before is not None and LAUNCH_FAILED_ATTR in before.user_attrs:
+            waiting.append(t.number)
+            log.warning(
+                "trial %d never ran (its launcher failed: %s): it does not count toward n_trials; it runs now as "
+                "trial %d",
+                before.number,
+                str(before.user_attrs[LAUNCH_FAILED_ATTR]).splitlines()[0][:300],
+                t.number,
+            )
+    return waiting
 
 
 def mark_interrupted(study: Any, trial_id: int, reason: str) -> int | None:
@@ -306,7 +396,8 @@ def report_hook(
 
     Reports the intermediate value to the trial and raises optuna.TrialPruned when the study's pruner
     says the trial is hopeless. Optuna prunes single-objective studies only: in a multi-objective study
-    there is no hook (None). The value must be better in the study's direction (higher when maximizing).
+    there is no hook (None), except with sweeper.halving's MOHalvingPruner (`pruner=mo_halving`), whose own
+    reporter decides at its rungs. The value must be better in the study's direction (higher when maximizing).
     """
     number = current_trial_number() if number is None else int(number)
     if number is None:
@@ -329,17 +420,22 @@ def report_hook(
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(study_name), number
     )
-    if len(study.directions) > 1:
-        return None
-    trial = optuna.Trial(study, trial_id)
-
     from sweeper.evaluation.metrics import objective_values  # numpy: not at plugin discovery
+    from sweeper.halving import MOHalvingPruner
 
     index = int(sweeper.get("objective", 0) or 0)
     named = sweeper.get("objectives")
     objective, _ = study_objectives(
         [str(n) for n in named] if named else None, sweeper.get("direction"), index
     )
+    if isinstance(pruner, MOHalvingPruner):  # multi-objective successive halving: its own decisions
+        directions = study.directions
+        positions = list(range(len(directions))) if len(directions) > 1 else [index]
+        signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in directions]
+        return pruner.reporter(study, trial_id, Path(str(hc.runtime.output_dir)), objective, positions, signs)
+    if len(study.directions) > 1:
+        return None
+    trial = optuna.Trial(study, trial_id)
 
     def report(step: int, value: float | tuple[float, ...]) -> None:
         if isinstance(value, (tuple, list)):  # a trial's Scores: the study's objective by name, else position

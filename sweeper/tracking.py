@@ -49,6 +49,23 @@ SERVICE_LOST = (ConnectionError, EOFError, BrokenPipeError)
 _OPEN_RUNS: set[int] = set()  # the W&B runs this process opened through a Tracker and has not finished
 
 
+def _forget_dead_service() -> None:
+    """Drop wandb's connection to its dead service, and the exit hook that would talk to it: at exit it raised
+    ConnectionResetError, and the job's stderr ended in that traceback as if the trial had crashed."""
+    try:
+        from wandb.sdk import wandb_setup
+
+        setup = wandb_setup._singleton
+        connection = getattr(setup, "_connection", None)
+        if connection is not None:
+            cleanup = getattr(connection, "_cleanup", None)
+            if cleanup is not None:
+                cleanup()  # unregisters wandb's teardown_atexit
+            setup._connection = None  # the next wandb.init starts a new service
+    except Exception as e:  # noqa: BLE001 - a wandb without these internals: its exit hook may still complain
+        log.debug("could not detach W&B's dead service: %s", e)
+
+
 def _safe(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Any:
@@ -59,6 +76,7 @@ def _safe(method: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001 - tracking must never fail a trial
             if isinstance(e, SERVICE_LOST):
                 self.run = None
+                _forget_dead_service()
                 log.warning(
                     "W&B %s failed (%s: %s): W&B's service is gone (killed with the job?); W&B logging stops "
                     "for this trial, which goes on; the run folder has everything%s",
@@ -319,10 +337,13 @@ class Tracker:
             self.run.summary[k] = v
 
     @_safe
-    def finish(self, status: str = "completed") -> None:
+    def finish(self, status: str = "completed", wall_time_s: float | None = None) -> None:
+        """End the run with the trial's status and its `wall_time_s` (status.json's: the trial's own cost)."""
         run, self.run = self.run, None
         try:
             run.summary["status"] = status
+            if wall_time_s is not None:
+                run.summary["wall_time_s"] = wall_time_s
             run.finish(exit_code=0 if status == "completed" else 1)
         finally:
             _OPEN_RUNS.discard(id(run))

@@ -52,6 +52,7 @@ from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
 from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
+    PRECISIONS,
     Components,
     load_pipeline,
     pipeline_from_components,
@@ -104,9 +105,10 @@ def run_trial(
 ) -> Scores:
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder); raise what ended it."""
     run_dir = _run_dir(cfg, run_dir)
-    if cfg.data.get("manifest"):
-        return run_concepts(cfg, run_dir, on_log=on_log)
-    report = report if report is not None else report_hook()  # Optuna pruning inside a search
+    if cfg.data.get("manifest"):  # no pruning inside a manifest trial
+        report = None
+    else:
+        report = report if report is not None else report_hook()  # Optuna pruning inside a search
     (outcome,) = run_trials([TrialSpec(cfg, run_dir, _trial_number(), on_log, report)])
     if isinstance(outcome, BaseException):
         raise outcome
@@ -128,36 +130,53 @@ def concept_config(cfg: DictConfig, concept: Concept) -> DictConfig:
     return one
 
 
-def run_concepts(
-    cfg: DictConfig, run_dir: Path, *, on_log: Callable[[int, dict], None] | None = None
-) -> Scores:
-    """A configuration over every concept of `data.manifest` as ONE trial (sweeper/config/manifest.py): each
-    concept in its own run folder `<run_dir>/<name>/`, compatible concepts trained as one vectorised group;
-    returns the means over concepts, and writes `<run_dir>/concepts.json` (each concept's objectives, the
-    means and their 95% t-intervals over concepts). A concept that fails fails the trial, after the others."""
-    concepts = read_manifest(str(cfg.data.manifest))
-    number = _trial_number()
-    specs = [TrialSpec(concept_config(cfg, c), run_dir / c.name, number, on_log) for c in concepts]
-    outcomes: list[Scores | BaseException] = [ValueError("not run")] * len(specs)
-    for group in group_compatible([s.cfg for s in specs]):
-        for i, outcome in zip(group, run_trials([specs[i] for i in group])):
-            outcomes[i] = outcome
-    failed = [(c.name, o) for c, o in zip(concepts, outcomes) if isinstance(o, BaseException)]
-    summary = concepts_summary(
-        {c.name: o for c, o in zip(concepts, outcomes) if not isinstance(o, BaseException)}
-    )
+def _expand_manifests(specs: list[TrialSpec]) -> tuple[list[TrialSpec], list[tuple[int, list[int]]]]:
+    """Each spec with `data.manifest` becomes one spec per concept (sweeper/config/manifest.py: its run folder
+    `<run_dir>/<name>/`, the trial's number, log and scope; no pruning inside a manifest trial). Returns the
+    specs to run and, per manifest spec, (its index, the indices of its concepts' specs)."""
+    out: list[TrialSpec] = []
+    manifests: list[tuple[int, list[int]]] = []
+    for j, spec in enumerate(specs):
+        if not spec.cfg.data.get("manifest"):
+            out.append(spec)
+            continue
+        concepts = read_manifest(str(spec.cfg.data.manifest))
+        first = len(out)
+        out.extend(
+            TrialSpec(
+                concept_config(spec.cfg, c),
+                spec.run_dir / c.name,
+                spec.trial_number,
+                spec.on_log,
+                None,
+                spec.scope,
+            )
+            for c in concepts
+        )
+        manifests.append((j, list(range(first, len(out)))))
+    return out, manifests
+
+
+def manifest_outcome(
+    spec: TrialSpec, names: list[str], outcomes: list[Scores | BaseException]
+) -> Scores | BaseException:
+    """A manifest trial's outcome from its concepts': Scores of every metric's mean over concepts, and
+    `<run_dir>/concepts.json` (each concept's metrics, the means, their 95% t-intervals over concepts, the
+    failures); the first concept's error when any failed (after the others ran)."""
+    failed = [(n, o) for n, o in zip(names, outcomes) if isinstance(o, BaseException)]
+    summary = concepts_summary({n: o for n, o in zip(names, outcomes) if not isinstance(o, BaseException)})
     summary["failed"] = {name: f"{type(err).__name__}: {err}" for name, err in failed}
-    summary["manifest"] = str(cfg.data.manifest)
-    atomic.write_json(run_dir / "concepts.json", summary)
+    summary["manifest"] = str(spec.cfg.data.manifest)
+    atomic.write_json(spec.run_dir / "concepts.json", summary)
     if failed:
-        raise failed[0][1]
+        return failed[0][1]
     log.info(
         "concepts: image %.4f %s, text %.4f %s over %d concepts",
         summary["image_similarity"],
         summary["image_similarity_ci"],
         summary["text_similarity"],
         summary["text_similarity_ci"],
-        len(concepts),
+        len(names),
     )
     return Scores({k: v for k, v in summary.items() if isinstance(v, float)})
 
@@ -191,6 +210,9 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
     every unfinished trial "interrupted" and propagates.
     """
     quiet_libraries()  # every launcher: the vectorised one calls no task function, joblib's run it in workers
+    if any(spec.cfg.data.get("manifest") for spec in specs):
+        return _run_with_manifests(specs)
+
     trials = [_Trial(spec) for spec in specs]
     with interruptible():
         try:
@@ -211,6 +233,40 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
         assert trial.outcome is not None, f"{trial.spec.run_dir}: the lifecycle ended without an outcome"
         outcomes.append(trial.outcome)
     return outcomes
+
+
+def _run_with_manifests(specs: list[TrialSpec]) -> list[Scores | BaseException]:
+    """run_trials over specs some of which are manifest trials: every concept of every manifest trial and the
+    other specs run as compatible groups (a manifest's concepts in one group where they are compatible), then
+    each manifest trial's outcome is made from its concepts' (manifest_outcome). A bad manifest is its trial's
+    refusal."""
+    outcomes: list[Scores | BaseException | None] = [None] * len(specs)
+    runnable = []
+    for j, spec in enumerate(specs):
+        try:
+            if spec.cfg.data.get("manifest"):
+                read_manifest(str(spec.cfg.data.manifest))
+            runnable.append(spec)
+        except ConfigError as err:
+            log.error("refused (no run folder written): %s", err)
+            outcomes[j] = err
+    index = [j for j in range(len(specs)) if outcomes[j] is None]
+    expanded, manifests = _expand_manifests(runnable)
+    results: list[Scores | BaseException] = [ValueError("not run")] * len(expanded)
+    for group in group_compatible([s.cfg for s in expanded]):
+        for i, out in zip(group, run_trials([expanded[i] for i in group])):
+            results[i] = out
+    owned = {i for _, members in manifests for i in members}
+    plain = iter(r for i, r in enumerate(results) if i not in owned)
+    by_spec = dict(manifests)
+    for k, j in enumerate(index):
+        spec = specs[j]
+        if k in by_spec:
+            names = [expanded[i].run_dir.name for i in by_spec[k]]
+            outcomes[j] = manifest_outcome(spec, names, [results[i] for i in by_spec[k]])
+        else:
+            outcomes[j] = next(plain)
+    return [o for o in outcomes if o is not None]
 
 
 # ------------------------------------------------------------------------------------------- phases
@@ -252,7 +308,13 @@ def _invert_and_evaluate(trials: list[_Trial]) -> None:
             [s.cfg for s in specs],
             [s.run_dir for s in specs],
             on_logs=[_both(s.on_log, t.tracker.on_log) for s, t in zip(specs, trials)],
-            reports=[quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None for s in specs],
+            reports=[
+                _both_reports(
+                    quick_evaluation(s.cfg, s.run_dir, s.report) if s.report else None,
+                    checkpoint_evaluation(s.cfg, s.run_dir),
+                )
+                for s in specs
+            ],
             seconds=shares,
         )
     finally:
@@ -401,20 +463,21 @@ def _finish(trial: _Trial, error: BaseException | None, scores: Scores | None = 
     spec = trial.spec
     status = "completed" if error is None else outcome_status(error)
     trial.open, trial.outcome = False, error if error is not None else scores
+    wall_time_s = round(trial.seconds, 3)
     with signals_deferred():
         try:
             record.finish_run(
                 spec.run_dir,
                 error,
                 status=status,
-                wall_time_s=round(trial.seconds, 3),
+                wall_time_s=wall_time_s,
                 peak_memory_gib=_rounded(trial.peak_memory_gib),
             )
         except OSError as disk:
             log.error("%s: could not record status %r: %s", spec.run_dir, status, disk)
             if error is None:  # the result cannot be recorded: that is the trial's failure
                 trial.outcome, status = disk, "failed"
-        trial.tracker.finish(status)
+        trial.tracker.finish(status, wall_time_s)
 
 
 def _rounded(peaks: dict) -> dict | None:
@@ -448,29 +511,35 @@ def _clock(trial: _Trial) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def quick_evaluation(
-    cfg: DictConfig, run_dir: Path, report: Callable[[int, Scores | float], None]
-) -> Callable:
+def quick_evaluation(cfg: DictConfig, run_dir: Path, report: Callable[..., None]) -> Callable:
     """For pruning: every `evaluation.quick.every` steps, measure the vectors as they are and report to Optuna.
 
     `evaluation.quick.objective=clip` (default): a few samples (no references, no CIs); reports its Scores
     (every metric by name), of which Optuna takes the study's objective. `denoising`: the
     early-stopping objective (training/early_stop.py: the denoising loss on a fixed batch, one forward pass,
     noise free; inversion.early_stop's batch and seed when set), reported as -loss so that higher is better
-    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json."""
+    like the similarities the study maximises. Values land in quick/step_<N>/metrics.json. With
+    `hydra/sweeper/pruner=mo_halving` (sweeper/halving.py) it measures at the pruner's rungs instead, adding
+    -denoising loss as the tie-break when the pruner breaks ties on it."""
     quick = cfg.evaluation.quick
     every, last = int(quick.every), int(cfg.inversion.steps)
     objectives: dict[int, DenoisingObjective] = {}
+    # a rung-based pruner (sweeper.halving) says at which steps it decides, and whether it breaks ties on the
+    # denoising objective; any other pruner is told every `evaluation.quick.every` steps
+    rungs = set(report.steps(last)) if hasattr(report, "steps") else None
+    tie_break = getattr(report, "tie_break", None) == "denoising"
+
+    def denoising(step: int, trainer: Trainer) -> float:
+        if id(trainer) not in objectives:
+            objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
+        m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
+        return objectives[id(trainer)](trainer, m)
 
     def measure(step: int, trainer: Trainer) -> None:
-        if step % every and step != last:
+        if (step not in rungs) if rungs is not None else (step % every and step != last):
             return
         if quick.objective == "denoising":  # the early-stopping objective, noise free
-            if id(trainer) not in objectives:
-                objectives[id(trainer)] = DenoisingObjective(trainer, *early_stop.objective_settings(cfg))
-            objective = objectives[id(trainer)]
-            m = tokens.active_count(step - 1, trainer.k, cfg.inversion.progressive_every)
-            loss = objective(trainer, m)
+            loss = denoising(step, trainer)
             out = Path(run_dir) / "quick" / f"step_{step:06d}" / "metrics.json"
             atomic.write_json(
                 out, {DENOISING_OBJECTIVE.name: loss, "intermediate_value": -loss, "step": step}
@@ -498,9 +567,66 @@ def quick_evaluation(
             device=trainer.comps.device,
             announce=False,  # every few steps: the trial's phase lines stay its own
         )
-        report(step, Scores(metrics))
+        if tie_break:  # sweeper.halving's reporter: the denoising objective breaks ties within a front
+            report(step, Scores(metrics), -denoising(step, trainer))
+        else:
+            report(step, Scores(metrics))
 
     return measure
+
+
+AT_STEPS_DIR = "at_steps"  # <run>/at_steps/step_<N>/: evaluation.at_steps' evaluations
+
+
+def checkpoint_evaluation(cfg: DictConfig, run_dir: Path) -> Callable | None:
+    """`evaluation.at_steps`: at each of those steps below the last, evaluate the vectors as they are with the
+    trial's own protocol (prompts, samples, sampler, seeds: the same noise as the final evaluation, so the points
+    along a run share common random numbers), references off (they do not depend on the step). Each lands in
+    at_steps/step_<N>/ (metrics.json with `step` and the evaluation's CPU and wall seconds); None when unset."""
+    last = int(cfg.inversion.steps)
+    steps = {int(s) for s in cfg.evaluation.get("at_steps") or [] if int(s) < last}
+    if not steps:
+        return None
+
+    def measure(step: int, trainer: Trainer) -> None:
+        if step not in steps:
+            return
+        ev: dict = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
+        # the training components' own precision (recorded as such: the final evaluation may load its own)
+        precision = {v: k for k, v in PRECISIONS.items()}.get(trainer.comps.dtype, "fp32")
+        ev.update(references=False, progress=False, precision=precision)
+        ev["prompts"] = resolve_prompts(ev["prompts"])
+        ev.pop("quick", None)
+        ev["dreambench"] = {**ev["dreambench"], "class_word": class_word(cfg)}
+        out = Path(run_dir) / AT_STEPS_DIR / f"step_{step:06d}"
+        cpu, wall = time.process_time(), time.monotonic()
+        metrics = evaluate_pipeline(
+            pipeline_from_components(trainer.comps),
+            str(trainer.cfg.inversion.placeholder),
+            ev,
+            trainer.images,
+            out,
+            model=str(cfg.model.pretrained),
+            extra={"step": step},
+            device=trainer.comps.device,
+        )
+        cost = {"evaluation_cpu_s": time.process_time() - cpu, "evaluation_wall_s": time.monotonic() - wall}
+        atomic.write_json(out / "metrics.json", {**metrics, **cost})
+
+    return measure
+
+
+def _both_reports(a: Callable | None, b: Callable | None) -> Callable | None:
+    """One per-row hook from two (the pruning report and the checkpoint evaluations); an exception (a pruned
+    trial) from the first still ends the trial, after the second has measured this step."""
+    if a is None or b is None:
+        return a or b
+
+    def call(step: int, trainer: Trainer) -> None:
+        b(step, trainer)
+        a(step, trainer)
+
+    return call
 
 
 def _run_dir(cfg: DictConfig, run_dir: Path | str | None) -> Path:

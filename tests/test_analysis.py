@@ -338,12 +338,28 @@ def test_runs_csv_matches_store(analysed):
     html = (out / "report.html").read_text()
     assert html.count('<tr class="run ') == len(SPECS)
     assert ERROR in html and 'src="http' not in html
-    # every completed run's sample grids are embedded; the 900 px grid as a downscaled JPEG
+    # every completed run's sample grids are shown, as files beside the report (nothing embedded), loaded
+    # lazily; the 900 px grid as a downscaled JPEG thumbnail, the 96 px one as it is
+    from analysis.report import THUMB_PX
+
     n_done = sum(s[7] == "completed" for s in SPECS)
     assert (
         html.count('<img alt="reconstruction"') == html.count('<img alt="a-photo-of-on-the-moon"') == n_done
     )
-    assert html.count('alt="reconstruction" title="reconstruction" src="data:image/jpeg;base64,') == n_done
+    assert "data:" not in html
+    imgs = re.findall(r"<img [^>]*>", html)
+    assert imgs and all('loading="lazy"' in tag for tag in imgs)
+    for src in (re.search(r'src="([^"]+)"', tag).group(1) for tag in imgs):
+        assert (out / src).is_file(), src
+    thumbs = re.findall(
+        r'alt="reconstruction" title="reconstruction" loading="lazy" src="(thumbs/[^"]+\.jpg)"', html
+    )
+    assert len(thumbs) == n_done
+    for t in thumbs:
+        with Image.open(out / t) as im:
+            assert im.width <= THUMB_PX
+    assert html.count('src="../store/') == n_done  # the 96 px grids: linked where they are
+    assert not (out / "curves").exists()  # per-run curves only on request (--run-curves)
     # the plot's front, with each run linked to its run folder (relative: the report and the store move together)
     front = html[html.index('<table class="sortable" id="front">') :]
     front = front[: front.index("</table>")]

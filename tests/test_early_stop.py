@@ -210,3 +210,43 @@ def test_denoising_objective_as_optunas_intermediate_value(tmp_path, tiny_sd, ti
                 value == -quick["denoising_objective"] < 0
             )  # -loss: higher is better, as the study maximises
             assert not (run / "quick" / f"step_{step:06d}" / "samples").exists()  # no sampling
+
+
+@pytest.mark.parametrize(
+    "steps, every, expected",
+    [(6100, 1, 310), (5000, 10, 25), (1000, 10, 5), (150, 10, 3), (150, 1, 8)],
+)
+def test_default_window_is_dvars_scaled_to_the_budget(steps, every, expected):
+    from sweeper.training.early_stop import criterion
+
+    cfg = compose_config(*cfg_overrides(steps), f"inversion.early_stop.every={every}")
+    assert criterion(cfg).window == expected  # 310 evaluations over 6100 steps, at least 3
+    explicit = compose_config(*cfg_overrides(steps), "inversion.early_stop.window=7")
+    assert criterion(explicit).window == 7
+
+
+def cfg_overrides(steps):
+    return [
+        "data.images=concept",
+        "inversion.init_word=cat",
+        f"inversion.steps={steps}",
+        "inversion.early_stop.enabled=true",
+    ]
+
+
+def test_settings_that_cannot_act_are_warned_about_before_any_model_work(concept_images, caplog):
+    from sweeper.config.checks import settings_that_cannot_act
+
+    def warnings(*extra):
+        return settings_that_cannot_act(settings(compose_config(f"data.images={concept_images}", *extra)))
+
+    # the demo budget with the old fixed window: 10 x (20 - 1) = 190 steps >= 150
+    demo = ["inversion.init_word=cat", "inversion.steps=150", "evaluation.num_samples=4"]
+    found = warnings(*demo, "inversion.early_stop.enabled=true", "inversion.early_stop.window=20")
+    assert len(found) == 1 and "every x (window - 1) = 10 x 19 = 190 steps" in found[0]
+    assert "inversion.steps=150" in found[0]
+    assert warnings(*demo, "inversion.early_stop.enabled=true") == []  # scaled window: 3, earliest stop 20
+    assert warnings(*demo, "inversion.early_stop.window=20") == []  # off: nothing to warn about
+    found = warnings(*demo, "evaluation.target_halfwidth=0.02")  # rounds of 8 > 4 samples
+    assert len(found) == 1 and "evaluation.min_samples=8" in found[0] and "num_samples=4" in found[0]
+    assert warnings(*demo, "evaluation.target_halfwidth=0.02", "evaluation.min_samples=2") == []

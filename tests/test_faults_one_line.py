@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from sweep_app.cli import env
 from test_analysis import write_run
 
@@ -103,3 +104,49 @@ def test_analysis_out_on_a_full_disk_or_an_unwritable_folder_is_one_line(tmp_pat
     assert main([str(root), "--out", str(tmp_path / "out")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --out ") and "No space left on device" in line
+
+
+@pytest.mark.slow  # a real trial stopped mid-training, W&B on: a minute on a loaded machine
+def test_a_sigtermed_job_with_wandb_ends_in_one_line_not_a_traceback(
+    tiny_sd, tiny_judge, concept_images, tmp_path
+):
+    """SIGTERM to the job's process group (scancel, preemption) stops the trial and kills W&B's service with it:
+    the job's stderr ends in one line saying how to resume, not in a TrialInterrupted or W&B ConnectionResetError
+    traceback."""
+    import json
+    import signal
+    import time
+
+    from conftest import smoke_overrides
+    from sweep_app.cli import sweeper_cmd
+
+    run = tmp_path / "run"
+    overrides = smoke_overrides(
+        tiny_sd,
+        concept_images,
+        "tracking=wandb",
+        "tracking.mode=offline",
+        "inversion.steps=5000",
+        "inversion.checkpoint_every=50",
+        judge=tiny_judge,
+    )
+    proc = subprocess.Popen(
+        sweeper_cmd(*overrides, f"hydra.run.dir={run}"),
+        cwd=ROOT,
+        env={**env(), "HOME": str(tmp_path / "home")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not (run / "history.csv").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted by SIGTERM: {run} holds the checkpoint") and "rerun" in last, last
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"

@@ -4,10 +4,11 @@ as they are (the study's objective, higher is better), not the training loss."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import optuna
 from conftest import write_concept_images
-from sweep_app.cli import pruning_sweep
+from sweep_app.cli import ROOT, pruning_sweep
 
 
 def test_quick_evaluation_is_what_the_pruner_sees(tmp_path, tiny_sd, tiny_judge):
@@ -66,3 +67,52 @@ def test_optuna_sweep_on_the_vectorised_launcher_prunes_each_trial(tmp_path, tin
         assert status["trial_number"] == t.number and "TrialPruned" in status["error"]
         quick = json.loads((run / "quick" / "step_000002" / "metrics.json").read_text())
         assert t.intermediate_values == {2: quick["text_similarity"]}
+
+
+def test_a_pruned_trial_says_so_in_one_line_without_hydras_error(tmp_path, tiny_sd, tiny_judge):
+    images = write_concept_images(tmp_path / "img", n=3)
+    sweep = tmp_path / "sweeps" / "oneline"
+    out = pruning_sweep(
+        sweep,
+        tiny_sd,
+        tiny_judge,
+        images,
+        "hydra.sweeper.n_trials=1",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=2.0",  # similarities are <= 1: pruned at the first report
+        "evaluation.quick.num_samples=2",
+        "evaluation.quick.steps=2",
+        "evaluation.quick.max_prompts=1",
+        study="oneline",
+    )
+    text = out.stdout + out.stderr
+    assert "Error executing job" not in text and "Traceback" not in text
+    lines = [line for line in text.splitlines() if "pruned at step 2" in line]
+    assert len(lines) == 1, text[-3000:]
+    assert "trial 0 pruned: pruned at step 2" in lines[0] and str(sweep / "trial_0000") in lines[0]
+    (trial,) = optuna.load_study(study_name="oneline", storage=f"sqlite:///{sweep}/optuna.db").trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+
+
+def test_a_single_objective_pruner_on_a_pareto_study_is_refused_at_start(tmp_path, tiny_sd, tiny_judge):
+    from sweep_app.cli import env, sweeper_cmd, tiny_overrides
+
+    images = write_concept_images(tmp_path / "img", n=3)
+    sweep = tmp_path / "sweeps" / "refused"
+    cmd = sweeper_cmd(
+        "-m",
+        "search=pareto_random",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=0.1",
+        f"hydra.sweep.dir={sweep}",
+        *tiny_overrides(tiny_sd, tiny_judge, images),
+    )
+    r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[0].startswith(
+        "error: hydra.sweeper.pruner: ThresholdPruner prunes single-objective studies only"
+    )
+    assert "use hydra/sweeper/pruner=mo_halving" in lines[0]
+    assert not (sweep / "optuna.db").exists() and not list(sweep.glob("trial_*"))

@@ -62,7 +62,8 @@ def test_report_table_rows_equal_runs_and_sorts(report, tmp_path):
     rows = re.findall(r'<tr class="run (\w+)" id="([^"]+)">', dom)
     assert len(rows) == len(SPECS)
     assert sorted(s for s, _ in rows) == sorted(s[7] for s in SPECS)
-    assert "data:image/png;base64," in dom and 'src="http' not in dom  # self-contained
+    assert 'src="http' not in dom and "data:" not in dom  # no network; images are files beside it
+    assert re.findall(r'<img alt="[^"]*" loading="lazy" src="tradeoff.png">', dom)
 
     def image_sims(dom: str) -> list[float]:
         tbody = dom[dom.index('<table class="sortable" id="runs">') :]

@@ -249,3 +249,20 @@ def test_asynchronous_slots_stop_on_the_failure_rate_without_leaving_a_trial_run
     trials = load(sweep).trials
     assert 2 <= len(trials) < 20  # it stopped early
     assert all(t.state == TrialState.FAIL and "FloatingPointError" in t.user_attrs["error"] for t in trials)
+
+
+def test_gp_sampler_runs_a_pareto_search_past_its_startup_trials(tmp_path):
+    sweep = tmp_path / "gp"
+    out = run_app(
+        sweep,
+        "x=interval(0,1)",
+        "hydra/sweeper/sampler=gp",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.direction=[maximize,maximize]",
+        timeout=300,
+    )
+    assert "GPSampler" in out.stdout + out.stderr
+    trials = load(sweep).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({t.params["x"] for t in trials}) == 4  # the GP's own suggestions after the 2 random ones

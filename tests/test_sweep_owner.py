@@ -150,3 +150,30 @@ def test_every_launcher_refuses_a_folder_another_sweep_owns_before_any_job(launc
         f"{sweep / '.owners' / f'{socket.gethostname()}_{holder.pid}.json'})"
     ]
     assert sorted(p.name for p in sweep.iterdir()) == [".owners"]  # no job, no run folder, no optuna.db
+
+
+def test_after_ctrl_c_of_a_joblib_multirun_no_childs_status_stays_running(tmp_path):
+    """The workers die of the Ctrl-C before they record it (the app, like a worker killed mid-write, records
+    nothing): the sweep's own process, ending, tells their records the truth."""
+    import os
+    import signal
+
+    sweep = tmp_path / "sweep"
+    cmd = app(
+        sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "x=0.1,0.2", f"wait_for={tmp_path}/never"
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        for child in ("0", "1"):
+            _wait_for(sweep / child / "status.json", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for child in ("0", "1"):
+        status = json.loads((sweep / child / "status.json").read_text())
+        assert status["status"] == "interrupted", status
+        assert "ended before it recorded" in status["error"] and status["finished_at"], status

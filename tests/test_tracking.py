@@ -226,6 +226,8 @@ def test_wandb_service_dying_on_sigterm_fails_nothing(tmp_path):
     proc = run_script(script, tmp_path / "home")
     assert proc.returncode == 0 and "trial code went on" in proc.stdout, proc.stderr[-3000:]
     assert "W&B's service is gone" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and not last.startswith("ConnectionResetError"), proc.stderr[-3000:]
 
 
 TRIAL = """

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import warnings
@@ -45,11 +46,11 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
@@ -172,7 +173,7 @@ class OptunaSweeperImpl:
         self.heartbeat = dict(
             heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
         )
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.retry = search.retry_stale_callback(max_retry)
         self.metric_names = self._metric_names(metric_names)
         self.lock = threading.RLock()  # ask / tell / bookkeeping, shared by the async slots
         self.in_flight: dict[int, optuna.Trial] = {}  # trial id -> trial launched by this process
@@ -250,6 +251,7 @@ class OptunaSweeperImpl:
         self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
     def sweep(self, arguments: list[str]) -> None:
+        check_pruner(self.pruner, self.directions)
         distributions, fixed = search_space_from_overrides(
             [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         )
@@ -273,6 +275,7 @@ class OptunaSweeperImpl:
             "asynchronous slots" if asynchronous else "batches",
         )
         search.fail_dead_local_trials(study, self.retry)
+        search.announce_never_ran(study)
         self.started = time.time()
         try:
             with interruptible():
@@ -352,7 +355,7 @@ class OptunaSweeperImpl:
             raise errors[0]
 
     def _ask_up_to(self, study: optuna.Study, n: int) -> list[optuna.Trial]:
-        optuna.storages.fail_stale_trials(study)
+        search.fail_stale_trials(study)  # Optuna's, each stale trial given its reason
         trials: list[optuna.Trial] = []
         for _ in range(n):
             if not self._work_left(study):
@@ -367,15 +370,14 @@ class OptunaSweeperImpl:
         return trials
 
     def _launch(self, study: optuna.Study, trials: list, overrides: list, job_idx: int) -> Sequence[Any]:
-        """Launch the jobs of `trials`; if the launcher itself fails, fail them with its error first."""
+        """Launch the jobs of `trials`; if the launcher itself fails, mark them never run (and re-queued) first."""
         try:
             with _Heartbeats(study, trials):
                 return self.launcher.launch(overrides, initial_job_idx=job_idx)
-        except Exception as e:
+        except Exception as e:  # no job ran: not counted toward n_trials, re-queued for a rerun (search.py)
             with self.lock:
                 for trial in trials:
-                    trial.set_user_attr(search.ERROR_ATTR, f"{type(e).__name__}: {e}"[:2000])
-                    _tell(study, trial, state=TrialState.FAIL)
+                    search.mark_never_ran(study, trial._trial_id, e)
                     self.in_flight.pop(trial._trial_id, None)
             raise
 
@@ -424,6 +426,8 @@ class OptunaSweeperImpl:
         started = time.perf_counter()
         self._record_lr(trial, ret)
         try:
+            if _pruned(ret):  # Hydra's return_value would first print "Error executing job with overrides"
+                raise ret._return_value
             value = ret.return_value  # re-raises the job's exception
             if self.objectives:  # by name (the trial's Scores carry every metric)
                 values = objective_values(value, self.objectives)
@@ -439,7 +443,7 @@ class OptunaSweeperImpl:
                 raise ValueError(f"non-finite objective {values}: {_run_error(ret) or 'see status.json'}")
         except optuna.TrialPruned as e:
             _tell(study, trial, state=TrialState.PRUNED)
-            log.info("trial %d pruned: %s", trial.number, e)
+            log.info("trial %d pruned: %s (%s)", trial.number, e, _run_folder(ret) or "no run folder")
             return self._told(trial, False, started)
         except (Exception, TrialInterrupted) as e:  # noqa: BLE001 - a failing trial never stops the sweep
             if isinstance(e, (TrialInterrupted, search.JobEndedWithoutResult)) or _run_status(ret) == (
@@ -559,6 +563,33 @@ class OptunaSweeperImpl:
                 len(skipped),
                 ", ".join(skipped),
             )
+
+
+def check_pruner(pruner: Any, directions: Sequence[str]) -> None:
+    """Refuse, at sweep start, a single-objective pruner on a multi-objective study: Optuna's `Trial.report`
+    raises for several objectives, so it would prune nothing while the log names it as active."""
+    from sweeper.halving import MOHalvingPruner
+
+    if (
+        len(directions) < 2
+        or pruner is None
+        or isinstance(pruner, (optuna.pruners.NopPruner, MOHalvingPruner))
+    ):
+        return
+    # one line and exit status 2, as bad input to a single trial (sweeper/__main__.py); SystemExit passes Hydra's
+    # own reporting, which would add its HYDRA_FULL_ERROR hint
+    print(
+        f"error: hydra.sweeper.pruner: {type(pruner).__name__} prunes single-objective studies only and this study "
+        f"has {len(directions)} directions; use hydra/sweeper/pruner=mo_halving (multi-objective successive "
+        f"halving), or nop",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
+
+def _pruned(ret: Any) -> bool:
+    """The job ended with optuna.TrialPruned (Hydra stores the exception as the job's return value)."""
+    return ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ folder's config.yaml records and what the trainer and the evaluation use.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from sweeper.config.schema import (
     ConfigError,
     DataConfig,
     Derived,
+    early_stop_window,
     effective_lr,
     job_overrides,
     resolve_prompts,
@@ -31,6 +33,8 @@ from sweeper.models import ModelLoadError, resolve_model
 from sweeper.training import tokens
 
 __all__ = ["ConfigError", "check_config", "check_device", "derive"]
+
+log = logging.getLogger(__name__)
 
 
 def check_device(device: str, cuda_count: int | None = None) -> torch.device:
@@ -118,6 +122,41 @@ def derive(cfg: DictConfig | Config) -> Derived:
     return _derived(typed, select_images(typed.data))
 
 
+def check_at_steps(typed: Config) -> None:
+    """evaluation.at_steps: positive multiples of inversion.log_every (the trainer reports after a history row)."""
+    every = int(typed.inversion.log_every)
+    for step in typed.evaluation.at_steps or []:
+        if int(step) < 1 or int(step) % every:
+            raise ConfigError(
+                f"evaluation.at_steps: step {step} is not a positive multiple of inversion.log_every={every}; "
+                f"use steps such as {every}, {2 * every}, ... or set inversion.log_every to divide them"
+            )
+
+
+def settings_that_cannot_act(typed: Config) -> list[str]:
+    """Budget-saving settings that are on but can never save anything at this budget (a warning each, not a
+    refusal: a sweep over inversion.steps or evaluation.num_samples may hold such trials on purpose)."""
+    out = []
+    stop, steps = typed.inversion.early_stop, int(typed.inversion.steps)
+    if stop.enabled:
+        window = early_stop_window(stop, steps)
+        earliest = int(stop.every) * (window - 1)
+        if earliest >= steps:
+            out.append(
+                f"inversion.early_stop: every x (window - 1) = {stop.every} x {window - 1} = {earliest} steps before "
+                f"the criterion can decide, >= inversion.steps={steps}: it cannot stop early; lower "
+                f"inversion.early_stop.window or .every (or window=null: DVAR's window scaled to the budget)"
+            )
+    ev = typed.evaluation
+    if ev.target_halfwidth is not None and int(ev.min_samples) >= int(ev.num_samples):
+        out.append(
+            f"evaluation.target_halfwidth: the first adaptive round (evaluation.min_samples={ev.min_samples}) "
+            f"already takes all evaluation.num_samples={ev.num_samples}: adaptive evaluation cannot save samples; "
+            f"lower evaluation.min_samples below num_samples"
+        )
+    return out
+
+
 def check_config(cfg: DictConfig) -> Derived:
     """Raise ConfigError for any input that cannot run; loads no model weights and writes nothing.
     Returns the derived values (as `derive`, with every image decoded once on the way)."""
@@ -130,6 +169,9 @@ def check_config(cfg: DictConfig) -> Derived:
             f"inversion.compile=true on {device}: torch.compile's CPU backward gives "
             "wrong gradients for this UNet (BENCHMARKS.md); use it on CUDA, or inversion.compile=false"
         )
+    check_at_steps(typed)
+    for warning in settings_that_cannot_act(typed):
+        log.warning("%s", warning)
     image_paths = check_data(typed)
     try:
         source = resolve_model(typed.model.pretrained, typed.model.config)

@@ -23,10 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config.checks import ConfigError, derive
 from sweeper.store import atomic
+
+# Lazy import: sweeper.config.checks (it pulls in torch) only where config.yaml is written, so that the sweep's own
+# process can correct a status.json at exit (store/sweep_owner.py) without importing torch then.
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +52,16 @@ def resolved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     return cfg
 
 
-def write_config(run_dir: Path, cfg: DictConfig) -> Path:
+def write_config(run_dir: Path, cfg: DictConfig, resumed_with: list[dict] | None = None) -> Path:
     """config.yaml: the resolved config, then its `derived:` block (effective_lr, n_images, images, prompts,
-    overrides; checks.derive)."""
+    overrides; checks.derive; `resumed_with`: each resumption that changed resume-safe settings)."""
+    from sweeper.config.checks import ConfigError, derive
+
     try:
-        derived = OmegaConf.to_yaml({"derived": derive(cfg).as_dict()})
+        block = derive(cfg).as_dict()
+        if resumed_with:
+            block["resumed_with"] = resumed_with
+        derived = OmegaConf.to_yaml({"derived": block})
     except ConfigError:  # a refused config has no derived values; its status.json says why it failed
         derived = ""
     return atomic.write_text(
@@ -117,12 +125,67 @@ def _rewrite_in_place(path: Path, status: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _flat(values: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out.update(_flat(value, f"{prefix}.{key}"))
+    return out
+
+
+def _resume_step(run_dir: Path, steps: int) -> int | None:
+    """The step a rerun resumes from (the last checkpoint within `steps`), None when it starts over."""
+    found = [
+        int(d.name[len("step_") :])
+        for d in (run_dir / "checkpoints").glob("step_*")
+        if d.name[len("step_") :].isdigit() and (d / "state.pt").is_file()
+    ]
+    found = [n for n in found if n <= steps]
+    return max(found) if found else None
+
+
+def resume_history(run_dir: Path, cfg: DictConfig) -> list[dict]:
+    """config.yaml's `derived.resumed_with` for a rerun of `run_dir`: the earlier entries, plus one for this
+    resumption when it changes resume-safe inversion settings ({at, from_step, changed: {key: [was, now]}}),
+    logged; [] when the rerun starts over (no checkpoint to resume)."""
+    from sweeper.config.schema import resume_safe_fields
+
+    previous_file = Path(run_dir) / CONFIG
+    step = _resume_step(Path(run_dir), int(cfg.inversion.steps))
+    if step is None or not previous_file.is_file():
+        return []
+    try:
+        previous = yaml.safe_load(previous_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    history = list((previous.get("derived") or {}).get("resumed_with") or [])
+    now = OmegaConf.to_container(cfg.inversion, resolve=True)
+    was, new = {}, {}
+    for name in resume_safe_fields():
+        was.update(_flat((previous.get("inversion") or {}).get(name), f"inversion.{name}"))
+        new.update(_flat(now.get(name) if isinstance(now, dict) else None, f"inversion.{name}"))
+    changed = {k: [was.get(k), new.get(k)] for k in sorted(set(was) | set(new)) if was.get(k) != new.get(k)}
+    if changed:
+        log.warning(
+            "%s: resuming from step %d with changed resume-safe settings: %s (the earlier values are kept in "
+            "config.yaml's derived.resumed_with)",
+            run_dir,
+            step,
+            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+        )
+        history.append({"at": _now(), "from_step": step, "changed": changed})
+    return history
+
+
 def start_run(run_dir: Path, cfg: DictConfig, trial_number: int | None = None) -> dict:
     """Write status.json "running" (first: it is the small file a full disk must not stop), then config.yaml.
 
-    A rerun of a folder starts a new attempt."""
+    A rerun of a folder starts a new attempt; one that resumes with changed resume-safe settings says so and
+    keeps the earlier values (`resume_history`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resumed_with = resume_history(run_dir, cfg)
     status = write_status(
         run_dir,
         status="running",
@@ -136,7 +199,7 @@ def start_run(run_dir: Path, cfg: DictConfig, trial_number: int | None = None) -
         pid=os.getpid(),
         host=socket.gethostname(),
     )
-    write_config(run_dir, cfg)
+    write_config(run_dir, cfg, resumed_with)
     return status
 
 

@@ -122,12 +122,86 @@ def claim(sweep_dir: str | Path, study: str | None = None, warn: Callable[[str],
 
 
 def release(record: Path) -> None:
-    """Remove this process's owner record (a no-op if it is gone)."""
+    """Tell orphaned run records the truth (`mark_orphans`), then remove this process's owner record."""
+    try:
+        mark_orphans(record.parent.parent)
+    except Exception as err:  # noqa: BLE001 - never turn a sweep's end into a crash
+        log.warning("%s: could not check the run folders' status.json (%s)", record.parent.parent, err)
     try:
         if _read(record).get("pid") == os.getpid():
             record.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _orphaned(status: dict, host: str, me: int) -> bool | None:
+    """True: "running" on this host, its process gone (or this one, ending); None: its process is a child
+    of this one still ending (wait); False: anything else."""
+    if (
+        status.get("status") != "running"
+        or status.get("host") != host
+        or not isinstance(status.get("pid"), int)
+    ):
+        return False
+    pid = status["pid"]
+    if pid == me or not _pid_alive(pid):
+        return True
+    return None if _parent_pid(pid) == me else False
+
+
+def mark_orphans(sweep_dir: Path, wait_s: float = 15.0) -> list[Path]:
+    """Mark "interrupted" every run of `sweep_dir` whose status.json says "running" on this host while its
+    process is gone (a worker stopped by Ctrl-C or killed before it recorded its outcome); waits up to `wait_s`
+    for this process's own workers that are still ending. The run folders marked."""
+    host, me = socket.gethostname(), os.getpid()
+    deadline = time.monotonic() + wait_s
+    marked: list[Path] = []
+    pending = sorted(Path(sweep_dir).glob("*/status.json"))
+    while pending:
+        waiting = []
+        for path in pending:
+            try:
+                status = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            verdict = _orphaned(status if isinstance(status, dict) else {}, host, me)
+            if verdict is None:
+                waiting.append(path)
+            elif verdict:
+                _mark_interrupted(path.parent, int(status["pid"]))
+                marked.append(path.parent)
+        if not waiting or time.monotonic() > deadline:
+            break
+        pending = waiting
+        time.sleep(0.2)
+    return marked
+
+
+def _mark_interrupted(run_dir: Path, pid: int) -> None:
+    from datetime import datetime, timezone
+
+    from sweeper.store import record
+
+    record.write_status(
+        run_dir,
+        status="interrupted",
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        error=(
+            f"the trial's process (pid {pid}) ended before it recorded its outcome (the sweep was interrupted, or "
+            "the process was killed); rerunning the sweep resumes the run from its last checkpoint"
+        ),
+        traceback=None,
+    )
+    log.warning(
+        "%s: its process (pid %d) ended without recording an outcome: marked interrupted", run_dir, pid
+    )
 
 
 def study_of(config: Any) -> str | None:

@@ -617,8 +617,12 @@ def _callbacks(run: _Run, m: int, on_log: Callable | None, report: Callable | No
         if report is not None:  # Optuna pruning: the caller decides what to measure (trial.py)
             report(run.done, run.trainer)
     except Exception as err:  # noqa: BLE001 - pruned (optuna.TrialPruned) or failed: this trial only
+        if type(err).__name__ == "TrialPruned" and run.done > max(run.start, run.saved):
+            _checkpoint(run)  # where a promotion or a confirmation run of this configuration resumes
         run.error = err
-        log.info("%s: stopped at step %d: %s: %s", run.run_dir, run.done, type(err).__name__, err)
+        # a pruned trial's one line is the sweeper's ("trial N pruned: ..."), for every launcher
+        level = logging.DEBUG if type(err).__name__ == "TrialPruned" else logging.INFO
+        log.log(level, "%s: stopped at step %d: %s: %s", run.run_dir, run.done, type(err).__name__, err)
 
 
 def _checkpoint(run: _Run) -> None:

@@ -7,6 +7,7 @@ reports intermediate values for pruning, and fails when asked to (x < fail_below
 import json
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,14 @@ def main(cfg: DictConfig) -> tuple[float, float]:
             f"slurm={os.environ.get('SLURM_JOB_ID', '-')}\n"
         )
     write_json(
-        run_dir / "status.json", {"status": "running", "error": None, "trial_number": current_trial_number()}
+        run_dir / "status.json",
+        {
+            "status": "running",
+            "error": None,
+            "trial_number": current_trial_number(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
     )
     if cfg.lr_scale is not None:  # a trial's config.yaml, as far as the learning rate goes
         lr = {"inversion": {"lr": cfg.x}, "derived": {"effective_lr": cfg.x * cfg.lr_scale}}
