@@ -1,8 +1,8 @@
 """DreamBench's metrics in the layout of DreamBooth's Table 1 (Ruiz et al. 2023): one row per configuration
 (DINO, CLIP-I, CLIP-T: means over concepts, 95% t-intervals over concepts, or over seeds with one concept),
 the real images of these concepts, and the published figures quoted beside them as reference rows (named as
-published, never as reproduced). Reads metrics.json's `dreambench` block (sweeper/evaluation/dreambench.py)
-through load_runs' flattened columns.
+published, never as reproduced). Reads the registered metrics dino, clip_i and clip_t and metrics.json's
+`dreambench` block (sweeper/evaluation/dreambench.py) through load_runs' columns.
 """
 
 from __future__ import annotations
@@ -39,15 +39,15 @@ def _estimate(sub: pd.DataFrame, col: str) -> tuple[float, float, float]:
 def dreambench_table(df: pd.DataFrame) -> pd.DataFrame | None:
     """The table, or None when no completed run recorded DreamBench metrics (evaluation=dreambench)."""
     done = completed(df)
-    if "dreambench.dino" not in done or not done["dreambench.dino"].notna().any():
+    if "dino" not in done or not pd.to_numeric(done["dino"], errors="coerce").notna().any():
         return None
-    done = done[done["dreambench.dino"].notna()]
+    done = done[pd.to_numeric(done["dino"], errors="coerce").notna()]
     rows = []
     for cfg in sorted(done["configuration"].unique(), key=natural_key):
         sub = done[done["configuration"] == cfg]
         row = {"method": cfg, "source": "this sweep", "concepts": sub["concept"].nunique(), "runs": len(sub)}
         for m in METRICS:
-            row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = _estimate(sub, f"dreambench.{m}")
+            row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = _estimate(sub, m)
         rows.append(row)
     real = {"method": "Real Images (these concepts)", "source": "measured here", "runs": len(done)}
     per_concept = done.drop_duplicates("concept")

@@ -47,6 +47,7 @@ from sweeper import memory
 from sweeper.config.checks import ConfigError, check_config
 from sweeper.config.manifest import Concept, read_manifest
 from sweeper.config.schema import evaluation_settings, resolve_prompts
+from sweeper.console import quiet_libraries
 from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
 from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
@@ -104,9 +105,10 @@ def run_trial(
 ) -> Scores:
     """Run one trial in `run_dir` (default: cfg.run_dir, Hydra's output folder); raise what ended it."""
     run_dir = _run_dir(cfg, run_dir)
-    if cfg.data.get("manifest"):
-        return run_concepts(cfg, run_dir, on_log=on_log)
-    report = report if report is not None else report_hook()  # Optuna pruning inside a search
+    if cfg.data.get("manifest"):  # no pruning inside a manifest trial
+        report = None
+    else:
+        report = report if report is not None else report_hook()  # Optuna pruning inside a search
     (outcome,) = run_trials([TrialSpec(cfg, run_dir, _trial_number(), on_log, report)])
     if isinstance(outcome, BaseException):
         raise outcome
@@ -128,36 +130,53 @@ def concept_config(cfg: DictConfig, concept: Concept) -> DictConfig:
     return one
 
 
-def run_concepts(
-    cfg: DictConfig, run_dir: Path, *, on_log: Callable[[int, dict], None] | None = None
-) -> Scores:
-    """A configuration over every concept of `data.manifest` as ONE trial (sweeper/config/manifest.py): each
-    concept in its own run folder `<run_dir>/<name>/`, compatible concepts trained as one vectorised group;
-    returns the means over concepts, and writes `<run_dir>/concepts.json` (each concept's objectives, the
-    means and their 95% t-intervals over concepts). A concept that fails fails the trial, after the others."""
-    concepts = read_manifest(str(cfg.data.manifest))
-    number = _trial_number()
-    specs = [TrialSpec(concept_config(cfg, c), run_dir / c.name, number, on_log) for c in concepts]
-    outcomes: list[Scores | BaseException] = [ValueError("not run")] * len(specs)
-    for group in group_compatible([s.cfg for s in specs]):
-        for i, outcome in zip(group, run_trials([specs[i] for i in group])):
-            outcomes[i] = outcome
-    failed = [(c.name, o) for c, o in zip(concepts, outcomes) if isinstance(o, BaseException)]
-    summary = concepts_summary(
-        {c.name: o for c, o in zip(concepts, outcomes) if not isinstance(o, BaseException)}
-    )
+def _expand_manifests(specs: list[TrialSpec]) -> tuple[list[TrialSpec], list[tuple[int, list[int]]]]:
+    """Each spec with `data.manifest` becomes one spec per concept (sweeper/config/manifest.py: its run folder
+    `<run_dir>/<name>/`, the trial's number, log and scope; no pruning inside a manifest trial). Returns the
+    specs to run and, per manifest spec, (its index, the indices of its concepts' specs)."""
+    out: list[TrialSpec] = []
+    manifests: list[tuple[int, list[int]]] = []
+    for j, spec in enumerate(specs):
+        if not spec.cfg.data.get("manifest"):
+            out.append(spec)
+            continue
+        concepts = read_manifest(str(spec.cfg.data.manifest))
+        first = len(out)
+        out.extend(
+            TrialSpec(
+                concept_config(spec.cfg, c),
+                spec.run_dir / c.name,
+                spec.trial_number,
+                spec.on_log,
+                None,
+                spec.scope,
+            )
+            for c in concepts
+        )
+        manifests.append((j, list(range(first, len(out)))))
+    return out, manifests
+
+
+def manifest_outcome(
+    spec: TrialSpec, names: list[str], outcomes: list[Scores | BaseException]
+) -> Scores | BaseException:
+    """A manifest trial's outcome from its concepts': Scores of every metric's mean over concepts, and
+    `<run_dir>/concepts.json` (each concept's metrics, the means, their 95% t-intervals over concepts, the
+    failures); the first concept's error when any failed (after the others ran)."""
+    failed = [(n, o) for n, o in zip(names, outcomes) if isinstance(o, BaseException)]
+    summary = concepts_summary({n: o for n, o in zip(names, outcomes) if not isinstance(o, BaseException)})
     summary["failed"] = {name: f"{type(err).__name__}: {err}" for name, err in failed}
-    summary["manifest"] = str(cfg.data.manifest)
-    atomic.write_json(run_dir / "concepts.json", summary)
+    summary["manifest"] = str(spec.cfg.data.manifest)
+    atomic.write_json(spec.run_dir / "concepts.json", summary)
     if failed:
-        raise failed[0][1]
+        return failed[0][1]
     log.info(
         "concepts: image %.4f %s, text %.4f %s over %d concepts",
         summary["image_similarity"],
         summary["image_similarity_ci"],
         summary["text_similarity"],
         summary["text_similarity_ci"],
-        len(concepts),
+        len(names),
     )
     return Scores({k: v for k, v in summary.items() if isinstance(v, float)})
 
@@ -190,6 +209,10 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
     the group's shared work (loading the model) fails every trial of the group. An interruption marks
     every unfinished trial "interrupted" and propagates.
     """
+    quiet_libraries()  # every launcher: the vectorised one calls no task function, joblib's run it in workers
+    if any(spec.cfg.data.get("manifest") for spec in specs):
+        return _run_with_manifests(specs)
+
     trials = [_Trial(spec) for spec in specs]
     with interruptible():
         try:
@@ -212,6 +235,40 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
     return outcomes
 
 
+def _run_with_manifests(specs: list[TrialSpec]) -> list[Scores | BaseException]:
+    """run_trials over specs some of which are manifest trials: every concept of every manifest trial and the
+    other specs run as compatible groups (a manifest's concepts in one group where they are compatible), then
+    each manifest trial's outcome is made from its concepts' (manifest_outcome). A bad manifest is its trial's
+    refusal."""
+    outcomes: list[Scores | BaseException | None] = [None] * len(specs)
+    runnable = []
+    for j, spec in enumerate(specs):
+        try:
+            if spec.cfg.data.get("manifest"):
+                read_manifest(str(spec.cfg.data.manifest))
+            runnable.append(spec)
+        except ConfigError as err:
+            log.error("refused (no run folder written): %s", err)
+            outcomes[j] = err
+    index = [j for j in range(len(specs)) if outcomes[j] is None]
+    expanded, manifests = _expand_manifests(runnable)
+    results: list[Scores | BaseException] = [ValueError("not run")] * len(expanded)
+    for group in group_compatible([s.cfg for s in expanded]):
+        for i, out in zip(group, run_trials([expanded[i] for i in group])):
+            results[i] = out
+    owned = {i for _, members in manifests for i in members}
+    plain = iter(r for i, r in enumerate(results) if i not in owned)
+    by_spec = dict(manifests)
+    for k, j in enumerate(index):
+        spec = specs[j]
+        if k in by_spec:
+            names = [expanded[i].run_dir.name for i in by_spec[k]]
+            outcomes[j] = manifest_outcome(spec, names, [results[i] for i in by_spec[k]])
+        else:
+            outcomes[j] = next(plain)
+    return [o for o in outcomes if o is not None]
+
+
 # ------------------------------------------------------------------------------------------- phases
 def _start(trial: _Trial, concurrent: bool) -> None:
     """Checks (a refusal leaves no run folder), then status.json "running", config.yaml, the tracker."""
@@ -223,6 +280,15 @@ def _start(trial: _Trial, concurrent: bool) -> None:
             drop_hydra_only_folder(spec.run_dir)
             log.error("refused (no run folder written): %s", err)
             trial.outcome = err
+            return
+        stored = record.complete_metrics(spec.run_dir, spec.cfg)
+        if stored is not None:  # a rerun of a sweep: this trial's record is complete, nothing to redo
+            record.mark_skipped(spec.run_dir)
+            log.info(
+                "skipped %s: its record is complete (status completed, metrics.json valid, same config)",
+                spec.run_dir,
+            )
+            trial.outcome = Scores(stored)
             return
         trial.open = True
         try:
@@ -531,6 +597,7 @@ def checkpoint_evaluation(cfg: DictConfig, run_dir: Path) -> Callable | None:
         ev.update(references=False, progress=False, precision=precision)
         ev["prompts"] = resolve_prompts(ev["prompts"])
         ev.pop("quick", None)
+        ev["dreambench"] = {**ev["dreambench"], "class_word": class_word(cfg)}
         out = Path(run_dir) / AT_STEPS_DIR / f"step_{step:06d}"
         cpu, wall = time.process_time(), time.monotonic()
         metrics = evaluate_pipeline(

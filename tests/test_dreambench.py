@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from sweeper.config.schema import EvaluationConfigError
-from sweeper.evaluation.dreambench import CLIP_TOWER_KIND, DINO_KIND, DinoEncoder, scores
+from sweeper.evaluation.dreambench import CLIP_TOWER_KIND, DINO_KIND, DinoEncoder, dino_scores
+from sweeper.evaluation.metrics import get, score
 
 torch.set_num_threads(1)
 
@@ -69,34 +70,37 @@ def test_dino_clip_i_clip_t_as_dreambooth_defines_them():
     dino_gen = [_unit(rng, (per_prompt, 16)) for _ in range(prompts)]
     clip_gen = [_unit(rng, (per_prompt, 8)) for _ in range(prompts)]
     dino_real, clip_real, texts = _unit(rng, (real, 16)), _unit(rng, (real, 8)), _unit(rng, (prompts, 8))
-    got = scores(dino_gen, dino_real, clip_gen, clip_real, texts, n_boot=400)
+    got = dino_scores(dino_gen, dino_real, n_boot=400)
+    clip = score(
+        clip_gen[0], clip_real, clip_gen, texts, n_boot=400
+    )  # the registry: clip_i, clip_t with the rest
     pairs = [float(g @ r) for gs in dino_gen for g in gs for r in dino_real]  # every (generated, real) pair
     assert got["dino"] == pytest.approx(np.mean(pairs))
-    assert got["clip_i"] == pytest.approx(
+    assert clip["clip_i"] == pytest.approx(
         np.mean([float(g @ r) for gs in clip_gen for g in gs for r in clip_real])
     )
-    assert got["clip_t"] == pytest.approx(
+    assert clip["clip_t"] == pytest.approx(
         np.mean([float(g @ t) for gs, t in zip(clip_gen, texts) for g in gs])
     )
+    assert clip["clip_t"] == clip["text_similarity_per_image"]  # one computation, two names
     off = [float(a @ b) for i, a in enumerate(dino_real) for j, b in enumerate(dino_real) if i != j]
-    assert got["real_images"]["dino"] == pytest.approx(np.mean(off))
-    for name in ("dino", "clip_i", "clip_t"):
-        low, high = got[f"{name}_ci"]
-        assert low < got[name] < high and high - low < 1  # a mean: the interval is centred on it
-    assert got["images_per_prompt"] == [4] * 5
+    assert got["real_images_dino"] == pytest.approx(np.mean(off))
+    for name, out in (("dino", got), ("clip_i", clip), ("clip_t", clip)):
+        low, high = out[f"{name}_ci"]
+        assert -1 <= low < out[name] < high <= 1  # a mean: the interval is centred on it, inside the range
+        assert out[f"{name}_ci_too_few_samples"] is False  # 4 per prompt: where coverage was measured
+        assert get(name).range == (-1.0, 1.0) and get(name).direction == "maximize"
 
 
-def test_identical_generated_and_real_images_score_one():
+def test_identical_generated_and_real_images_score_one_and_stay_in_range():
     rng = np.random.default_rng(1)
     real = _unit(rng, (1, 16))
     gen = [np.repeat(real, 4, axis=0)] * 3
-    got = scores(gen, real, gen, real, np.repeat(real, 3, axis=0), n_boot=50)
-    assert (
-        got["dino"] == pytest.approx(1)
-        and got["clip_i"] == pytest.approx(1)
-        and got["clip_t"] == pytest.approx(1)
-    )
-    assert got["real_images"]["dino"] is None  # one real image: no pair of distinct ones
+    got = dino_scores(gen, real, n_boot=50)
+    assert got["dino"] == pytest.approx(1) and got["dino_ci"][1] <= 1  # clipped to the cosine range
+    assert got["real_images_dino"] is None  # one real image: no pair of distinct ones
+    few = dino_scores([g[:2] for g in gen], real, n_boot=50)
+    assert few["dino_ci_too_few_samples"] is True  # 2 images per prompt: below the measured coverage count
 
 
 def test_a_trial_with_evaluation_dreambench_records_the_three_metrics(
@@ -129,11 +133,12 @@ def test_a_trial_with_evaluation_dreambench_records_the_three_metrics(
     assert (
         bench["dino_encoder"] == {"name": str(tiny_vit), "kind": DINO_KIND} and bench["class_word"] == "toy"
     )
-    for name in ("dino", "clip_i", "clip_t"):
-        low, high = bench[f"{name}_ci"]
-        assert -1 <= bench[name] <= 1 and low <= bench[name] <= high
+    for name in ("dino", "clip_i", "clip_t"):  # registered metrics: top-level keys with clipped intervals
+        low, high = m[f"{name}_ci"]
+        assert -1 <= low <= m[name] <= high <= 1 and m[f"{name}_ci_too_few_samples"] is False
+    assert -1 <= bench["real_images"]["dino"] <= 1
     # CLIP-T is the per-image text similarity over the same prompts: one computation, two names
-    assert bench["clip_t"] == pytest.approx(m["text_similarity_per_image"], abs=1e-9)
+    assert m["clip_t"] == pytest.approx(m["text_similarity_per_image"], abs=1e-9)
     # the prompts are DreamBench's, with the class word: "a <concept> toy in the jungle"
     assert "a {} toy in the jungle" in m["per_prompt"] and m["per_prompt"]["a {} toy in the jungle"][
         "text"
@@ -177,11 +182,8 @@ def test_the_report_lays_dreambench_out_like_table_1_beside_the_published_rows(t
         write_run(run, concept, over | {"inversion.seed": seed}, 0.7, 0.3, 0.5, "completed", seed=i)
         dino = 0.5 + 0.1 * i / 8 + (0.05 if concept == "teapot" else 0)
         m = json.loads((run / "metrics.json").read_text())
+        m.update(dino=dino, dino_ci=[dino - 0.01, dino + 0.01], clip_i=0.7, clip_t=0.25)
         m["dreambench"] = {
-            "dino": dino,
-            "dino_ci": [dino - 0.01, dino + 0.01],
-            "clip_i": 0.7,
-            "clip_t": 0.25,
             "real_images": {"dino": 0.8 if concept == "teapot" else 0.7, "clip_i": 0.9},
             "dino_encoder": {"name": "facebook/dino-vits16", "kind": "ViTModel CLS token"},
             "clip": "openai/clip-vit-base-patch32",
@@ -277,3 +279,51 @@ def test_a_bad_manifest_is_one_line_before_any_model_work(tmp_path):
     path.write_text("concepts: []\n")
     with pytest.raises(ConfigError, match="non-empty 'concepts:' list"):
         read_manifest(path)
+
+
+def test_the_vectorised_launcher_trains_every_jobs_concepts_as_one_group(
+    tiny_sd, tiny_judge, tiny_vit, tmp_path
+):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        "-m",
+        f"model.pretrained={tiny_sd}",
+        f"data.manifest={_manifest(tmp_path)}",
+        "inversion.init_word=dog",
+        "inversion.steps=3",
+        "inversion.batch_size=1",
+        "inversion.grad_accum=1",
+        "inversion.checkpoint_every=0",
+        "inversion.lr=5e-3,1e-3",
+        "evaluation=dreambench",
+        f"evaluation.judge={tiny_judge}",
+        f"evaluation.dreambench.dino={tiny_vit}",
+        "evaluation.steps=2",
+        "evaluation.bootstrap=10",
+        "evaluation.references=false",
+        "evaluation.progress=false",
+        "tracking=none",
+        "device=cpu",
+        "hydra/launcher=vectorised",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    out = subprocess.run(
+        cmd, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job in ("0", "1"):  # two manifest trials (one per LR), each over two concepts
+        summary = json.loads((tmp_path / "sweep" / job / "concepts.json").read_text())
+        assert summary["n_concepts"] == 2 and summary["failed"] == {}
+        for concept in ("dog_a", "toy_b"):
+            m = json.loads((tmp_path / "sweep" / job / concept / "metrics.json").read_text())
+            assert m["vectorised_group"] == 4  # both jobs' concepts trained as one group
+            assert m["dino"] == pytest.approx(summary["concepts"][concept]["dino"])

@@ -92,3 +92,33 @@ def test_a_damaged_cache_entry_is_warned_about_recomputed_and_rewritten(
             assert json.loads(entry.read_text()) == json.loads(good)  # rewritten
         else:
             assert entry.stat().st_size == len(good)
+
+
+_HUB_IDENTITY = """
+import json, sys
+from sweeper.evaluation.cache import source_identity
+print(json.dumps(source_identity("org/model")))
+"""
+
+
+def test_a_hub_models_identity_is_its_cached_revision(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hub" / "models--org--model"
+
+    def identity() -> dict:
+        env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", _HUB_IDENTITY], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    for revision in ("a" * 40, "b" * 40):  # the hub's main branch moved
+        (repo / "snapshots" / revision).mkdir(parents=True)
+        (repo / "snapshots" / revision / "model_index.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(revision)
+        assert identity() == {"hub": "org/model", "revision": revision}

@@ -9,8 +9,9 @@
         init_word: bear            # optional: the concept's init word (a single token); default the trial's
         name: plushie              # optional: its run folder's name; default the folder's name
 
-sweeper.trial.run_trial runs each concept in its own run folder `<run_dir>/<name>/` (compatible concepts train
-as one vectorised group) and returns the means over concepts; `<run_dir>/concepts.json` holds each concept's
+sweeper.trial.run_trials (every launcher's) runs each concept in its own run folder `<run_dir>/<name>/`
+(compatible concepts, of this and of the launcher's other trials, train as one vectorised group) and returns the
+means over concepts; `<run_dir>/concepts.json` holds each concept's
 objectives, the means and their 95% t-intervals over concepts.
 """
 

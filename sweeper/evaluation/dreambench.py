@@ -1,5 +1,7 @@
 """DreamBench's three metrics (Ruiz et al. 2023, DreamBooth section 4.1 and Table 1), beside the paper's two.
 
+Each is a registered metric (sweeper/evaluation/metrics.py: clip_i and clip_t computed from the judge's
+embeddings with the paper's two; dino, a second encoder's, here):
 - dino: subject fidelity, the mean cosine over every (generated image, real image) pair of DINO ViT-S/16 CLS
   embeddings (`facebook/dino-vits16`: transformers' ViTModel, `last_hidden_state[:, 0]`, the CLS token after
   the final layer norm, as DreamBooth uses it; the untrained pooler is not used).
@@ -27,13 +29,7 @@ import torch
 
 from sweeper.config.schema import EvaluationConfigError
 from sweeper.evaluation.clip_score import require_finite
-from sweeper.evaluation.metrics import (
-    COSINE,
-    Term,
-    bias_corrected_interval,
-    clip_interval,
-    image_only_similarity,
-)
+from sweeper.evaluation.metrics import Term, clip_interval, get, image_only_similarity
 
 # Lazy imports: transformers is imported where an encoder is built.
 
@@ -93,59 +89,37 @@ class DinoEncoder:
         return feats_np
 
 
-def _metric(per_prompt: list[np.ndarray], n_boot: int, rng: np.random.Generator, level: float):
-    """The mean over prompts of each prompt's mean value, with its interval (each prompt's values resampled).
-    per_prompt: one value per generated image of each prompt."""
-    scale = 1.0 / len(per_prompt)
-    groups = []
-    for values in per_prompt:
-        n = len(values)
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
-        groups.append(Term(scale * float(values.mean()), scale * (w @ values), n))
-    value = float(sum(g.value for g in groups))
-    return value, clip_interval(bias_corrected_interval(groups, level), COSINE)
-
-
 def fidelity(generated: list[np.ndarray], real: np.ndarray) -> list[np.ndarray]:
     """Per prompt, each generated image's mean cosine with the real images (features normalised)."""
     return [(g @ real.T).mean(1) for g in generated]
 
 
-def prompt_fidelity(generated: list[np.ndarray], texts: np.ndarray) -> list[np.ndarray]:
-    """Per prompt, each generated image's cosine with that prompt's text embedding."""
-    return [g @ t for g, t in zip(generated, texts)]
-
-
-def scores(
+def dino_scores(
     dino_generated: list[np.ndarray],
     dino_real: np.ndarray,
-    clip_generated: list[np.ndarray],
-    clip_real: np.ndarray,
-    clip_texts: np.ndarray,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, Any]:
-    """dino, clip_i, clip_t with their intervals (`<name>_ci`), and the real images' dino and clip_i.
-    *_generated: one [images, dim] array per prompt; *_real: [real images, dim]; clip_texts: [prompts, dim];
-    every feature L2-normalised."""
-    if (
-        not dino_generated
-        or len(dino_generated) != len(clip_generated)
-        or len(clip_texts) != len(clip_generated)
-    ):
-        raise ValueError("dreambench scores need one feature array per prompt for DINO, CLIP and the texts")
+    """The registered metric `dino` (sweeper/evaluation/metrics.py: its range, interval and coverage count):
+    the mean over prompts of each prompt's mean (generated, real) cosine, with its interval (each prompt's
+    images resampled), `dino_ci_too_few_samples`, and the real images' own dino (distinct pairs).
+    dino_generated: one [images, dim] array per prompt; dino_real: [real images, dim]; all L2-normalised.
+    CLIP-I and CLIP-T are the registry's clip_i and clip_t, computed with the paper's two."""
+    if not dino_generated:
+        raise ValueError("dino needs one feature array per edit prompt")
+    metric = get("dino")
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {}
-    for name, values in (
-        ("dino", fidelity(dino_generated, dino_real)),
-        ("clip_i", fidelity(clip_generated, clip_real)),
-        ("clip_t", prompt_fidelity(clip_generated, clip_texts)),
-    ):
-        out[name], out[f"{name}_ci"] = _metric(values, n_boot, rng, level)
-    out["real_images"] = {
-        "dino": image_only_similarity(dino_real),
-        "clip_i": image_only_similarity(clip_real),
+    scale = 1.0 / len(dino_generated)
+    terms = []
+    for values in fidelity(dino_generated, dino_real):
+        n = len(values)
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
+        terms.append(Term(scale * float(values.mean()), scale * (w @ values), n))
+    coverage = metric.coverage_from
+    return {
+        "dino": float(sum(t.value for t in terms)),
+        "dino_ci": clip_interval(metric.interval(terms, level), metric.range),
+        "dino_ci_too_few_samples": None if coverage is None else bool(min(t.n for t in terms) < coverage),
+        "real_images_dino": image_only_similarity(dino_real),
     }
-    out["images_per_prompt"] = [len(g) for g in clip_generated]
-    return out

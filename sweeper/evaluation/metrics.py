@@ -407,6 +407,71 @@ register(
         description="mean over samples of cos(text, sample), mean over prompts (the official code)",
     )
 )
+
+
+def _clip_i(ev: Evidence) -> Measurement:
+    """DreamBench's CLIP-I over the edit prompts' samples: per prompt, the mean cosine over its (sample, training
+    image) pairs; averaged over prompts (DreamBench's 4 images per prompt: the mean over every pair)."""
+    scale = 1.0 / len(ev.prompts)
+    values, terms = [], []
+    for i, s in enumerate(ev.prompts):
+        per_sample = (s @ ev.training.T).mean(1)
+        values.append(float(per_sample.mean()))
+        terms.append(
+            Term(scale * values[-1], scale * (ev.resample(("prompt", i), len(s)) @ per_sample), len(s))
+        )
+    return Measurement(float(np.mean(values)), tuple(terms))
+
+
+def _clip_t(ev: Evidence) -> Measurement:
+    """DreamBench's CLIP-T: the prompt's text against each image, averaged: the per-image text similarity."""
+    return ev.measure("text_similarity_per_image")
+
+
+# DreamBench (Ruiz et al. 2023, DreamBooth section 4.1; sweeper/evaluation/dreambench.py). Not summarised: the
+# report's DreamBench section (analysis/dreambench.py) shows them, laid out like DreamBooth's Table 1.
+CLIP_I = register(
+    Metric(
+        name="clip_i",
+        words="CLIP-I",
+        label="CLIP-I (DreamBench subject fidelity)",
+        short="CLIP-I",
+        direction="maximize",
+        range=COSINE,
+        compute=_clip_i,
+        coverage_from=MEASURED_COVERAGE_FROM,  # the estimator of image_similarity (a mean of per-sample means)
+        summarised=False,
+        description="mean CLIP cosine over (edit-prompt sample, training image) pairs, mean over prompts",
+    )
+)
+CLIP_T = register(
+    Metric(
+        name="clip_t",
+        words="CLIP-T",
+        label="CLIP-T (DreamBench prompt fidelity)",
+        short="CLIP-T",
+        direction="maximize",
+        range=COSINE,
+        compute=_clip_t,
+        coverage_from=MEASURED_COVERAGE_FROM,
+        summarised=False,
+        description="CLIP cosine of each edit prompt (S* removed) with its samples: text_similarity_per_image",
+    )
+)
+DINO = register(
+    Metric(
+        name="dino",
+        words="DINO",
+        label="DINO (DreamBench subject fidelity)",
+        short="DINO",
+        direction="maximize",
+        range=COSINE,
+        coverage_from=MEASURED_COVERAGE_FROM,
+        summarised=False,
+        description="mean cosine of DINO ViT-S/16 CLS embeddings over (edit-prompt sample, training image) pairs:"
+        " a second image encoder's, computed by sweeper/evaluation/dreambench.py when evaluation.dreambench is on",
+    )
+)
 DENOISING_OBJECTIVE = register(
     Metric(
         name="denoising_objective",

@@ -285,29 +285,25 @@ def with_class(ev: dict) -> dict:
 
 
 def dreambench_scores(
-    judge: Judge,
-    ev: dict,
-    prompt_images: list[list],
-    training_pils: list,
-    texts,
-    clip_feats,
-    training,
-    device,
+    judge: Judge, ev: dict, prompt_images: list[list], training_pils: list, training, device
 ) -> dict:
-    """evaluation.dreambench: DINO, CLIP-I, CLIP-T over every edit prompt's samples (sweeper/evaluation/dreambench.py)."""
-    from sweeper.evaluation.dreambench import DinoEncoder, scores
+    """evaluation.dreambench: the registered metric dino over every edit prompt's samples (clip_i and clip_t
+    come with the paper's two), and metrics.json's `dreambench` block: the real images' dino and clip_i, the
+    DINO slot's encoder, the CLIP judge, the class word (sweeper/evaluation/dreambench.py)."""
+    from sweeper.evaluation.dreambench import DinoEncoder, dino_scores
 
     dino = DinoEncoder(ev["dreambench"]["dino"], device)
-    dino_generated = [dino.images(images) for images in prompt_images]
-    dino_real = dino.images(training_pils)
-    out = scores(dino_generated, dino_real, clip_feats, training, texts, ev["bootstrap"], ev["seed"])
-    return {
-        **out,
+    out = dino_scores(
+        [dino.images(i) for i in prompt_images], dino.images(training_pils), ev["bootstrap"], ev["seed"]
+    )
+    block = {
+        "real_images": {"dino": out.pop("real_images_dino"), "clip_i": image_only_similarity(training)},
         "dino_encoder": dino.identity(),
         "clip": judge.name,
         "class_word": ev["dreambench"].get("class_word"),
-        "clip_t_text": "the prompt without the learned token, class word kept",
+        "images_per_prompt": [len(i) for i in prompt_images],
     }
+    return {**out, "dreambench": block}
 
 
 def evaluate_pipeline(
@@ -424,9 +420,7 @@ def evaluate_pipeline(
         [halfwidth(f, t, training, variant) for f, t in zip(prompt_samples, texts)]
     )
     if prompt_images is not None:
-        metrics["dreambench"] = dreambench_scores(
-            judge, ev, prompt_images, training_pils, texts, prompt_samples, training, device
-        )
+        metrics.update(dreambench_scores(judge, ev, prompt_images, training_pils, training, device))
     refs = None
     if ev["references"]:
         say("reference points (image only, prompt only): from the cache or sampled once")
