@@ -196,7 +196,7 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     if not cfg.tracking.get("group"):
         cfg.tracking.group = "+".join(Path(s).name for s in sorted(df["sweep"].unique()))
     cfg.tracking.dir = None  # the summary run lives beside the report: <out>/wandb/
-    tracker = Tracker.from_config(cfg, out)
+    tracker = Tracker.from_config(cfg, out, job_type="analysis")
     if not tracker.active:
         return False
     keep = [

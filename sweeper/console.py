@@ -1,6 +1,7 @@
 """What a person sees on the console: a trial's own progress and results, not library noise.
 
-- `quiet_libraries()` (called by every entry point): transformers, diffusers and huggingface_hub log only
+- `quiet_libraries()` (called by every entry point and by the trial lifecycle, so under every launcher: the
+  vectorised one calls no task function): transformers, diffusers and huggingface_hub log only
   errors and draw no "Loading weights"/"Loading pipeline components" bars. `TI_VERBOSE=1` leaves them as
   they are (to debug a model load).
 - `ConsoleCallback` (a Hydra callback, conf/config.yaml): in a sweep whose launcher runs trials in parallel
@@ -130,7 +131,8 @@ class ConsoleCallback(Callback):
         number = OmegaConf.select(config, "hydra.job.num", default=None) if multirun else None
         run_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default="") or ""
         if job_return.status == JobStatus.COMPLETED:
-            line = trial_line(number, "completed", run_dir, job_return._return_value, seconds, lr_of(config))
+            status = completed_or_skipped(run_dir, time.time() - (seconds or 0) - 1)
+            line = trial_line(number, status, run_dir, job_return._return_value, seconds, lr_of(config))
         elif _is_pruned(job_return._return_value):
             return  # the Optuna sweeper's one line says so ("trial N pruned: ..."), for every launcher
         else:
@@ -143,9 +145,16 @@ class ConsoleCallback(Callback):
             progress_after_trial(sweep_dir)
 
 
+def completed_or_skipped(run_dir: str | Path, since: float) -> str:
+    """'skipped (record complete)' when the trial's status.json says a rerun skipped it since `since`."""
+    state = progress.run_state(run_dir)
+    skipped = state is not None and state.skipped_at is not None and state.skipped_at >= since
+    return "skipped (record complete)" if skipped else "completed"
+
+
 def progress_after_trial(sweep_dir: str | Path) -> None:
     """A grid's progress line, `[grid] 3/8 trials done (...), 5 to go, ETA 4 min`, counted from its sweep
-        folder (so any process of any launcher can print it), and after the last one the grid's summary (printed
+    folder (so any process of any launcher can print it), and after the last one the grid's summary (printed
     here, not at the multirun's end, which Hydra skips when a trial failed); nothing outside a grid (a search
     prints its own)."""
     total, started = progress.started_from_env()

@@ -70,29 +70,31 @@ def _mtime(path: Path, state: str) -> float | None:
     return path.stat().st_mtime if state in FINISHED else None
 
 
+def run_state(folder: Path | str) -> RunState | None:
+    """A run folder's state, None when it holds no readable status.json (optuna.db, .submitit, one being written)."""
+    folder = Path(folder)
+    try:
+        status = json.loads((folder / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict):
+        return None
+    state = str(status.get("status"))
+    return RunState(
+        folder,
+        state,
+        status.get("trial_number"),
+        _epoch(status.get("finished_at")) or _mtime(folder / "status.json", state),
+        _values(folder) if state == "completed" else None,
+        _epoch(status.get("skipped_at")),
+    )
+
+
 def run_states(sweep_dir: Path | str) -> list[RunState]:
     """The run folders directly under `sweep_dir` that hold a readable status.json, in folder-name order."""
     root = Path(sweep_dir)
-    states = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            status = json.loads((folder / "status.json").read_text())
-        except (OSError, ValueError):  # not a run folder (optuna.db, .submitit) or one being written
-            continue
-        if not isinstance(status, dict):
-            continue
-        state = str(status.get("status"))
-        states.append(
-            RunState(
-                folder,
-                state,
-                status.get("trial_number"),
-                _epoch(status.get("finished_at")) or _mtime(folder / "status.json", state),
-                _values(folder) if state == "completed" else None,
-                _epoch(status.get("skipped_at")),
-            )
-        )
-    return states
+    folders = sorted(root.iterdir()) if root.is_dir() else []
+    return [state for state in map(run_state, folders) if state is not None]
 
 
 def finished_count(sweep_dir: Path | str) -> int:

@@ -189,8 +189,12 @@ class Tracker:
         self._fell_back = False  # online was asked for, offline is what runs
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, run_dir: str | Path, *, concurrent: bool = False) -> Tracker:
-        """A W&B run for the trial in `run_dir`; `concurrent`: beside other open runs (vectorised trials)."""
+    def from_config(
+        cls, cfg: DictConfig, run_dir: str | Path, *, concurrent: bool = False, job_type: str = "trial"
+    ) -> Tracker:
+        """A W&B run for the trial in `run_dir`; `concurrent`: beside other open runs (vectorised trials).
+        `job_type` "trial": the run id is kept in the run folder (RUN_ID_FILE), so a resumed trial (after an
+        interruption) goes on in the same W&B run; "analysis": a new run each time."""
         t = OmegaConf.select(cfg, "tracking", default=None)
         if t is None or not t.get("enabled", False) or t.get("mode") == "disabled":
             return cls(None)
@@ -204,14 +208,18 @@ class Tracker:
 
             wandb_dir.mkdir(parents=True, exist_ok=True)
             timeout = _init_timeout(t)
+            run_id = trial_run_id(run_dir) if job_type == "trial" else None
 
-            def init(mode: str):
+            def init(mode: str, run_id: str | None = run_id):
                 return wandb.init(
                     mode=mode,  # type: ignore[arg-type]  # online | offline | disabled: the schema's choices
                     project=t.get("project"),
                     entity=t.get("entity"),
                     group=group,
                     name=run_dir.name,
+                    job_type=job_type,
+                    id=run_id,
+                    resume="allow" if run_id else None,
                     tags=list(t.get("tags") or []),
                     config={**_plain_config(cfg), **lr_config(cfg)},
                     dir=str(wandb_dir),
@@ -230,10 +238,11 @@ class Tracker:
                         run = init("online")
                     except Exception as e:  # noqa: BLE001 - CommError on timeout, auth errors, ...
                         fell_back = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                        run_id = None  # W&B's service still holds the failed online run's id: a new one
                 if fell_back is not None:
                     fell_back = f"W&B server {base_url}: {fell_back}"
             if run is None:
-                run = init("offline" if mode == "online" else mode)
+                run = init("offline" if mode == "online" else mode, run_id)
             _drop_import_hooks(run)
         except Exception as e:  # noqa: BLE001
             log.warning("W&B init failed (%s: %s); tracking is off for this trial", type(e).__name__, e)
@@ -247,6 +256,8 @@ class Tracker:
                 sync_dir,
                 sync_dir,
             )
+        if sync_dir and not fell_back:
+            log.info("W&B run %s offline in %s (upload it with: wandb sync %s)", run.id, sync_dir, sync_dir)
         _OPEN_RUNS.add(id(run))
         tracker = cls(
             run, bool(t.get("log_images", True)), bool(t.get("log_embeddings", True)), group, sync_dir
@@ -347,6 +358,27 @@ class Tracker:
             log.warning(
                 "W&B run kept offline in %s; upload it with: wandb sync %s", self.sync_dir, self.sync_dir
             )
+
+
+RUN_ID_FILE = "wandb_run_id"  # in the run folder: the trial's one W&B run id, across interruptions
+
+
+def trial_run_id(run_dir: Path) -> str:
+    """The trial's W&B run id: the one its run folder keeps (RUN_ID_FILE), else a new one, kept there first."""
+    from wandb.sdk.lib.runid import generate_id
+
+    from sweeper.store import atomic
+
+    path = Path(run_dir) / RUN_ID_FILE
+    try:
+        kept = path.read_text().strip()
+    except OSError:
+        kept = ""
+    if re.fullmatch(r"[a-z0-9]{4,64}", kept):
+        return kept
+    new = generate_id()
+    atomic.write_text(path, new + "\n")
+    return new
 
 
 def artifact_name(name: str) -> str:

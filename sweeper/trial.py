@@ -47,6 +47,7 @@ from sweeper import memory
 from sweeper.checks import ConfigError, check_config
 from sweeper.config.manifest import Concept, read_manifest
 from sweeper.config.schema import evaluation_settings, resolve_prompts
+from sweeper.console import quiet_libraries
 from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
 from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline, evaluation_precision
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
@@ -208,6 +209,7 @@ def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
     the group's shared work (loading the model) fails every trial of the group. An interruption marks
     every unfinished trial "interrupted" and propagates.
     """
+    quiet_libraries()  # every launcher: the vectorised one calls no task function, joblib's run it in workers
     if any(spec.cfg.data.get("manifest") for spec in specs):
         return _run_with_manifests(specs)
 
@@ -278,6 +280,15 @@ def _start(trial: _Trial, concurrent: bool) -> None:
             drop_hydra_only_folder(spec.run_dir)
             log.error("refused (no run folder written): %s", err)
             trial.outcome = err
+            return
+        stored = record.complete_metrics(spec.run_dir, spec.cfg)
+        if stored is not None:  # a rerun of a sweep: this trial's record is complete, nothing to redo
+            record.mark_skipped(spec.run_dir)
+            log.info(
+                "skipped %s: its record is complete (status completed, metrics.json valid, same config)",
+                spec.run_dir,
+            )
+            trial.outcome = Scores(stored)
             return
         trial.open = True
         try:

@@ -17,6 +17,8 @@ from sweeper.console import ConsoleCallback, quiet_libraries, trial_line
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("Loading weights", "Loading pipeline components", "should be kept in float32", "torch_dtype")
+# what the libraries print beside those under a sweep's launchers (transformers 5, diffusers)
+SWEEP_NOISE = (*NOISE, "mean_resizing", "requires torchvision")
 
 
 @pytest.fixture
@@ -139,3 +141,22 @@ def test_hydra_full_error_shows_the_traceback(tiny_sd, concept_images, tmp_path)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
     assert "inversion.steps=0: must be a whole number >= 1" in proc.stderr  # the schema's range message
+
+
+@pytest.mark.parametrize(
+    "launcher", [["hydra/launcher=vectorised"], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]]
+)
+def test_a_sweep_is_quiet_under_the_vectorised_and_joblib_launchers(
+    launcher, tiny_sd, tiny_judge, concept_images, tmp_path
+):
+    """The basic launcher's quiet console (the task function quiets the libraries) under the launchers that
+    call no task function (vectorised) or run it in worker processes (joblib): trial and progress lines only."""
+    from sweep_app.cli import run_sweeper, tiny_overrides
+
+    sweep = tmp_path / "sweep"
+    overrides = tiny_overrides(tiny_sd, tiny_judge, concept_images, steps=2)
+    out = run_sweeper("-m", *launcher, "inversion.seed=0,1", f"hydra.sweep.dir={sweep}", *overrides)
+    console = out.stdout + out.stderr
+    noise = [n for n in SWEEP_NOISE if n in console]
+    assert not noise, (noise, console[-3000:])
+    assert console.count("] completed") == 2 and "[sweep] 2/2 trials done" in console, console[-3000:]

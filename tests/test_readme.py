@@ -14,6 +14,7 @@ Every line of every ```bash block is split the way a POSIX shell splits it (shle
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -178,3 +179,44 @@ def test_the_toy_trial_runs_as_written_from_an_empty_folder(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (cwd / "run" / "metrics.json").is_file() and "[trial] completed" in r.stdout
+
+    # the README's re-evaluation of a run folder (`... outputs/my-cat evaluation=fast`) on this world run: the
+    # preset changes the protocol and keeps the run's judge (the world's; `fast` names the hub's CLIP)
+    (reeval,) = [
+        a for k, a in COMMANDS if k == "evaluate" and "evaluation=fast" in a and not a[0].endswith(".pt")
+    ]
+    small = [o for o in SMOKE_EVALUATION if o.startswith(("evaluation.num_samples", "evaluation.steps"))]
+    run_judge = compose_config("model=toy", "evaluation=toy").evaluation.judge
+    e = subprocess.run(
+        [sys.executable, "-m", "sweeper.evaluation", "run", *reeval[1:], *small, "--out", "reeval"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert e.returncode == 0, e.stderr[-3000:]
+    metrics = json.loads((cwd / "reeval" / "metrics.json").read_text())
+    assert metrics["judge"] == run_judge and metrics["protocol"]["sampler"] == "dpmsolver++"
+    assert "the run's own judge, prompts, prompt_set stay" in e.stderr
+
+    # a judge that cannot load here: one line, before any model work
+    hub = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeper.evaluation",
+            "run",
+            "evaluation.judge=nobody/no-such-clip",
+            "--out",
+            "x",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert hub.returncode == 2 and "Traceback" not in hub.stderr, hub.stderr[-3000:]
+    assert "error: evaluation.judge=nobody/no-such-clip: not in the local Hugging Face cache" in hub.stderr
+    assert "loading model" not in hub.stderr and not (cwd / "x").exists()

@@ -298,3 +298,68 @@ for study in ("study-a", "study-b"):
         assert str(run_dir / "learned_embeds.safetensors").encode() in data  # the file where it lies
     staged = [p for p in home.rglob("*") if p.is_file() and "artifacts" in p.parts]
     assert staged == []  # no copy under ~/.local/share/wandb/artifacts/staging
+
+
+def wandb_run_records(path: Path) -> list:
+    """The `run` records of an offline `.wandb` file, decoded (W&B's log format: a 7-byte header, then
+    32 KiB blocks of chunks with a 7-byte header each: crc32, length, type FULL/FIRST/MIDDLE/LAST)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, buf, runs = path.read_bytes(), 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:  # the rest of the block is padding
+            pos += room
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        buf = chunk if kind == 2 else buf + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            if record.WhichOneof("record_type") == "run":
+                runs.append(record.run)
+    return runs
+
+
+def test_one_wandb_run_per_trial_across_interruptions_with_its_job_type_and_folder_said_at_start(
+    tmp_path, caplog
+):
+    """A trial resumed after an interruption logs to the same W&B run (the id its run folder keeps); the run's
+    job_type is "trial"; its offline folder is in the log as soon as the run starts."""
+    import logging
+
+    from sweeper.tracking import RUN_ID_FILE
+
+    run_dir = tmp_path / "run_0003"
+    with caplog.at_level(logging.INFO, logger="sweeper.tracking"):
+        first = Tracker.from_config(tracking_cfg(), run_dir)
+        said = caplog.text
+    assert first.sync_dir and f"offline in {first.sync_dir}" in said  # before any step is logged
+    run_id = first.run.id
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == run_id
+    first.on_log(1, {"loss": 0.25})
+    first.finish("interrupted")
+    second = Tracker.from_config(tracking_cfg(), run_dir)  # the rerun of the folder
+    assert second.run.id == run_id
+    second.on_log(2, {"loss": 0.125})
+    second.finish()
+    wandb_files_written()
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # `wandb sync` joins them
+    for run in runs:
+        (record,) = wandb_run_records(next(run.glob("run-*.wandb")))[:1]
+        assert (record.run_id, record.job_type, record.display_name) == (run_id, "trial", "run_0003")
+
+    analysis = Tracker.from_config(tracking_cfg(), tmp_path / "report", job_type="analysis")
+    assert analysis.run.id != run_id and not (tmp_path / "report" / RUN_ID_FILE).exists()
+    analysis.finish()
+    wandb_files_written()
+    (analysis_run,) = (tmp_path / "report" / "wandb").glob("offline-run-*")
+    assert wandb_run_records(next(analysis_run.glob("run-*.wandb")))[0].job_type == "analysis"

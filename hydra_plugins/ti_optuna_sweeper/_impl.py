@@ -551,6 +551,18 @@ class OptunaSweeperImpl:
                 self.sweep_dir / "optimization_results.yaml",
             )
         write_text(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
+        skipped = [
+            r.folder.name
+            for r in progress.run_states(self.sweep_dir)
+            if r.skipped_at is not None and r.skipped_at >= self.started
+        ]
+        if skipped:
+            log.info(
+                "[%s] skipped %d trials whose records were complete (not run again): %s",
+                study.study_name,
+                len(skipped),
+                ", ".join(skipped),
+            )
 
 
 def check_pruner(pruner: Any, directions: Sequence[str]) -> None:

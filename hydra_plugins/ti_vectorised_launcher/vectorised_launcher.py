@@ -6,6 +6,7 @@ import contextvars
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -120,6 +121,7 @@ class VectorisedLauncher(Launcher):
                         scope=partial(_job_scope, sweep_config, run_dir),
                     )
                 )
+            launched = time.time()
             try:
                 outs = run_trials(specs)
             finally:
@@ -129,7 +131,7 @@ class VectorisedLauncher(Launcher):
                         handler.close()
             for i, out in zip(group, outs):
                 sweep_config, task, run_dir = jobs[i]
-                _print_trial_line(specs[group.index(i)].trial_number, run_dir, out, task)
+                _print_trial_line(specs[group.index(i)].trial_number, run_dir, out, task, launched)
                 returns[i] = JobReturn(
                     overrides=list(job_overrides[i]),
                     cfg=task,
@@ -142,14 +144,15 @@ class VectorisedLauncher(Launcher):
         return returns
 
 
-def _print_trial_line(number: int | None, run_dir: Path, out: Any, task: DictConfig) -> None:
+def _print_trial_line(number: int | None, run_dir: Path, out: Any, task: DictConfig, since: float) -> None:
     """What the console callback prints under the other launchers (Hydra calls no callback here): one line
     for the trial, then a grid's progress line (an Optuna search prints its own)."""
-    from sweeper.console import lr_of, progress_after_trial, trial_line
+    from sweeper.console import completed_or_skipped, lr_of, progress_after_trial, trial_line
 
     failed = isinstance(out, BaseException)
     shown = (str(out).strip().splitlines() or [type(out).__name__])[0] if failed else out
-    line = trial_line(number, "failed" if failed else "completed", str(run_dir), shown, lr=lr_of(task))
+    status = "failed" if failed else completed_or_skipped(run_dir, since)
+    line = trial_line(number, status, str(run_dir), shown, lr=lr_of(task))
     print(line, file=sys.stderr if failed else sys.stdout, flush=True)
     progress_after_trial(run_dir.parent)
 

@@ -37,6 +37,7 @@ from sweeper import CONF_DIR
 from sweeper.config.compose import compose
 from sweeper.console import quiet_libraries
 from sweeper.data.images import check_images, list_images, select_images
+from sweeper.evaluation.clip_score import check_judge
 from sweeper.evaluation.metrics import summarised_metrics
 from sweeper.evaluation.protocol import evaluate_embedding
 from sweeper.store import atomic
@@ -76,10 +77,41 @@ def load_config(source: Path, overrides: list[str]) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     if "evaluation" not in cfg:
         cfg.evaluation = composed.evaluation
+    kept = _run_measures(cfg, overrides)
     for override in overrides:
         for node in _override_nodes(override):
             OmegaConf.update(cfg, node, OmegaConf.select(composed, node), merge=False)
+    for key, value in kept.items():
+        OmegaConf.update(cfg, f"evaluation.{key}", value, merge=False)
+    if kept:
+        preset = " ".join(o for o in overrides if _replaces_evaluation(o))
+        print(
+            f"{preset}: the protocol changes; the run's own {', '.join(kept)} stay "
+            f"(judge {kept.get('judge', cfg.evaluation.judge)}; set evaluation.judge= / evaluation/prompts= to change them)",
+            file=sys.stderr,
+        )
     return cfg
+
+
+# What a run measures with, which an evaluation preset (`evaluation=fast`) does not replace in a run folder:
+# the preset changes the protocol (sampler, steps, samples); the judge and prompts are the run's (a run on the
+# embedded world keeps the world's judge, which `fast`'s hub CLIP would replace, and its edit prompts).
+RUN_MEASURES = ("judge", "prompts", "prompt_set")
+
+
+def _replaces_evaluation(override: str) -> bool:
+    return override.split("=", 1)[0].lstrip("+~") == "evaluation"
+
+
+def _run_measures(cfg: DictConfig, overrides: list[str]) -> dict:
+    """The run's judge and prompts (RUN_MEASURES) that an override replacing the whole evaluation group would
+    swap out and that no other override sets explicitly."""
+    if not any(_replaces_evaluation(o) for o in overrides):
+        return {}
+    named = {n for o in overrides if not _replaces_evaluation(o) for n in _override_nodes(o)}
+    own = OmegaConf.to_container(cfg.evaluation, resolve=False)
+    assert isinstance(own, dict)
+    return {k: own[k] for k in RUN_MEASURES if k in own and f"evaluation.{k}" not in named}
 
 
 def training_images(cfg: DictConfig) -> list:
@@ -121,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         # before loading any model: refuse unsafe, unknown or non-finite files, and a width the model's
         # configs (or its single file's header) say its text encoder(s) cannot take
         check_fits_model(load_embedding_file(source), str(cfg.model.pretrained), cfg.model.get("config"))
+        check_judge(str(cfg.evaluation.judge))
         images = training_images(cfg)
         out = (
             source

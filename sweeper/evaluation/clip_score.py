@@ -6,6 +6,9 @@ sweeper/evaluation/metrics.py (the registry; `score` and the similarity function
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -23,6 +26,7 @@ from sweeper.evaluation.metrics import (
 __all__ = [
     "VARIANTS",
     "Judge",
+    "check_judge",
     "NonFiniteError",
     "bias_corrected_interval",
     "image_only_similarity",
@@ -56,6 +60,29 @@ def require_finite(values: np.ndarray | torch.Tensor, what: str) -> np.ndarray |
 
 
 # -------------------------------------------------------------------------------------------- judge
+
+
+def check_judge(name: str) -> None:
+    """Refuse, in one line and in seconds, a judge that cannot load: a folder without a CLIP config, or a hub id
+    neither in the local Hugging Face cache nor reachable (transformers would retry for minutes)."""
+    path = Path(name).expanduser()
+    if path.is_dir() or name.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise EvaluationConfigError(f"evaluation.judge={name}: not a CLIP model folder (no config.json)")
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    from sweeper.tracking import unreachable
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE is set" if offline else unreachable(constants.ENDPOINT)
+    if why:
+        raise EvaluationConfigError(
+            f"evaluation.judge={name}: not in the local Hugging Face cache and the hub cannot be reached ({why}); "
+            "pass a local CLIP folder as evaluation.judge=/path (on the embedded world: evaluation=toy)"
+        )
 
 
 class Judge:

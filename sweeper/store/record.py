@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import socket
 import traceback
@@ -194,6 +195,7 @@ def start_run(run_dir: Path, cfg: DictConfig, trial_number: int | None = None) -
         started_at=_now(),
         finished_at=None,
         wall_time_s=None,
+        skipped_at=None,
         trial_number=trial_number,
         pid=os.getpid(),
         host=socket.gethostname(),
@@ -231,3 +233,56 @@ def finish_run(
             traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
         )
     return write_status(run_dir, **fields)
+
+
+# --------------------------------------------------------------------------------------- complete records
+# What a rerun may change without changing a completed trial's result: bookkeeping, never a result's input.
+NOT_RESULT_KEYS = (
+    "inversion.log_every",
+    "inversion.checkpoint_every",
+    "inversion.compile",
+    "evaluation.progress",
+)
+RESULT_SECTIONS = ("model", "data", "inversion", "evaluation")
+
+
+def result_inputs(cfg: DictConfig | dict) -> dict:
+    """The resolved sections of a config that decide a trial's result (model, data, inversion, evaluation),
+    without NOT_RESULT_KEYS: two configs with the same inputs give the same record."""
+    plain = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    inputs = {k: json.loads(json.dumps(plain.get(k), default=str)) for k in RESULT_SECTIONS}
+    for dotted in NOT_RESULT_KEYS:
+        section, _, key = dotted.partition(".")
+        if isinstance(inputs.get(section), dict):
+            inputs[section].pop(key, None)
+    return inputs
+
+
+def complete_metrics(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """A run folder's metrics.json when its record is complete and valid for `cfg`: status.json "completed",
+    metrics.json with both objectives (image_similarity, text_similarity) finite, and config.yaml with the same
+    result inputs (result_inputs); else None (the trial runs: resumes from its checkpoint, or starts)."""
+    run_dir = Path(run_dir)
+    try:
+        status = read_status(run_dir)
+        if not status or status.get("status") != "completed":
+            return None
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        scores = (float(metrics["image_similarity"]), float(metrics["text_similarity"]))
+        stored = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG), resolve=False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        log.info(
+            "%s: its record is not complete (%s: %s); running the trial", run_dir, type(err).__name__, err
+        )
+        return None
+    if not all(math.isfinite(v) for v in scores) or not isinstance(stored, dict):
+        return None
+    if result_inputs(stored) != result_inputs(resolved_config(cfg, run_dir)):
+        return None
+    return dict(metrics)
+
+
+def mark_skipped(run_dir: Path) -> dict:
+    """status.json's `skipped_at`: a rerun found the record complete and did not run the trial again."""
+    return write_status(run_dir, skipped_at=_now())
