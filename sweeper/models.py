@@ -55,7 +55,7 @@ class Components:
     text_encoders: list
     unet: torch.nn.Module
     vae: torch.nn.Module
-    scheduler: object  # the model's own scheduler config, as loaded
+    scheduler: Any  # the model's own scheduler (a diffusers SchedulerMixin: its .config), as loaded
     dtype: torch.dtype
     device: torch.device
     resolution: int

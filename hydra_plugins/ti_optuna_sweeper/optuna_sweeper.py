@@ -17,5 +17,5 @@ class OptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
-    def sweep(self, arguments: list[str]) -> Any | None:
-        return self.sweeper.sweep(arguments)
+    def sweep(self, arguments: list[str]) -> None:
+        self.sweeper.sweep(arguments)

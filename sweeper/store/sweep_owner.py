@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sweeper.store import atomic
 
@@ -221,7 +221,7 @@ def _say(line: str) -> None:  # before any job, Hydra's logging may not be set u
     print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 

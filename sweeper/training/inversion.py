@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -278,7 +279,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- state
     def state_dict(self, step: int) -> dict:
-        np_state = np.random.get_state()
+        np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, gauss)
         return {
             "step": step,
             "vectors": [s.vectors().cpu() for s in self.splices],

@@ -14,6 +14,7 @@ symmetric, so the inversion trainer's horizontal flips never make a new shape.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,11 @@ class Spec:
     x: float = 0.5  # centre, as a fraction of the free range
     y: float = 0.5
 
+    def with_attribute(self, attr: str, value: str) -> Spec:
+        """This spec with one attribute (colour, shape, texture, background, ...) changed."""
+        changes: dict[str, Any] = {attr: value}
+        return replace(self, **changes)
+
 
 def held_out_combos(seed: int = 7, fraction: float = 0.1) -> set[tuple[str, str, str, str]]:
     """(colour, shape, texture, background) combinations no model ever trains on (known shapes only)."""
@@ -99,6 +105,8 @@ def vocabulary(judge: bool = False) -> list[str]:
 # ------------------------------------------------------------------------------------------ drawing
 
 _G = np.arange(2 * SIZE, dtype=np.float32) + 0.5
+_X: np.ndarray
+_Y: np.ndarray
 _X, _Y = np.meshgrid(_G, _G)
 
 
@@ -155,7 +163,7 @@ def _texture(texture: str, rng: np.random.Generator) -> np.ndarray:
 
 def _background(name: str, rng: np.random.Generator) -> np.ndarray:
     n = 2 * SIZE
-    img = np.empty((n, n, 3), np.float32)
+    img: np.ndarray = np.empty((n, n, 3), np.float32)
     if name == "sky":
         t = (_Y / n)[..., None]
         img[:] = (1 - t) * np.array([120, 185, 250]) + t * np.array([200, 230, 255])
@@ -351,7 +359,7 @@ def render_dataset(n: int, seed: int, held_out: set, **kwargs) -> tuple[np.ndarr
 
 # Held-out concepts: a secret shape in one colour and texture. The generator has drawn such shapes only
 # under the word "thing"; each concept's init word is a coarse, known shape.
-CONCEPTS = {
+CONCEPTS: dict[str, dict[str, Any]] = {
     "arrow": dict(
         shape="arrow",
         colour="orange",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +83,7 @@ def hard_negative(spec: draw.Spec, rng: np.random.Generator) -> draw.Spec:
     if spec.style == "sketch" and attr in ("texture", "background"):
         attr, values = "colour", list(draw.COLOURS)
     others = [v for v in values if v != getattr(spec, attr)]
-    return replace(spec, **{attr: others[rng.integers(len(others))]})
+    return spec.with_attribute(attr, others[rng.integers(len(others))])
 
 
 VARIANT_VALUES = {
@@ -104,7 +103,7 @@ def variant_captions(spec: draw.Spec, attr: str, seed: int) -> tuple[list[str], 
     texts = []
     for v in values:
         text, facts = draw.caption_facts(
-            replace(spec, **{attr: v}), np.random.default_rng(seed), judge=True, drop=0.15
+            spec.with_attribute(attr, v), np.random.default_rng(seed), judge=True, drop=0.15
         )
         if facts.get(attr) != v:
             return None

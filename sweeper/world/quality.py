@@ -14,9 +14,10 @@ Nothing here trains; both loaders are the plain `from_pretrained` ones.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,11 @@ from sweeper.store import atomic
 from sweeper.world import draw
 
 # Lazy imports: diffusers and transformers are imported where used (import time of the world).
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    img.save(path, format="png")
+
 
 ATTRIBUTES = {
     "colour": list(draw.COLOURS),
@@ -81,9 +87,9 @@ def _features(out) -> torch.Tensor:
 def attribute_accuracy(judge: WorldJudge, images: np.ndarray, specs: list[draw.Spec]) -> dict[str, float]:
     """Per attribute: the fraction of images whose attribute the judge picks correctly (others held fixed)."""
     feats = judge.images(images)
-    hits = {a: [] for a in ATTRIBUTES}
+    hits: dict[str, list] = {a: [] for a in ATTRIBUTES}
     for attr, values in ATTRIBUTES.items():
-        variants = [[draw.full_caption(replace(s, **{attr: v})) for v in values] for s in specs]
+        variants = [[draw.full_caption(s.with_attribute(attr, v)) for v in values] for s in specs]
         text = judge.texts([c for row in variants for c in row]).view(len(specs), len(values), -1)
         picked = torch.einsum("nd,nvd->nv", feats, text).argmax(1)
         hits[attr] = [values[p] == getattr(s, attr) for p, s in zip(picked.tolist(), specs)]
@@ -168,7 +174,7 @@ def main(weights: str | Path = WEIGHTS, steps: int = 50) -> dict:
     t1 = time.time()
     following, images, specs = prompt_following(weights / "pipeline", weights / "judge", steps=steps)
     t2 = time.time()
-    report = {
+    report: dict[str, Any] = {
         "judge_zero_shot": judge,
         "prompt_following": following,
         "bars": BARS,
@@ -193,7 +199,7 @@ def main(weights: str | Path = WEIGHTS, steps: int = 50) -> dict:
     training, _ = draw.render_dataset(48, 99, draw.held_out_combos())
     for name, images_ in (("concepts", concepts), ("training_images", training)):
         img = Image.fromarray(grid(images_, 5 if name == "concepts" else 12))
-        atomic._write_via(figures / f"{name}.png", lambda tmp, img=img: img.save(tmp, format="png"))
+        atomic._write_via(figures / f"{name}.png", functools.partial(_save_png, img))
     for kind in ("judge_zero_shot", "prompt_following"):
         print(f"{kind:18s} " + "  ".join(f"{a} {v:.1%}" for a, v in report[kind].items()))
     print(f"passes {report['passes']}  ({t2 - t0:.0f}s)")
