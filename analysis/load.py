@@ -35,6 +35,8 @@ PAPER_OURS: dict[str, Any] = {
     "inversion.per_image_tokens": False,
     "inversion.reg_weight": 0.0,
     "inversion.pivotal.enabled": False,
+    "inversion.lr_schedule": "constant",  # the paper's lr is constant (runs from before the knob: the same)
+    "inversion.lr_warmup_steps": 0,
 }
 # Image files a concept folder's size counts (sweeper/data/images.py reads these; not imported: it pulls in torch).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -222,6 +224,8 @@ NAMED_AXES = [
     "inversion.per_image_tokens",
     "inversion.reg_weight",
     "inversion.pivotal.enabled",
+    "inversion.lr_schedule",
+    "inversion.lr_warmup_steps",
     "n_images",
     "inversion.steps",
 ]
@@ -237,6 +241,9 @@ def configuration_values(flat_cfg: dict[str, Any], eff_lr: float | None, n: int 
         values[key] = _true(values.get(key))
     if values.get("inversion.progressive_every") in (0, None):
         values["inversion.progressive_every"] = None
+    for key in ("inversion.lr_schedule", "inversion.lr_warmup_steps"):  # absent before the knob existed
+        if _val(values, key) is None:
+            values[key] = PAPER_OURS[key]
     return values
 
 
@@ -244,7 +251,8 @@ def family(
     values: dict[str, Any], varied: set[str] | frozenset[str] = frozenset(), subset: bool = False
 ) -> str:
     """A configuration's name in the paper's words, from its recorded values: what differs from the paper's
-    "ours" (e.g. "3 vectors, progressive", "lr 0.0008", "reg 0.01", "per-image tokens", "pivotal"), then any
+    "ours" (e.g. "3 vectors, progressive", "lr 0.0008", "cosine lr", "warm-up 100", "reg 0.01", "per-image
+    tokens", "pivotal"), then any
     other axis in `varied` (the keys that differ between the analysed runs: "n=3 images", "150 steps",
     "key=value"); "ours" when nothing differs. `subset`: the run asked for a subset of its images."""
     parts = []
@@ -263,6 +271,12 @@ def family(
     lr = _val(values, "effective_lr")
     if lr is not None and not _same(lr, PAPER_OURS["effective_lr"]):
         parts.append(f"lr {_fmt_num(lr)}")
+    schedule = _val(values, "inversion.lr_schedule")
+    if schedule is not None and schedule != PAPER_OURS["inversion.lr_schedule"]:
+        parts.append(f"{schedule} lr")
+    warmup = _val(values, "inversion.lr_warmup_steps")
+    if warmup is not None and int(warmup) != 0:
+        parts.append(f"warm-up {int(warmup)}")
     n = _val(values, "n_images")
     if n is not None and (subset or "n_images" in varied):
         parts.append(f"n={int(n)} image" + ("s" if int(n) != 1 else ""))

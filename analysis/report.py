@@ -246,18 +246,29 @@ def _dominated_lines(found: pd.DataFrame) -> str:
     )
 
 
+FINDINGS_HEAD = (
+    "<thead><tr><th>claim</th><th>source</th><th>objective</th><th>comparison</th>"
+    "<th>paper</th><th>effect</th><th>95% interval</th><th>n</th><th>verdict</th></tr></thead>"
+)
+FOLD_THIN_ROWS = 12  # more "not enough runs" rows than this: folded under the table
+
+
 def findings_section(found: pd.DataFrame | None, untested: list[str] | None, notes: list[str] | None) -> str:
-    """The report's first section: one row per claim and objective, with effect, interval, n and verdict."""
+    """The report's first section: one row per claim and objective, with effect, interval, n and verdict; when
+    more than FOLD_THIN_ROWS rows have too few runs for a verdict (a search's single runs), those are folded
+    into a closed <details> below the table."""
     if found is None or not len(found):
         body = "<p>No claim of the paper can be tested from these runs (no completed runs to compare).</p>"
     else:
         counts = found["verdict"].value_counts().to_dict()
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        rows = []
+        rows: list[str] = []
+        thin: list[str] = []
+        folded = (found["verdict"].astype(str).str.startswith("not enough runs")).sum() > FOLD_THIN_ROWS
         for _, r in found.iterrows():
             ci = "" if _blank(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
             cls = str(r["verdict"]).split(":")[0].replace(" ", "-")
-            rows.append(
+            (thin if folded and str(r["verdict"]).startswith("not enough runs") else rows).append(
                 f"<tr><td>{html.escape(str(r['claim']))}</td><td>{html.escape(str(r['source']))}</td>"
                 f"<td>{html.escape(str(r['objective']))}</td><td>{html.escape(str(r['comparison']))}</td>"
                 f'<td>{html.escape(str(r["paper"]))}</td><td class="num">{_fmt(r["effect"])}</td>'
@@ -270,10 +281,14 @@ def findings_section(found: pd.DataFrame | None, untested: list[str] | None, not
             "rho within concept; 95% intervals; <i>paper</i> is what the paper reports. "
             "A verdict needs the interval to exclude no effect; these are properties of the runs analysed "
             "(their model, concepts, steps), not a replication of the paper.</p>"
-            '<table id="findings"><thead><tr><th>claim</th><th>source</th><th>objective</th><th>comparison</th>'
-            "<th>paper</th><th>effect</th><th>95% interval</th><th>n</th><th>verdict</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>"
+            f'<table id="findings">{FINDINGS_HEAD}<tbody>{"".join(rows)}</tbody></table>'
         )
+        if thin:  # a search: one comparison per pair of single runs would push the plots off the page
+            body += (
+                f"<details><summary>{len(thin)} more comparisons without enough runs for a verdict (add seeds)"
+                f'</summary><table id="findings-thin">{FINDINGS_HEAD}<tbody>{"".join(thin)}</tbody></table>'
+                "</details>"
+            )
     if untested:
         body += f"<p>Not testable from these runs: {html.escape(', '.join(untested))}.</p>"
     body += "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes or [])

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sweeper import CONF_DIR
-from sweeper.config.checks import ConfigError
+from sweeper.checks import ConfigError
 from sweeper.console import BadInput, quiet_libraries
 from sweeper.evaluation.metrics import Scores
 from sweeper.interrupt import TrialInterrupted

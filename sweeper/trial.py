@@ -44,12 +44,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import memory
-from sweeper.config.checks import ConfigError, check_config
+from sweeper.checks import ConfigError, check_config
 from sweeper.config.manifest import Concept, read_manifest
 from sweeper.config.schema import evaluation_settings, resolve_prompts
 from sweeper.console import quiet_libraries
 from sweeper.evaluation.metrics import DENOISING_OBJECTIVE, Scores
-from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline
+from sweeper.evaluation.protocol import _apply_pivotal, class_word, evaluate_pipeline, evaluation_precision
 from sweeper.interrupt import interruptible, is_interruption, signals_deferred
 from sweeper.models import (
     PRECISIONS,
@@ -65,9 +65,9 @@ from sweeper.store.embeddings import load_embedding_file, load_into_pipeline
 from sweeper.tracking import Tracker
 from sweeper.training import early_stop, tokens
 from sweeper.training.early_stop import DenoisingObjective
+from sweeper.training.grouping import group_compatible
 from sweeper.training.inversion import InversionResult, Trainer, train
 from sweeper.training.pivotal import pivotal_tune
-from sweeper.training.vectorised import group_compatible
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def concepts_summary(scores: dict[str, Scores], level: float = 0.95) -> dict:
 
 
 def run_trials(specs: list[TrialSpec]) -> list[Scores | BaseException]:
-    """Run N >= 1 compatible trials (sweeper.training.vectorised.group_compatible) as one group; see the module doc.
+    """Run N >= 1 compatible trials (sweeper.training.grouping.group_compatible) as one group; see the module doc.
 
     A refusal, a non-finite loss, a pruner or a failing evaluation ends only its own trial; a failure of
     the group's shared work (loading the model) fails every trial of the group. An interruption marks
@@ -349,9 +349,7 @@ def _evaluate(done: list[tuple[_Trial, InversionResult]], group: int) -> None:
     cfg = done[0][0].spec.cfg
     ev = evaluation_settings(cfg.evaluation)
     device = resolve_device(cfg.get("device"))
-    precision = (
-        ev["precision"] if ev["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    )
+    precision = evaluation_precision(ev["precision"], device)
     pivotal = bool(cfg.inversion.pivotal.enabled)
     gc.collect()  # the training step's last activations, before the phase's peak restarts
     memory.reset_peak(device)

@@ -616,3 +616,24 @@ def test_moved_sweep_reads_its_own_folders(store, tmp_path):
     assert row["run_dir"] == str(store["sweepA"] / "0")
     assert row["config.run_dir"] == "/elsewhere/machine2/sweepA/0"
     assert row["final_dist_l2"] == pytest.approx(0.5)
+
+
+def test_findings_of_single_runs_are_folded_below_the_verdicts():
+    """A search gives one "not enough runs" row per pair of single runs: beyond FOLD_THIN_ROWS they go into a
+    closed <details> under the table, so that the plots stay near the top; the other rows stay in the table."""
+    from analysis.report import FOLD_THIN_ROWS, findings_section
+
+    row = dict(claim="c", source="Fig. 10a", objective="both", paper="higher", effect=0.1, ci_low=0.0)
+    rows = [row | dict(comparison="a - b", ci_high=0.2, n=6, verdict="holds")]
+    rows += [
+        row | dict(comparison=f"lr {i} - ours", ci_high=0.2, n=1, verdict="not enough runs: add seeds")
+        for i in range(FOLD_THIN_ROWS + 1)
+    ]
+    html = findings_section(pd.DataFrame(rows), [], [])
+    table = html[html.index('<table id="findings">') : html.index("</table>")]
+    assert '<td class="holds">holds</td>' in table and "not enough runs" not in table
+    assert (
+        f"<summary>{FOLD_THIN_ROWS + 1} more comparisons" in html and html.count("lr ") == FOLD_THIN_ROWS + 1
+    )
+    few = findings_section(pd.DataFrame(rows[:3]), [], [])
+    assert "<details>" not in few and few.count("not enough runs: add seeds</td>") == 2

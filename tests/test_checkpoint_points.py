@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from test_analysis import write_run
 
-from sweeper.config.checks import check_config
+from sweeper.checks import check_config
 from sweeper.config.schema import ConfigError
 from sweeper.trial import run_trial
 

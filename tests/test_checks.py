@@ -19,7 +19,7 @@ import torch
 from conftest import compose_config, write_concept_images
 from hydra.errors import ConfigCompositionException
 
-from sweeper.config.checks import ConfigError, check_config, check_device
+from sweeper.checks import ConfigError, check_config, check_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

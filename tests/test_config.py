@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from sweeper import models
-from sweeper.config.checks import check_config, derive
+from sweeper.checks import check_config
+from sweeper.config.derived import derive
 from sweeper.config.schema import (
     PRECISIONS,
     PROPERTIES,
@@ -197,7 +198,8 @@ def test_fingerprint_is_unchanged_for_old_checkpoints():
     """Checkpoints written before the schema carry the old JSON: the same keys, the same values."""
     cfg = compose_config(*base(), "inversion.num_vectors=2", "+experiment/fig10@_global_=progressive")
     old_resumable = ("steps", "log_every", "checkpoint_every", "pivotal", "compile")
-    newer = ("early_stop",)  # knobs added since (resume-safe), absent from those checkpoints' JSON
+    # knobs added since, absent from those checkpoints' JSON: resume-safe, or fingerprinted only when set
+    newer = ("early_stop", "lr_schedule", "lr_warmup_steps")
     inv = {
         k: v
         for k, v in OmegaConf.to_container(cfg.inversion, resolve=True).items()

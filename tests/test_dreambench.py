@@ -269,7 +269,7 @@ def test_a_manifest_of_concepts_is_one_trial_with_means_over_concepts(
 
 
 def test_a_bad_manifest_is_one_line_before_any_model_work(tmp_path):
-    from sweeper.config.checks import ConfigError
+    from sweeper.checks import ConfigError
     from sweeper.config.manifest import read_manifest
 
     path = tmp_path / "m.yaml"

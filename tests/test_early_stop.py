@@ -235,7 +235,7 @@ def cfg_overrides(steps):
 
 
 def test_settings_that_cannot_act_are_warned_about_before_any_model_work(concept_images, caplog):
-    from sweeper.config.checks import settings_that_cannot_act
+    from sweeper.checks import settings_that_cannot_act
 
     def warnings(*extra):
         return settings_that_cannot_act(settings(compose_config(f"data.images={concept_images}", *extra)))

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from sweep_app.cli import env, run_sweeper, tiny_overrides
 
-from sweeper.config.checks import ConfigError, check_config
+from sweeper.checks import ConfigError, check_config
 from sweeper.models import ModelLoadError, ModelSource, load_components, load_pipeline, resolve_model
 from sweeper.training.inversion import invert
 

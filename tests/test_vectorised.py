@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from sweeper.models import load_components
+from sweeper.training.grouping import IncompatibleTrials, group_compatible
 from sweeper.training.inversion import invert, train
-from sweeper.training.vectorised import IncompatibleTrials, group_compatible
 from sweeper.trial import TrialSpec, run_trials
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")

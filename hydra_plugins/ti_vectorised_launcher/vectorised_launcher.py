@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 # Hydra imports every hydra_plugins module on every command: only sweeper modules that need nothing heavier
 # than the standard library and Hydra are imported here; anything that pulls in torch is imported lazily.
 from sweeper.search import TRIAL_ENV, report_hook
-from sweeper.training.vectorised import group_compatible
+from sweeper.training.grouping import group_compatible
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ differ from the defaults here.
     typed = settings(cfg)             # ranges, finiteness, choices, templates: ConfigError naming the key
 
 Adding an inversion knob: one `knob(...)` line in InversionConfig (with its range, and `resume_safe=True`
-if changing it must not block a resume), and its use in the trainer. The resume fingerprint
+if changing it must not block a resume, `fingerprints_with=(...)` for the knobs its effect depends on,
+`fingerprinted_when_set=True` if checkpoints from before it must still resume), and its use in the
+trainer. The resume fingerprint
 (store/checkpoints.py), the run folder's config.yaml and the checks pick it up from here.
 """
 
@@ -41,6 +43,7 @@ SAMPLERS = ("ddim", "dpmsolver++", "unipc", "euler")  # sampling.SAMPLERS
 TEXT_VARIANTS = ("mean_embedding", "per_image")  # clip_score.VARIANTS
 PROPERTIES = ("object", "style")  # data.PROPERTIES
 TRACKING_MODES = ("offline", "online", "disabled")
+LR_SCHEDULES = ("constant", "linear", "cosine")  # inversion.lr_schedule (sweeper/training/lr_schedule.py)
 QUICK_OBJECTIVES = ("clip", "denoising")  # evaluation.quick.objective: Optuna's intermediate value
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed refuses anything larger (and negative seeds)
 
@@ -65,11 +68,26 @@ def knob(
     le: float | None = None,
     choices: tuple[str, ...] | None = None,
     resume_safe: bool = False,
+    fingerprints_with: tuple[str, ...] = (),
+    fingerprinted_when_set: bool = False,
     hint: str = "",
 ) -> Any:
-    """A schema field with its range. Numbers are always checked finite; `resume_safe` marks an inversion
-    knob that may change between a run and its resumption (it is left out of the resume fingerprint)."""
-    meta = {"gt": gt, "ge": ge, "le": le, "choices": choices, "resume_safe": resume_safe, "hint": hint}
+    """A schema field with its range. Numbers are always checked finite. Resume safety (inversion knobs),
+    declared here for each knob: `resume_safe` marks a knob that may change between a run and its
+    resumption (it is left out of the resume fingerprint); `fingerprints_with` names the knobs this one's
+    effect depends on, which enter the fingerprint while this knob is away from its default, resume-safe or
+    not (a cosine schedule depends on `steps`); `fingerprinted_when_set` keeps a knob at its default out of
+    the fingerprint (a knob added after checkpoints were written: those still resume)."""
+    meta = {
+        "gt": gt,
+        "ge": ge,
+        "le": le,
+        "choices": choices,
+        "resume_safe": resume_safe,
+        "fingerprints_with": fingerprints_with,
+        "fingerprinted_when_set": fingerprinted_when_set,
+        "hint": hint,
+    }
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -146,6 +164,12 @@ class InversionConfig:
     )
     lr: float = knob(5.0e-3, gt=0, hint="the paper: 5e-3 with scale_lr=true")
     scale_lr: bool = True  # effective lr = lr * batch_size * grad_accum
+    # the diffusers example's --lr_scheduler: constant | linear | cosine (to 0 at `steps`, after the warm-up)
+    lr_schedule: str = knob(
+        "constant", choices=LR_SCHEDULES, fingerprints_with=("steps",), fingerprinted_when_set=True
+    )
+    # optimizer steps over which the lr rises linearly from 0 (the example's --lr_warmup_steps)
+    lr_warmup_steps: int = knob(0, ge=0, fingerprinted_when_set=True, hint="0 = no warm-up")
     steps: int = knob(5000, ge=1, resume_safe=True)
     batch_size: int = knob(4, ge=1)
     grad_accum: int = knob(2, ge=1)
@@ -520,6 +544,33 @@ def short_number(x: float, digits: int = 3) -> str:
 def resume_safe_fields(schema: type = InversionConfig) -> list[str]:
     """The inversion knobs that may change between a run and its resumption (left out of the fingerprint)."""
     return [f.name for f in dataclasses.fields(schema) if f.metadata.get("resume_safe")]
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A schema field's default value."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def fingerprinted_keys(values: dict, schema: type = InversionConfig) -> list[str]:
+    """The keys of `values` (one run's inversion group) a checkpoint must match to be resumed, as the schema
+    declares them: every key not marked resume-safe (a key the schema lacks included), less a
+    `fingerprinted_when_set` knob at its default, plus the knobs a knob away from its default
+    `fingerprints_with` (lr_schedule=cosine: steps)."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    keep = set()
+    for key, value in values.items():
+        f = fields.get(key)
+        if f is None:
+            keep.add(key)
+            continue
+        at_default = value == default_of(f)
+        if not f.metadata.get("resume_safe") and not (
+            f.metadata.get("fingerprinted_when_set") and at_default
+        ):
+            keep.add(key)
+        if not at_default:
+            keep.update(k for k in f.metadata.get("fingerprints_with", ()) if k in values)
+    return [k for k in values if k in keep]
 
 
 def job_overrides() -> list[str]:

@@ -60,6 +60,13 @@ log = logging.getLogger(__name__)
 ADAPTIVE_KEYS = ("target_halfwidth", "min_samples")  # not part of the references' protocol
 
 
+def evaluation_precision(precision: str, device: torch.device) -> str:
+    """`evaluation.precision` on `device`: auto is fp16 on CUDA, fp32 elsewhere (the one place it resolves)."""
+    if precision != "auto":
+        return precision
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
 def concept_removed(template: str) -> str:
     """The judge's text for a prompt template: the concept slot dropped, whitespace normalised."""
     return " ".join(template.replace("{}", " ").split())
@@ -463,8 +470,7 @@ def evaluate_embedding(
     if not training_images:
         raise EvaluationConfigError("data.images: no training images to compare the samples with")
     device = resolve_device(cfg.get("device"))
-    if ev["precision"] == "auto":
-        ev["precision"] = "fp16" if device.type == "cuda" else "fp32"
+    ev["precision"] = evaluation_precision(ev["precision"], device)
     pipe = load_pipeline(
         str(cfg.model.pretrained), ev["precision"], str(device), config=cfg.model.get("config")
     )

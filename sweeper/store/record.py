@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.store import atomic
 
-# Lazy import: sweeper.config.checks (it pulls in torch) only where config.yaml is written, so that the sweep's own
+# Lazy import: sweeper.config.derived (it pulls in torch) only where config.yaml is written, so that the sweep's own
 # process can correct a status.json at exit (store/sweep_owner.py) without importing torch then.
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ def resolved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
 def write_config(run_dir: Path, cfg: DictConfig, resumed_with: list[dict] | None = None) -> Path:
     """config.yaml: the resolved config, then its `derived:` block (effective_lr, n_images, images, prompts,
-    overrides; checks.derive; `resumed_with`: each resumption that changed resume-safe settings)."""
-    from sweeper.config.checks import ConfigError, derive
+    overrides; config.derived.derive; `resumed_with`: each resumption that changed resume-safe settings)."""
+    from sweeper.config.derived import derive
+    from sweeper.config.schema import ConfigError
 
     try:
         block = derive(cfg).as_dict()

@@ -22,7 +22,7 @@ What DVAR measured (yandex-research/DVAR, its textual-inversion setting): a wind
 step, threshold 0.15, against a 6100-step baseline; its 8-15x is a training-time ratio (evaluation runs after
 the clock stops). The default window (`window: null`) is that window scaled to the budget: the same 310/6100 of
 `inversion.steps`, in evaluations every `every` steps (at least 3): 5 at 1000 steps, 25 at 5000 (every 10).
-A criterion that cannot act is warned about before any model work (config/checks.py: `every x (window - 1)`,
+A criterion that cannot act is warned about before any model work (sweeper/checks.py: `every x (window - 1)`,
 its earliest stop, at or past `inversion.steps`).
 
 The same objective is offered to Optuna as the intermediate value for pruning
@@ -32,17 +32,33 @@ The same objective is offered to Optuna as the intermediate value for pruning
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from sweeper.config.schema import EarlyStopConfig, early_stop_window
+from sweeper.data.images import Example, PromptSampler
+from sweeper.models import Components
 from sweeper.training import tokens
 
-if TYPE_CHECKING:  # the trainer imports this module
-    from sweeper.training.inversion import Trainer
+
+class Trainer(Protocol):
+    """What the objective needs of a trainer (sweeper/training/inversion.py's Trainer, which imports this
+    module: this one does not import it back)."""
+
+    cfg: Any
+    comps: Components
+    k: int
+    sampler: PromptSampler
+    cache: Any  # inversion.LatentCache: .sample(index, generator)
+    noise_scheduler: Any
+
+    def prompts(self, examples: list[Example], m: int) -> list[str]: ...
+
+    def loss(self, draw: dict) -> tuple[torch.Tensor, torch.Tensor]: ...
+
 
 _KEYS = tuple(f.name for f in dataclasses.fields(EarlyStopConfig))
 
@@ -92,15 +108,13 @@ class DenoisingObjective:
     @torch.no_grad()
     def __call__(self, trainer: Trainer, m: int) -> float:
         """The loss with the first m concept vectors active (the prompts the trainer uses at m)."""
-        from sweeper.training.inversion import TrainerGroup  # the trainer module imports this one
-
         draw = {
             "noisy": self.noisy,
             "t": self.t,
             "target": self.target,
             "prompts": trainer.prompts(self.examples, m),
         }
-        ((loss, _),) = TrainerGroup.of([trainer]).losses([draw])
+        loss, _ = trainer.loss(draw)
         return float(loss)
 
 

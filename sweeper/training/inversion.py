@@ -13,7 +13,7 @@ image, flip, latent sample, noise, timestep) comes from that one generator, whos
 every checkpoint, so a resumed run ends with the same embeddings as an uninterrupted one.
 
 One training loop (`train`) for every launcher: a lone trial is a `TrainerGroup` of one, a vectorised
-group (sweeper/training/vectorised.py) is N compatible trials through one batched UNet call per step. The loop
+group (sweeper/training/grouping.py) is N compatible trials through one batched UNet call per step. The loop
 does the per-step bookkeeping (non-finite stop, history rows, callbacks, checkpoints, resume, removal
 of half-written checkpoint folders) and, on an interruption, checkpoints at the last completed step.
 """
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sweeper.config.checks import select_images
+from sweeper.config.derived import select_images
 from sweeper.config.schema import effective_lr, lr_label
 from sweeper.data.images import Example, PromptSampler, format_prompt, load_image
 from sweeper.interrupt import is_interruption, signals_deferred
@@ -45,12 +45,13 @@ from sweeper.store.checkpoints import (
     fingerprint,
     latest_checkpoint,
     read_history,
+    resume_refusal,
     save_checkpoint,
     write_history,
 )
 from sweeper.store.embeddings import save_learned_embeds
-from sweeper.training import early_stop, tokens
-from sweeper.training.vectorised import check_compatible
+from sweeper.training import early_stop, lr_schedule, tokens
+from sweeper.training.grouping import check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,9 @@ class Trainer:
         # torch.compile pays back its compile time only on long runs, and on CUDA only (checks.py): off by default.
         self.unet = torch.compile(comps.unet) if inv.get("compile") else comps.unet
         self.generator = torch.Generator().manual_seed(int(inv.seed))
-        self.lr = effective_lr(inv)
+        self.lr = effective_lr(inv)  # the base rate; inversion.lr_schedule scales it at each step
+        self.lr_now = self.lr  # the rate of the latest optimizer step (history.csv's lr column)
+        self.optimizer_steps = 0  # optimizer steps taken (restored on resume): the schedule's position
         self.optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.lr, weight_decay=float(inv.weight_decay)
         )
@@ -201,9 +204,13 @@ class Trainer:
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         return {"noisy": noisy, "t": t, "target": target, "prompts": self.prompts(examples, m)}
 
+    def loss(self, draw: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoising MSE on the micro-batch `draw`; also the input ids, to see which tokens were used."""
+        return TrainerGroup.of([self]).losses([draw])[0]
+
     def unet_loss(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoising MSE on one drawn micro-batch; also the input ids, to see which tokens were used."""
-        return TrainerGroup.of([self]).losses([self.draw(m)])[0]
+        return self.loss(self.draw(m))
 
     def reg_loss(self, m: int) -> torch.Tensor:
         """Squared L2 distance of each active concept vector from its init (per-image tokens are free)."""
@@ -238,10 +245,21 @@ class Trainer:
             grad_norms.append(
                 0.0 if grads[0] is None else float(sum(g.float().norm() ** 2 for g in grads) ** 0.5)
             )
+        self.lr_now = self.lr_at(self.optimizer_steps)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = self.lr_now
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
         return {"loss": total, "grad_norms": grad_norms}
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based): the effective lr times the schedule's factor."""
+        inv = self.cfg.inversion
+        schedule = str(inv.get("lr_schedule", "constant"))
+        warmup = int(inv.get("lr_warmup_steps") or 0)
+        return self.lr * lr_schedule.factor(schedule, warmup, int(inv.steps), step)
 
     def distances(self) -> dict[str, float]:
         """Per concept vector: L2 and cosine distance from its init (SDXL: both encoders' parts joined)."""
@@ -281,6 +299,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
+        self.optimizer_steps = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -570,10 +589,7 @@ def _resume(run: _Run) -> None:
     if ckpt is not None:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         if state["fingerprint"] != run.fingerprint:
-            run.error = ResumeError(
-                f"{ckpt}: checkpoint was made with a different model/data/inversion config; "
-                f"use a new hydra.run.dir or delete {folder}"
-            )
+            run.error = ResumeError(resume_refusal(ckpt, state["fingerprint"], run.fingerprint, run.cfg))
             return
         run.trainer.load_state_dict(state)
         run.start = run.done = run.saved = int(state["step"])
@@ -602,7 +618,7 @@ def _commit(run: _Run, done: int, used: torch.Tensor, loss: float) -> bool:
     if done % int(run.cfg.inversion.log_every) and done != run.steps:
         return False
     t = run.trainer
-    row = {"step": done, "loss": float(np.mean(run.window)), "lr": t.lr, **t.distances()}
+    row = {"step": done, "loss": float(np.mean(run.window)), "lr": t.lr_now, **t.distances()}
     run.rows.append(row | (run.stopper.row() if run.stopper is not None else {}))
     write_history(run.run_dir, run.rows)
     run.window = []

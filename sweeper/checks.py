@@ -1,12 +1,14 @@
-"""Every bad-input check that runs before any model weights are loaded and before a run file is written.
+"""The pre-flight checks: every bad-input check that runs before any model weights are loaded and before a
+run file is written.
 
 `check_config(cfg)` raises ConfigError naming the config key or file and what to do, and returns the
 run's derived values. Order: the schema's types and ranges (sweeper/config/schema.py: free), the device against
 this machine, the image folder (decodes each image once), the model source (no weights), then the
 placeholder and init word against the model's own tokenizer(s) (a few KB).
 
-`derive(cfg)` computes the derived values alone (lists the image folder, decodes nothing): what the run
-folder's config.yaml records and what the trainer and the evaluation use.
+The checks call only the validators of the layers below them (the schema, `data/images.py`, `models.py`,
+`training/tokens.py`), so any layer above those may run them without importing upwards. The derived
+values alone (no decoding) are `sweeper.config.derived.derive`.
 """
 
 from __future__ import annotations
@@ -17,22 +19,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from sweeper.config.derived import derived_values
 from sweeper.config.schema import (
     Config,
     ConfigError,
-    DataConfig,
     Derived,
     early_stop_window,
-    effective_lr,
-    job_overrides,
-    resolve_prompts,
     settings,
 )
 from sweeper.data import images
 from sweeper.models import ModelLoadError, resolve_model
 from sweeper.training import tokens
 
-__all__ = ["ConfigError", "check_config", "check_device", "derive"]
+__all__ = ["ConfigError", "check_config", "check_device"]
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,6 @@ def check_device(device: str, cuda_count: int | None = None) -> torch.device:
                 "use one of them, or device=auto"
             )
     return torch.device(device)
-
-
-def select_images(d: DataConfig | DictConfig) -> list[Path]:
-    """The training images the run uses (listed, not decoded); a DataError becomes a ConfigError."""
-    try:
-        return images.select_images(images.list_images(d.images), d.n_images, int(d.subset_seed))
-    except images.DataError as err:
-        raise ConfigError(str(err)) from err
 
 
 def check_data(typed: Config) -> list[Path]:
@@ -106,22 +97,6 @@ def check_tokens(typed: Config, tokenizers: list, n_images: int) -> None:
         raise ConfigError(str(err)) from err
 
 
-def _derived(typed: Config, image_paths: list[Path]) -> Derived:
-    return Derived(
-        effective_lr=effective_lr(typed.inversion),
-        images=image_paths,
-        prompts=resolve_prompts(typed.evaluation.prompts),
-        overrides=job_overrides(),
-    )
-
-
-def derive(cfg: DictConfig | Config) -> Derived:
-    """The run's derived values (effective LR, images used, resolved prompts, the job's overrides):
-    the one place they are computed. Lists the image folder; loads and decodes nothing."""
-    typed = cfg if isinstance(cfg, Config) else settings(cfg)
-    return _derived(typed, select_images(typed.data))
-
-
 def check_at_steps(typed: Config) -> None:
     """evaluation.at_steps: positive multiples of inversion.log_every (the trainer reports after a history row)."""
     every = int(typed.inversion.log_every)
@@ -159,7 +134,7 @@ def settings_that_cannot_act(typed: Config) -> list[str]:
 
 def check_config(cfg: DictConfig) -> Derived:
     """Raise ConfigError for any input that cannot run; loads no model weights and writes nothing.
-    Returns the derived values (as `derive`, with every image decoded once on the way)."""
+    Returns the derived values (as `config.derived.derive`, with every image decoded once on the way)."""
     typed = settings(cfg)
     device = check_device(typed.device)
     if typed.inversion.compile and device.type != "cuda":
@@ -178,4 +153,4 @@ def check_config(cfg: DictConfig) -> Derived:
     except ModelLoadError as err:
         raise ConfigError(str(err)) from err
     check_tokens(typed, load_tokenizers(source), len(image_paths))
-    return _derived(typed, image_paths)
+    return derived_values(typed, image_paths)
