@@ -76,7 +76,10 @@ def test_a_grid_prints_progress_after_every_trial_and_a_summary_with_its_front(t
     # a failed trial makes Hydra's grid exit non-zero after the last trial: the summary comes before that
     out = run_app(sweep, "x=0.1,0.5,0.9", "fail_below=0.3", *extra, returncode=1)
     done = re.findall(r"\[grid\] (\d)/3 trials done \((\d) completed, (\d) failed\).*ETA", out)
-    assert sorted(int(d) for d, _, _ in done) == [1, 2, 3], out
+    # one line per trial; two joblib workers that finish together may both count 2 (each counts the folder)
+    counts = sorted(int(d) for d, _, _ in done)
+    assert len(counts) == 3 and counts[-1] == 3 and set(counts) <= {1, 2, 3}, out
+    assert launcher == "joblib" or counts == [1, 2, 3], out
     assert ("3", "2", "1") in done, out  # the last line: 2 completed, 1 failed
     assert "[grid] sweep finished in " in out and "3 trials (2 completed, 1 failed)" in out, out
     assert "[grid] failed (see their status.json): 0" in out, out
