@@ -116,14 +116,16 @@ def test_reevaluate_diffusers_and_a1111_files(tiny_sd, tiny_judge, concept_image
     assert json.loads((tmp_path / "tok" / "metrics.json").read_text())["placeholder"] == "<other>"
 
 
-def test_reevaluate_file_needs_data_images(tiny_sd, tmp_path, capsys):
+def test_reevaluate_file_needs_data_images(tiny_sd, tiny_judge, tmp_path, capsys):
     from safetensors.torch import save_file
 
     save_file({"<t>": torch.randn(1, 32)}, str(tmp_path / "e.safetensors"))
-    assert (
-        main([str(tmp_path / "e.safetensors"), f"model.pretrained={tiny_sd}", "--out", str(tmp_path / "o")])
-        == 2
+    embedding, model, judge = (
+        tmp_path / "e.safetensors",
+        f"model.pretrained={tiny_sd}",
+        f"evaluation.judge={tiny_judge}",
     )
+    assert main([str(embedding), model, judge, "--out", str(tmp_path / "o")]) == 2
     assert "data.images" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
