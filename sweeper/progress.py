@@ -71,12 +71,13 @@ def _mtime(path: Path, state: str) -> float | None:
 
 
 def run_state(folder: Path | str) -> RunState | None:
-    """A run folder's state, None when it holds no readable status.json (optuna.db, .submitit, one being written)."""
+    """A run folder's state, None when it holds no readable status.json (optuna.db, .submitit, one being written)
+    and is not a manifest trial's folder."""
     folder = Path(folder)
     try:
         status = json.loads((folder / "status.json").read_text())
     except (OSError, ValueError):
-        return None
+        return _manifest_state(folder) if folder.is_dir() else None
     if not isinstance(status, dict):
         return None
     state = str(status.get("status"))
@@ -87,6 +88,33 @@ def run_state(folder: Path | str) -> RunState | None:
         _epoch(status.get("finished_at")) or _mtime(folder / "status.json", state),
         _values(folder) if state == "completed" else None,
         _epoch(status.get("skipped_at")),
+    )
+
+
+def _manifest_state(folder: Path) -> RunState | None:
+    """A manifest trial's folder (sweeper/config/manifest.py): no status.json of its own but one run folder per
+    concept, and `concepts.json` (the means over concepts) once every concept has finished. Running until then;
+    failed when a concept failed."""
+    concepts = [
+        c for c in (run_state(p) for p in sorted(folder.iterdir()) if (p / "status.json").is_file()) if c
+    ]
+    if not concepts:
+        return None
+    try:
+        summary = json.loads((folder / "concepts.json").read_text())
+        values: tuple[float, float] | None = (float(summary[OBJECTIVES[0]]), float(summary[OBJECTIVES[1]]))
+        state = "failed" if summary.get("failed") else "completed"
+    except (OSError, ValueError, KeyError, TypeError):
+        values, state = None, "running"
+    if state == "running" and any(c.status == "failed" for c in concepts):
+        state = "failed" if all(c.status in FINISHED for c in concepts) else "running"
+    finished = [c.finished_at for c in concepts if c.finished_at is not None]
+    return RunState(
+        folder,
+        state,
+        concepts[0].trial_number,
+        max(finished) if state in FINISHED and finished else None,
+        values if state == "completed" and values and all(map(math.isfinite, values)) else None,
     )
 
 

@@ -59,6 +59,28 @@ def test_progress_counts_the_sweep_folder_and_takes_the_eta_from_trials_finished
     assert [(r["trial"], r["folder"]) for r in rows] == [(0, "0"), (1, "1")]  # neither dominates the other
 
 
+def test_a_manifest_trial_counts_once_from_its_concepts_folders(tmp_path):
+    """A manifest trial's folder has no status.json of its own: one run folder per concept, then concepts.json."""
+    now = time.time()
+    run_folder(
+        tmp_path / "0", "0", "completed", now - 20, (0.7, 0.2)
+    )  # concept "0" of trial 0: running until
+    run_folder(tmp_path / "0", "1", "running")  # its other concept finishes and concepts.json is written
+    assert progress.progress_line(tmp_path, 2, now - 60, "grid").startswith(
+        "[grid] 0/2 trials done (0 completed"
+    )
+    write_json(tmp_path / "0" / "1" / "status.json", {"status": "completed", "trial_number": 0})
+    write_json(
+        tmp_path / "0" / "concepts.json", {"image_similarity": 0.6, "text_similarity": 0.25, "failed": {}}
+    )
+    run_folder(tmp_path / "1", "0", "failed", now - 5)
+    run_folder(tmp_path / "1", "1", "completed", now - 4, (0.5, 0.3))
+    write_json(tmp_path / "1" / "concepts.json", {"failed": {"0": "ValueError: no images"}})
+    line = progress.progress_line(tmp_path, 2, now - 60, "grid")
+    assert line.startswith("[grid] 2/2 trials done (1 completed, 1 failed), 0 to go"), line
+    assert [(r["folder"], r["image_similarity"]) for r in progress.folder_front(tmp_path)] == [("0", 0.6)]
+
+
 def test_front_keeps_only_non_dominated_points():
     points = [
         {"trial": 0, "image_similarity": 0.5, "text_similarity": 0.5},
