@@ -170,7 +170,7 @@ def _analyse(
         "out": out,
     }
     images = {Path(p).stem: p for p in titles.values()}
-    result["tracked"] = wandb is not False and log_to_tracking(df, images, out, force=bool(wandb))
+    result["tracked"] = wandb is not False and log_to_tracking(df, images, out, force=bool(wandb), axes=axes)
     return result
 
 
@@ -181,8 +181,14 @@ def _tradeoff_title(axes: tuple[str, str]) -> str:
     return f"{x.words[:1].upper()}{x.words[1:]} vs {y.words} (the tradeoff plane)"
 
 
-def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force: bool = False) -> bool:
-    """Log the runs table, the plots and summary numbers to the sweep's W&B summary run through
+def log_to_tracking(
+    df: pd.DataFrame,
+    images: dict[str, Path],
+    out: Path,
+    force: bool = False,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
+) -> bool:
+    """Log the runs table, the plots, a scatter of `axes` and summary numbers to the sweep's W&B summary run through
     sweeper.tracking.Tracker, with the tracking settings of the sweep's own runs (offline by default).
     The summary run is named after `out` and grouped with the sweep's trials (tracking.group, else the
     sweep folder's name, as the trials are). Tracking off in the sweep: nothing is logged unless `force`
@@ -199,7 +205,7 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
         cfg.tracking.group = "+".join(Path(s).name for s in sorted(df["sweep"].unique()))
     cfg.tracking.dir = None  # the summary run lives beside the report: <out>/wandb/
     with wandb_data_dir(out / "wandb"):
-        return _log_summary_run(cfg, df, images, out)
+        return _log_summary_run(cfg, df, images, out, axes)
 
 
 @contextmanager
@@ -243,7 +249,9 @@ def scatter_points(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "kind", x, y])
 
 
-def _log_summary_run(cfg: Any, df: pd.DataFrame, images: dict[str, Any], out: Path) -> bool:
+def _log_summary_run(
+    cfg: Any, df: pd.DataFrame, images: dict[str, Any], out: Path, axes: tuple[str, str]
+) -> bool:
     tracker = Tracker.from_config(cfg, out, job_type="analysis")
     if not tracker.active:
         return False
@@ -254,7 +262,7 @@ def _log_summary_run(cfg: Any, df: pd.DataFrame, images: dict[str, Any], out: Pa
     ]
     tracker.log_table("runs", df[keep])
     tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
-    x, y = DEFAULT_OBJECTIVES
+    x, y = axes  # the tradeoff plot's registered metric names
     tracker.log_scatter(
         "tradeoff_scatter",
         scatter_points(df, x, y),
