@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 from analysis import dreambench, hypervolume, plots
 from analysis.findings import findings, reference_note
 from analysis.load import history, load_runs
+from analysis.pareto import pareto_mask
 from analysis.report import write_report
 from analysis.stats import configurations
 from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES, get, summarised_metrics
@@ -168,7 +170,7 @@ def _analyse(
         "out": out,
     }
     images = {Path(p).stem: p for p in titles.values()}
-    result["tracked"] = wandb is not False and log_to_tracking(df, images, out, force=bool(wandb))
+    result["tracked"] = wandb is not False and log_to_tracking(df, images, out, force=bool(wandb), axes=axes)
     return result
 
 
@@ -179,8 +181,14 @@ def _tradeoff_title(axes: tuple[str, str]) -> str:
     return f"{x.words[:1].upper()}{x.words[1:]} vs {y.words} (the tradeoff plane)"
 
 
-def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force: bool = False) -> bool:
-    """Log the runs table, the plots and summary numbers to the sweep's W&B summary run through
+def log_to_tracking(
+    df: pd.DataFrame,
+    images: dict[str, Path],
+    out: Path,
+    force: bool = False,
+    axes: tuple[str, str] = DEFAULT_OBJECTIVES,
+) -> bool:
+    """Log the runs table, the plots, a scatter of `axes` and summary numbers to the sweep's W&B summary run through
     sweeper.tracking.Tracker, with the tracking settings of the sweep's own runs (offline by default).
     The summary run is named after `out` and grouped with the sweep's trials (tracking.group, else the
     sweep folder's name, as the trials are). Tracking off in the sweep: nothing is logged unless `force`
@@ -196,6 +204,54 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     if not cfg.tracking.get("group"):
         cfg.tracking.group = "+".join(Path(s).name for s in sorted(df["sweep"].unique()))
     cfg.tracking.dir = None  # the summary run lives beside the report: <out>/wandb/
+    with wandb_data_dir(out / "wandb"):
+        return _log_summary_run(cfg, df, images, out, axes)
+
+
+@contextmanager
+def wandb_data_dir(path: Path) -> Iterator[None]:
+    """W&B stages artifact files (a logged Table's too) under WANDB_DATA_DIR, ~/.local/share/wandb by default:
+    point it under the analysis output while the summary run lives, and restore it after."""
+    before = os.environ.get("WANDB_DATA_DIR")
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["WANDB_DATA_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_DATA_DIR", None)
+        else:
+            os.environ["WANDB_DATA_DIR"] = before
+
+
+def scatter_points(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The completed runs' (x, y) with kind run or front (on the Pareto front), plus one row per reference
+    point (image only / prompt only, the median over runs) of kind reference."""
+    done = df[df["status"] == "completed"]
+    xs = pd.to_numeric(done[x], errors="coerce") if x in done else pd.Series(dtype=float)
+    ys = pd.to_numeric(done[y], errors="coerce") if y in done else pd.Series(dtype=float)
+    ok = xs.notna() & ys.notna()
+    xs, ys, names = (
+        xs[ok].to_numpy(float),
+        ys[ok].to_numpy(float),
+        [Path(str(r)).name for r in done.loc[ok, "run"]],
+    )
+    front = get(x).oriented(xs), get(y).oriented(ys)
+    on_front = pareto_mask(*front) if len(xs) else []
+    rows = [
+        {"name": n, "kind": "front" if f else "run", x: float(a), y: float(b)}
+        for n, f, a, b in zip(names, on_front, xs, ys)
+    ]
+    rows += [
+        {"name": key, "kind": "reference", x: rx, y: ry}
+        for key, (rx, ry) in plots._references(df, x, y).items()
+    ]
+    return pd.DataFrame(rows, columns=["name", "kind", x, y])
+
+
+def _log_summary_run(
+    cfg: Any, df: pd.DataFrame, images: dict[str, Any], out: Path, axes: tuple[str, str]
+) -> bool:
     tracker = Tracker.from_config(cfg, out, job_type="analysis")
     if not tracker.active:
         return False
@@ -206,6 +262,14 @@ def log_to_tracking(df: pd.DataFrame, images: dict[str, Path], out: Path, force:
     ]
     tracker.log_table("runs", df[keep])
     tracker.log_images({k: Path(v) for k, v in images.items()}, prefix="plots")
+    x, y = axes  # the tradeoff plot's registered metric names
+    tracker.log_scatter(
+        "tradeoff_scatter",
+        scatter_points(df, x, y),
+        x,
+        y,
+        title=f"{get(x).label} vs {get(y).label} (kind: run, front, reference)",
+    )
     done = df[df["status"] == "completed"]
     best = {
         f"best_{m.name}": float(

@@ -306,6 +306,14 @@ class Tracker:
         self.run.log({name: wandb.Table(dataframe=clean)})
 
     @_safe
+    def log_scatter(self, name: str, df: Any, x: str, y: str, title: str) -> None:
+        """An interactive scatter of columns x against y of `df` (a W&B Table of its own, logged under `name`)."""
+        import wandb
+
+        table = wandb.Table(dataframe=df)
+        self.run.log({name: wandb.plot.scatter(table, x, y, title=title)})
+
+    @_safe
     def log_artifact(self, name: str, paths: list[Path], type: str = "embeddings") -> None:
         if not self._log_embeddings:
             return

@@ -35,7 +35,7 @@ def test_summary_run_logged_offline_when_tracking_on(tmp_path, monkeypatch, capl
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((out / "wandb").iterdir()) if (out / "wandb").exists() else "no wandb folder"
     files = runs[0] / "files"
-    tables = list(files.rglob("*.table.json"))
+    tables = list(files.rglob("runs_*.table.json"))  # the runs table (the scatter has its own)
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
     csv = pd.read_csv(out / "runs.csv")
@@ -67,3 +67,36 @@ def test_no_summary_run_when_tracking_off_unless_forced(tmp_path, monkeypatch):
     assert main([str(sweep), "--out", str(tmp_path / "b"), "--wandb"]) == 0
     assert len(list((tmp_path / "b" / "wandb").glob("offline-run-*"))) == 1
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_summary_run_has_the_tradeoff_scatter_and_stages_its_files_under_the_analysis_folder(
+    tmp_path, monkeypatch
+):
+    """The summary run logs an interactive image-vs-text scatter (wandb.plot.scatter) whose table marks each
+    point run / front / reference; W&B stages the logged tables under <out>/wandb, never under ~/.local/share."""
+    from analysis.__main__ import main
+    from sweeper.evaluation.metrics import DEFAULT_OBJECTIVES
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.delenv("WANDB_DATA_DIR", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = _sweep(tmp_path / "sweeps" / "fig10", {"enabled": True, "mode": "offline", "project": "ti"})
+    assert main([str(sweep)]) == 0
+    wandb_files_written()
+    assert "WANDB_DATA_DIR" not in os.environ  # scoped to the summary run
+    out = sweep / "analysis"
+    run = next((out / "wandb").glob("offline-run-*"))
+    data = next(run.glob("*.wandb")).read_bytes()
+    assert b"tradeoff_scatter_table" in data and b"wandb/scatter/v0" in data
+    tables = {p.name.split("_table")[0]: p for p in (run / "files" / "media").rglob("*.table.json")}
+    scatter = json.loads(tables["tradeoff_scatter"].read_text())
+    x, y = DEFAULT_OBJECTIVES
+    assert scatter["columns"] == ["name", "kind", x, y]
+    kinds = {r[0]: r[1] for r in scatter["data"]}
+    assert kinds == {"0": "front", "1": "front", "image_only": "reference", "prompt_only": "reference"}, kinds
+    home_staged = [p for p in home.rglob("*") if p.is_file() and "artifacts" in p.parts]
+    assert home_staged == [], home_staged  # nothing under ~/.local/share/wandb/artifacts/staging
+    staged = [p for p in (out / "wandb").rglob("*") if p.is_file() and "staging" in p.parts]
+    assert staged, sorted((out / "wandb").rglob("*"))
