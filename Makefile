@@ -14,7 +14,7 @@ LOCK_VENV := .cache/lock-venv
 TINY := .cache/tiny-sd
 SWEEP ?= multirun
 
-.PHONY: install lock demo test test-slow test-system lint bench plot world tiny clean system-deps
+.PHONY: install lock demo test test-e2e test-slow test-system lint bench plot world tiny clean system-deps
 .PHONY: postgres
 
 $(STAMP): pyproject.toml $(LOCK)
@@ -104,7 +104,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -m "not slow and not system" -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -m "not slow and not system and not e2e" -q -n 2 --dist loadfile
+
+# End-to-end tests: whole sweeps, kill-and-resume, `python -m bench` and `make world` at toy sizes through the
+# command line (each up to a minute on 2 cores; split out so that `make test` stays under 8 minutes).
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -m "e2e and not slow and not system" -q -n 2 --dist loadfile
 
 # Tests that need system services (Chromium, PostgreSQL, SLURM), installed/started first. Without a binary a
 # test skips with the reason; under CI (CI=true, as .ci/run sets) a missing binary fails it.

@@ -117,6 +117,7 @@ def test_sdxl_shapes_are_sdxl_base():
     assert counts == [2_567_463_684, 123_060_480, 694_659_840] and c.is_sdxl and c.resolution == 1024
 
 
+@pytest.mark.e2e
 def test_python_m_bench_writes_report(tmp_path, capsys):
     from bench.run import main
 

@@ -25,6 +25,7 @@ def test_epsilon_front():
     assert list(epsilon_front(v, 0.5)) == [0, 1, 2, 3]
 
 
+@pytest.mark.e2e
 def test_cheap_search_then_confirm_at_the_full_budget(tmp_path, tiny_sd, tiny_judge):
     from analysis.analyse import analyse
     from analysis.hypervolume import configuration_means, hypervolume_2d

@@ -281,6 +281,7 @@ def test_a_bad_manifest_is_one_line_before_any_model_work(tmp_path):
         read_manifest(path)
 
 
+@pytest.mark.e2e
 def test_the_vectorised_launcher_trains_every_jobs_concepts_as_one_group(
     tiny_sd, tiny_judge, tiny_vit, tmp_path
 ):

@@ -160,6 +160,7 @@ def _check_decisions_replay(sweep, study):
     assert decided >= 4  # every trial decided at rung 2 at least
 
 
+@pytest.mark.e2e
 def test_pareto_search_prunes_with_mo_halving(tmp_path, tiny_sd, tiny_judge):
     sweep, study, out = _pareto_halving_sweep(tmp_path, tiny_sd, tiny_judge, "moh")
     assert "MOHalvingPruner" in out.stdout + out.stderr
@@ -168,6 +169,7 @@ def test_pareto_search_prunes_with_mo_halving(tmp_path, tiny_sd, tiny_judge):
     assert "Error executing job" not in out.stderr
 
 
+@pytest.mark.e2e
 def test_mo_halving_on_the_vectorised_launcher(tmp_path, tiny_sd, tiny_judge):
     sweep, study, out = _pareto_halving_sweep(
         tmp_path, tiny_sd, tiny_judge, "vmoh", "hydra/launcher=vectorised", "hydra.sweeper.n_jobs=2"

@@ -48,6 +48,7 @@ def _search(sweep: Path, model: Path, judge: Path, images: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + "\n" + out.stderr[-5000:]
 
 
+@pytest.mark.e2e
 def test_one_registration_reaches_every_view(tmp_path, tiny_sd, tiny_judge, new_metric):
     from analysis.analyse import analyse
 

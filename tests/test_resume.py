@@ -80,6 +80,7 @@ def fast_evaluation(judge, cache):
     return smoke_evaluation(judge, "evaluation.bootstrap=20", f"evaluation.cache_dir={cache}")
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_run_then_rerun_resumes(tiny_sd, tiny_judge, concept_images, tmp_path):
     """A real `python -m sweeper` killed with SIGKILL after its first checkpoint, then rerun in the same folder."""
     run = tmp_path / "killed"
@@ -126,6 +127,7 @@ def test_sigkill_mid_run_then_rerun_resumes(tiny_sd, tiny_judge, concept_images,
     assert steps == [*range(7, 150, 7), 150]  # no duplicated or missing rows across the kill
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_the_current_step_records_interrupted_and_a_rerun_resumes(
     tiny_sd, tiny_judge, concept_images, tmp_path
 ):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import write_concept_images
 from optuna.trial import TrialState
 from sweep_app.cli import run_sweeper, start_sweeper, tiny_overrides
@@ -32,6 +33,7 @@ def checkpointed_running_trial(sweep: Path, trials: list) -> bool:
     return False
 
 
+@pytest.mark.e2e
 def test_sigkill_after_two_trials_then_rerun_continues_the_study(tmp_path, tiny_sd, tiny_judge):
     images = write_concept_images(tmp_path / "img", n=4)
     sweep = tmp_path / "sweeps" / "resume"

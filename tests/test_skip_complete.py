@@ -8,6 +8,7 @@ import json
 import logging
 import re
 
+import pytest
 from conftest import smoke_config
 
 from sweeper.store import record
@@ -46,6 +47,7 @@ def test_a_complete_record_is_skipped_and_anything_else_runs_again(
     assert record.complete_metrics(run, other) is not None
 
 
+@pytest.mark.e2e
 def test_rerunning_a_grid_skips_its_complete_trials_under_another_launcher_and_says_so(
     tiny_sd, tiny_judge, concept_images, tmp_path
 ):

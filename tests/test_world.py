@@ -197,6 +197,7 @@ def test_shipped_world_is_far_above_chance(judge_acc, following):
         assert following[attr] >= 2 * chance, (attr, following)
 
 
+@pytest.mark.e2e
 def test_make_world_runs_every_stage_end_to_end_at_toy_sizes(tmp_path):
     """`python -m sweeper.world.train` (what `make world` runs) with a few steps per stage: every stage, the judges
     in their background process, resumable skipping, and weights that load through from_pretrained."""
