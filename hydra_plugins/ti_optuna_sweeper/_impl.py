@@ -614,7 +614,8 @@ def _encode(value: Any) -> str:
 
 def _run_folder(ret: Any) -> Path | None:
     """A job's run folder, None when its return does not say (a SLURM job that ended without a result)."""
-    output_dir = OmegaConf.select(getattr(ret, "hydra_cfg", None) or {}, "hydra.runtime.output_dir")
+    hydra_cfg = getattr(ret, "hydra_cfg", None)  # None for a SLURM job that was cancelled before its result
+    output_dir = OmegaConf.select(hydra_cfg, "hydra.runtime.output_dir") if hydra_cfg is not None else None
     folder = output_dir or getattr(
         ret, "working_dir", None
     )  # working_dir is the cwd when hydra.job.chdir=false
